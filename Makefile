@@ -1,0 +1,53 @@
+# idxr-pg — the two commands a newcomer needs: `make demo` and `make test`.
+# Every target does its own set-up first; a second run re-uses it and takes seconds.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+export IDXR_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+# The install stamp depends on pyproject.toml: editing dependencies re-runs the install.
+INSTALL_STAMP := $(VENV)/.idxr-installed
+
+.PHONY: setup venv database test lint demo bench clean help
+
+help:
+	@echo "make setup   - virtualenv, package + test extras, PostgreSQL extensions (vector, ltree)"
+	@echo "make test    - set-up, then lint and the whole test suite"
+	@echo "make demo    - set-up, then the main job end to end on sample data"
+	@echo "make bench   - set-up, then every benchmark in bench/"
+
+setup: venv database
+
+venv: $(INSTALL_STAMP)
+
+$(INSTALL_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the local CPU build instead of a multi-GB CUDA one.
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+database: venv
+	$(BIN)/idxr-pg doctor --install-missing
+
+lint: venv
+	$(BIN)/ruff check idxr_pg tests bench alembic
+	$(BIN)/ruff format --check idxr_pg tests bench alembic
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/idxr-pg migrate
+	$(BIN)/idxr-pg status
+
+bench: setup
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,95 @@
+"""Install, check and remove the idxr schema: migrate, uninstall, doctor."""
+
+from __future__ import annotations
+
+import click
+
+from idxr_pg.cli.context import AppContext, pass_app
+from idxr_pg.config import DEFAULT_MODEL, DEFAULT_MODEL_DIMENSIONS
+from idxr_pg.db import migrations
+from idxr_pg.db.connection import redact
+from idxr_pg.extensions import ensure_extensions
+from idxr_pg.schema import install_script, uninstall_script
+
+
+def configured_dimensions(app: AppContext) -> int:
+    """Vector size for the configured model, without loading the default model."""
+    embedding = app.config.embedding
+    if embedding.dimensions is not None:
+        return embedding.dimensions
+    if embedding.model == DEFAULT_MODEL:
+        return DEFAULT_MODEL_DIMENSIONS
+    from idxr_pg.embedding import load_embedder
+
+    return load_embedder(embedding).dimensions
+
+
+@click.command()
+@click.option(
+    "--sql",
+    "print_sql",
+    is_flag=True,
+    help="Print the DDL (identical to sql/install.sql) instead of running it.",
+)
+@click.option(
+    "--dimensions",
+    type=click.IntRange(1, 16000),
+    default=None,
+    help="Embedding vector size [default: from the config's embedding model; 384 for the default].",
+)
+@pass_app
+def migrate(app: AppContext, print_sql: bool, dimensions: int | None) -> None:
+    """Create or upgrade the idxr schema (Alembic upgrade head).
+
+    Safe to run again: an up-to-date database is left as it is. Needs the vector and ltree
+    extensions to be available on the server (`idxr-pg doctor` checks).
+    """
+    if print_sql:
+        click.echo(install_script(), nl=False)
+        return
+    dims = dimensions or configured_dimensions(app)
+    before = migrations.current_revision(app.database_url)
+    migrations.upgrade(app.database_url)
+    migrations.set_embedding_dimensions(app.database_url, dims)
+    after = migrations.current_revision(app.database_url)
+    state = "already up to date" if before == after else f"migrated {before or 'base'} -> {after}"
+    click.echo(f"idxr schema {state} in {redact(app.database_url)} ({dims}-dimensional embeddings)")
+
+
+@click.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--sql", "print_sql", is_flag=True, help="Print the DDL (sql/uninstall.sql) instead.")
+@pass_app
+def uninstall(app: AppContext, yes: bool, print_sql: bool) -> None:
+    """Remove the idxr schema, its data and every trigger idxr-pg installed.
+
+    Application tables and their rows are left untouched; the vector and ltree extensions
+    stay installed.
+    """
+    if print_sql:
+        click.echo(uninstall_script(), nl=False)
+        return
+    if not yes:
+        click.confirm(
+            f"Drop schema idxr (search index, queue, jobs) from {redact(app.database_url)}?",
+            abort=True,
+        )
+    migrations.uninstall(app.database_url)
+    click.echo(f"idxr-pg removed from {redact(app.database_url)}")
+
+
+@click.command()
+@click.option(
+    "--install-missing",
+    is_flag=True,
+    help="On a local Debian server, build a missing pgvector from Debian's source package.",
+)
+@pass_app
+def doctor(app: AppContext, install_missing: bool) -> None:
+    """Check that the server is PostgreSQL >= 15 with the vector and ltree extensions."""
+    facts = ensure_extensions(app.database_url, install_missing=install_missing)
+    versions = ", ".join(f"{name} {version}" for name, version in facts.available.items())
+    click.echo(f"PostgreSQL {facts.version} at {redact(app.database_url)}: {versions} available")
+
+
+COMMANDS = [migrate, uninstall, doctor]

@@ -1,0 +1,243 @@
+"""Settings from the environment (IDXR_*) and the YAML entity/embedding config file."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from idxr_pg.errors import IdxrError
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_CONFIG_PATH = Path("idxr.yaml")
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_DIMENSIONS = 384
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_KIND_NAME = re.compile(r"^[A-Za-z0-9_]{1,63}$")
+_INTERVAL = re.compile(r"^every\s+(\d+)\s*(s|m|h|d)$")
+_INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(IdxrError):
+    """The config file is missing, unreadable or invalid; the message names file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddingSettings(_Strict):
+    """How texts are turned into vectors."""
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="'all-MiniLM-L6-v2' (bundled, offline), a local sentence-transformers "
+        "model directory, or a model name already in the local Hugging Face cache.",
+    )
+    dimensions: Annotated[int, Field(gt=0, le=16000)] | None = Field(
+        None, description="vector size; default: read from the model (384 for the default)"
+    )
+    device: str | None = Field(None, description="cuda, cpu, ... (default: CUDA when present)")
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    max_batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    safe_margin_percent: Annotated[float, Field(ge=0, lt=100)] = 10.0
+    fallback_max_tokens: Annotated[int, Field(gt=0)] = 512
+    truncation: Literal["end", "middle_out"] = "end"
+    max_attempts: Annotated[int, Field(gt=0, le=20)] = 3
+
+
+class WatchedTable(_Strict):
+    """Another table whose changes re-index the entity."""
+
+    table: str
+    key: str = Field(description="column, or SQL expression over the row, yielding the entity key")
+    columns: list[str] | None = Field(
+        None, description="columns the entity reads (default: all); other updates are ignored"
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _qualified_table(cls, value: str) -> str:
+        return validate_table_name(value)
+
+
+class EntityConfig(_Strict):
+    """One entity kind: a Pydantic model fed from a source table."""
+
+    name: str
+    model: str = Field(description="dotted import path 'package.module:ClassName'")
+    table: str
+    key: str
+    document: str | None = Field(
+        None,
+        description="SQL returning (key, jsonb document) for keys = ANY(%(keys)s); "
+        "default: the row itself as JSON",
+    )
+    columns: list[str] | None = None
+    watch: list[WatchedTable] = Field(default_factory=list)
+    refresh: str = "on_change"
+    max_depth: Annotated[int, Field(gt=0)] = 32
+    max_records: Annotated[int, Field(gt=0)] = 10_000
+
+    @field_validator("name")
+    @classmethod
+    def _kind_name(cls, value: str) -> str:
+        if not _KIND_NAME.match(value):
+            raise ValueError("must be 1-63 letters, digits or underscores (it is an LTree label)")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_path(cls, value: str) -> str:
+        module, sep, attr = value.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError("must look like 'package.module:ClassName'")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _qualified_table(cls, value: str) -> str:
+        return validate_table_name(value)
+
+    @field_validator("key")
+    @classmethod
+    def _key_column(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a column name")
+        return value
+
+    @field_validator("refresh")
+    @classmethod
+    def _refresh_policy(cls, value: str) -> str:
+        refresh_interval_seconds(value)
+        return value
+
+    @property
+    def refresh_interval(self) -> int | None:
+        """Seconds between refreshes for 'every <interval>', else None."""
+        return refresh_interval_seconds(self.refresh)
+
+
+class WorkerSettings(_Strict):
+    batch_size: Annotated[int, Field(gt=0, le=10_000)] = 64
+    poll_interval: Annotated[float, Field(gt=0)] = 5.0
+    lease_seconds: Annotated[int, Field(gt=0)] = 300
+    max_attempts: Annotated[int, Field(gt=0, le=100)] = 5
+    backoff_base_seconds: Annotated[float, Field(ge=0)] = 2.0
+    backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+
+
+class IdxrConfig(_Strict):
+    """The whole YAML config file."""
+
+    entities: list[EntityConfig] = Field(default_factory=list)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @field_validator("entities")
+    @classmethod
+    def _unique_names(cls, value: list[EntityConfig]) -> list[EntityConfig]:
+        names = [entity.name for entity in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"entity names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    def entity(self, name: str) -> EntityConfig:
+        for entity in self.entities:
+            if entity.name == name:
+                return entity
+        known = ", ".join(e.name for e in self.entities) or "none configured"
+        raise ConfigError(f"unknown entity kind {name!r} (known: {known})")
+
+
+class Settings(BaseSettings):
+    """Process settings from the environment: IDXR_DATABASE_URL, IDXR_CONFIG."""
+
+    model_config = SettingsConfigDict(env_prefix="IDXR_", extra="ignore")
+
+    database_url: str = Field(
+        default_factory=lambda: os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    )
+    config: Path = DEFAULT_CONFIG_PATH
+
+
+def validate_table_name(value: str) -> str:
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
+        raise ValueError("must be 'table' or 'schema.table' (plain identifiers)")
+    return value
+
+
+def refresh_interval_seconds(policy: str) -> int | None:
+    """Parse a refresh policy; returns the interval for 'every N<s|m|h|d>', else None."""
+    if policy in ("on_change", "manual"):
+        return None
+    match = _INTERVAL.match(policy.strip())
+    if not match:
+        raise ValueError("must be 'on_change', 'manual' or 'every <N><s|m|h|d>' (e.g. 'every 5m')")
+    return int(match.group(1)) * _INTERVAL_UNITS[match.group(2)]
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = _format_location(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    given = error.get("input")
+    shown = repr(given) if not isinstance(given, dict | list) else type(given).__name__
+    return f"{where}: {error['msg']} (got {shown})"
+
+
+def parse_config(data: Any, source: str) -> IdxrConfig:
+    """Validate already-parsed YAML; errors name the source, each bad key and what was expected."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return IdxrConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = "\n".join(f"  - {_describe(err)}" for err in exc.errors())
+        raise ConfigError(f"{source}: invalid idxr-pg config:\n{lines}") from None
+
+
+def load_config(path: Path | str | None = None, *, required: bool = False) -> IdxrConfig:
+    """Read the YAML config (explicit path, else IDXR_CONFIG, else ./idxr.yaml).
+
+    A missing default file yields an empty config unless ``required``; a missing explicit
+    file is always an error.
+    """
+    explicit = path is not None or "IDXR_CONFIG" in os.environ
+    config_path = Path(path) if path is not None else Settings().config
+    if not config_path.exists():
+        if explicit or required:
+            raise ConfigError(
+                f"{config_path}: config file not found (set --config or IDXR_CONFIG, "
+                "or create it with `idxr-pg init`)"
+            )
+        return IdxrConfig()
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read: {exc.strerror}") from None
+    return parse_config(data, str(config_path))

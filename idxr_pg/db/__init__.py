@@ -1,0 +1,1 @@
+"""Database access: connections and the SQL run at runtime."""

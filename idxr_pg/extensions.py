@@ -1,0 +1,146 @@
+"""Make sure the target PostgreSQL can provide the `vector` and `ltree` extensions.
+
+`make setup` runs `idxr-pg doctor --install-missing`. On a local Debian server a missing
+pgvector is built from Debian's own source package (the `trixie` suite carries pgvector
+0.8); a remote or non-Debian server gets one clear message saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from idxr_pg.errors import IdxrError
+
+REQUIRED_EXTENSIONS = ("vector", "ltree")
+MIN_SERVER_VERSION = 150000
+LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
+TRIXIE_SOURCES = Path("/etc/apt/sources.list.d/idxr-pg-trixie-src.sources")
+TRIXIE_SOURCES_TEXT = """\
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+class ExtensionSetupError(IdxrError):
+    """The server lacks an extension and idxr-pg cannot install it here."""
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    version_num: int
+    version: str
+    host: str
+    available: dict[str, str | None]  # extension -> default version (None: not available)
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name in REQUIRED_EXTENSIONS if self.available.get(name) is None]
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
+
+    @property
+    def is_local(self) -> bool:
+        return self.host in LOCAL_HOSTS or self.host.startswith("/")
+
+
+def inspect_server(database_url: str) -> ServerFacts:
+    with psycopg.connect(database_url, connect_timeout=10) as conn:
+        version_num = int(conn.execute("SHOW server_version_num").fetchone()[0])
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        rows = conn.execute(
+            "SELECT name, default_version FROM pg_available_extensions WHERE name = ANY(%s)",
+            [list(REQUIRED_EXTENSIONS)],
+        ).fetchall()
+        host = conn.info.host or ""
+    available: dict[str, str | None] = dict.fromkeys(REQUIRED_EXTENSIONS)
+    available.update({name: default for name, default in rows})
+    return ServerFacts(version_num, version, host, available)
+
+
+def _is_debian() -> bool:
+    return Path("/etc/debian_version").exists() and shutil.which("apt-get") is not None
+
+
+def _run(command: list[str], cwd: Path | None = None) -> None:
+    print("  $", " ".join(command), flush=True)
+    subprocess.run(
+        command, cwd=cwd, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    )
+
+
+def install_pgvector_from_debian_source(major: int) -> None:
+    """Build pgvector from Debian trixie's source package against the local server's headers."""
+    if os.geteuid() != 0:
+        raise ExtensionSetupError(
+            "pgvector is missing and installing it needs root: run `sudo make setup`, or "
+            f"install the package postgresql-{major}-pgvector yourself."
+        )
+    if not TRIXIE_SOURCES.exists():
+        TRIXIE_SOURCES.write_text(TRIXIE_SOURCES_TEXT)
+    _run(["apt-get", "update", "-qq"])
+    _run(
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            f"postgresql-server-dev-{major}",
+            "build-essential",
+            "dpkg-dev",
+        ]
+    )
+    with tempfile.TemporaryDirectory(prefix="idxr-pgvector-") as work:
+        workdir = Path(work)
+        _run(["apt-get", "source", "-qq", "pgvector"], cwd=workdir)
+        sources = [p for p in workdir.iterdir() if p.is_dir() and p.name.startswith("pgvector")]
+        if not sources:
+            raise ExtensionSetupError("apt-get source pgvector produced no source folder")
+        pg_config = f"/usr/lib/postgresql/{major}/bin/pg_config"
+        _run(["make", f"PG_CONFIG={pg_config}", "-j2"], cwd=sources[0])
+        _run(["make", f"PG_CONFIG={pg_config}", "install"], cwd=sources[0])
+
+
+def ensure_extensions(database_url: str, *, install_missing: bool) -> ServerFacts:
+    """Check the server; install pgvector locally when allowed. Raises ExtensionSetupError."""
+    facts = inspect_server(database_url)
+    if facts.version_num < MIN_SERVER_VERSION:
+        raise ExtensionSetupError(
+            f"PostgreSQL {facts.version} is too old: idxr-pg needs PostgreSQL 15 or newer."
+        )
+    missing = facts.missing
+    if not missing:
+        return facts
+    if "ltree" in missing:
+        raise ExtensionSetupError(
+            "the ltree extension is not available on the server: install PostgreSQL's contrib "
+            f"modules (Debian: postgresql-contrib / postgresql-{facts.major})."
+        )
+    if not install_missing or not facts.is_local or not _is_debian():
+        where = "this server" if facts.is_local else f"the server at {facts.host}"
+        raise ExtensionSetupError(
+            f"the vector extension (pgvector >= 0.8) is not available on {where}: install it "
+            f"(Debian/Ubuntu: postgresql-{facts.major}-pgvector; others: "
+            "https://github.com/pgvector/pgvector#installation), then run this again."
+        )
+    print(
+        f"pgvector is missing on the local PostgreSQL {facts.major}; building it from Debian's source package"
+    )
+    install_pgvector_from_debian_source(facts.major)
+    facts = inspect_server(database_url)
+    if facts.missing:
+        raise ExtensionSetupError(
+            f"pgvector was built but PostgreSQL still lacks: {', '.join(facts.missing)}"
+        )
+    return facts

@@ -1,0 +1,186 @@
+"""The idxr schema: Alembic and sql/install.sql agree, installs re-run, uninstall is clean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from idxr_pg.cli import main
+from idxr_pg.db import migrations
+from idxr_pg.schema import HEAD_REVISION, install_script, uninstall_script
+from tests.integration.catalog import snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_psql(url: str, path: Path) -> None:
+    subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def cli(url: str, *args: str):
+    result = CliRunner().invoke(main, ["--database-url", url, *args], catch_exceptions=False)
+    return result
+
+
+def test_committed_sql_files_match_the_generated_scripts():
+    assert (ROOT / "sql" / "install.sql").read_text() == install_script()
+    assert (ROOT / "sql" / "uninstall.sql").read_text() == uninstall_script()
+
+
+def test_alembic_head_equals_plain_sql_install(empty_database_url, create_database):
+    via_alembic = empty_database_url
+    migrations.upgrade(via_alembic)
+    via_psql = create_database("viapsql")
+    run_psql(via_psql, ROOT / "sql" / "install.sql")
+
+    alembic_catalog = snapshot(via_alembic)
+    psql_catalog = snapshot(via_psql)
+    assert alembic_catalog["version"] == [(HEAD_REVISION,)]
+    assert {"search_index", "queue", "dead_letters", "jobs", "workers", "embedding_models"} <= {
+        row[0] for row in alembic_catalog["columns"]
+    }
+    for section, rows in alembic_catalog.items():
+        assert rows == psql_catalog[section], f"catalog section {section!r} differs"
+
+
+def test_search_index_has_the_contract_columns_and_indexes(database_url):
+    with psycopg.connect(database_url) as conn:
+        columns = dict(
+            conn.execute(
+                """SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+                    WHERE attrelid = 'idxr.search_index'::regclass AND attnum > 0"""
+            ).fetchall()
+        )
+        indexes = {
+            row[0]: row[1]
+            for row in conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'search_index'"
+            )
+        }
+        labels = conn.execute("SELECT enum_range(NULL::idxr.value_type)::text").fetchone()[0]
+    assert columns["entity_kind"] == "text" and columns["entity_id"] == "text"
+    assert columns["path"] == "ltree" and columns["value"] == "text"
+    assert columns["value_type"] == "idxr.value_type" and columns["content_hash"] == "text"
+    assert columns["embedding"] == "vector(384)"
+    assert columns["updated_at"] == "timestamp with time zone"
+    assert "(entity_kind, entity_id, path)" in indexes["search_index_pkey"]
+    assert "USING gist (path)" in indexes["search_index_path_gist"]
+    assert "btree (entity_kind, entity_id)" in indexes["search_index_entity"]
+    assert "hnsw (embedding vector_cosine_ops)" in indexes["search_index_embedding_hnsw"]
+    assert labels == "{string,integer,float,boolean,uuid,datetime,date,time,decimal}"
+
+
+def test_install_sql_can_be_run_twice(empty_database_url):
+    run_psql(empty_database_url, ROOT / "sql" / "install.sql")
+    first = snapshot(empty_database_url)
+    run_psql(empty_database_url, ROOT / "sql" / "install.sql")
+    assert snapshot(empty_database_url) == first
+
+
+def test_migrate_twice_is_harmless(empty_database_url):
+    first = cli(empty_database_url, "migrate")
+    assert first.exit_code == 0, first.output
+    assert "migrated base -> 0001" in first.output
+    catalog = snapshot(empty_database_url)
+    second = cli(empty_database_url, "migrate")
+    assert second.exit_code == 0, second.output
+    assert "already up to date" in second.output
+    assert snapshot(empty_database_url) == catalog
+
+
+def _make_user_table(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE public.customers (id int PRIMARY KEY, name text NOT NULL)")
+        conn.execute("INSERT INTO public.customers VALUES (1, 'Ada'), (2, 'Grace')")
+        # A trigger in the idxr schema on the user's table, as `idxr-pg triggers install` makes.
+        conn.execute(
+            """CREATE FUNCTION idxr.test_capture() RETURNS trigger LANGUAGE plpgsql
+               AS $$ BEGIN RETURN NULL; END $$"""
+        )
+        conn.execute(
+            """CREATE TRIGGER idxr_test AFTER INSERT ON public.customers
+               FOR EACH STATEMENT EXECUTE FUNCTION idxr.test_capture()"""
+        )
+
+
+def _user_table_state(url: str) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT * FROM public.customers ORDER BY id").fetchall()
+        triggers = conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.customers'::regclass "
+            "AND NOT tgisinternal"
+        ).fetchall()
+        schemas = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = 'idxr'").fetchall()
+    return rows, triggers, schemas
+
+
+@pytest.mark.parametrize("how", ["cli", "alembic", "psql"])
+def test_migrate_uninstall_migrate_keeps_user_tables(empty_database_url, how):
+    url = empty_database_url
+    assert cli(url, "migrate").exit_code == 0
+    _make_user_table(url)
+    assert _user_table_state(url)[1] == [("idxr_test",)]
+
+    if how == "cli":
+        result = cli(url, "uninstall", "--yes")
+        assert result.exit_code == 0, result.output
+    elif how == "alembic":
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "alembic"),
+                "-x",
+                f"database_url={url}",
+                "downgrade",
+                "base",
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            env={**os.environ},
+        )
+    else:
+        run_psql(url, ROOT / "sql" / "uninstall.sql")
+
+    rows, triggers, schemas = _user_table_state(url)
+    assert rows == [(1, "Ada"), (2, "Grace")]
+    assert triggers == [] and schemas == []
+
+    again = cli(url, "migrate")
+    assert again.exit_code == 0, again.output
+    assert migrations.current_revision(url) == HEAD_REVISION
+    assert _user_table_state(url)[0] == [(1, "Ada"), (2, "Grace")]
+
+
+def test_dimensions_follow_the_configured_model(isolated_database_url):
+    url = isolated_database_url
+    result = cli(url, "migrate", "--dimensions", "768")
+    assert result.exit_code == 0, result.output
+    assert "768-dimensional" in result.output
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT idxr.embedding_dimensions()").fetchone()[0] == 768
+        conn.execute(
+            """INSERT INTO idxr.search_index
+               (entity_kind, entity_id, path, value, value_type, content_hash, embedding)
+               VALUES ('k', '1', 'k.name', 'x', 'string', 'h', array_fill(0.1, ARRAY[768])::vector)"""
+        )
+    refused = CliRunner().invoke(main, ["--database-url", url, "migrate", "--dimensions", "384"])
+    assert refused.exit_code == 1
+    assert "holds 768-dimensional embeddings" in refused.output
+    assert "TRUNCATE idxr.search_index" in refused.output
+
+
+def test_doctor_reports_extensions(database_url):
+    result = cli(database_url, "doctor")
+    assert result.exit_code == 0, result.output
+    assert "vector" in result.output and "ltree" in result.output
