@@ -35,9 +35,11 @@ $(INSTALL_STAMP): pyproject.toml
 database: venv
 	$(BIN)/idxr-pg doctor --install-missing
 
+LINT_PATHS := $(wildcard idxr_pg tests bench alembic)
+
 lint: venv
-	$(BIN)/ruff check idxr_pg tests bench alembic
-	$(BIN)/ruff format --check idxr_pg tests bench alembic
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 test: setup lint
 	$(BIN)/python -m pytest -q
