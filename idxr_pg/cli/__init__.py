@@ -78,6 +78,7 @@ def main(
 # Each module lists its click commands in COMMANDS; add a module here to expose it.
 COMMAND_MODULES = (
     "idxr_pg.cli.schema_commands",
+    "idxr_pg.cli.triggers_commands",
 )
 
 

@@ -12,6 +12,7 @@ from importlib import resources
 SCHEMA_FILES: tuple[str, ...] = (
     "010_base.sql",
     "020_dimensions.sql",
+    "030_capture.sql",
 )
 HEAD_REVISION = "0001"
 VERSION_TABLE = "alembic_version"

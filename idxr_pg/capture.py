@@ -1,0 +1,542 @@
+"""Capture: the trigger DDL that turns writes on watched tables into idxr.queue rows.
+
+For every entity kind, its main table and each ``watch`` table get one trigger function in the
+``idxr`` schema and four statement-level AFTER triggers calling it: INSERT (NEW TABLE), UPDATE
+(OLD and NEW TABLE), DELETE (OLD TABLE) and TRUNCATE. PostgreSQL refuses transition tables on a
+trigger with several events, hence one trigger per event. Each statement inserts one queue row
+per distinct affected entity key and, only if it enqueued something, sends one
+``pg_notify('idxr_queue', <kind>)``.
+
+- UPDATE compares, per key, the multiset of jsonb projections of the columns the entity reads
+  (``columns``, else the whole row) before and after; unchanged rows cancel out, so a no-op
+  update enqueues nothing and a key change enqueues the old and the new key. jsonb makes types
+  without an equality operator (json, point, xml) comparable.
+- TRUNCATE has no transition table: it enqueues every entity of the kind that is indexed or
+  leased (being processed), so the worker deletes (main table) or reloads (child table) them.
+- Functions are SECURITY DEFINER with ``search_path = pg_catalog, pg_temp`` and qualify every
+  name, so an application role needs no rights on the idxr schema. Dropping the idxr schema
+  (``idxr-pg uninstall``) drops the functions and, with them, every trigger.
+- Every identifier from the config is quoted. A watch ``key`` that is not a plain column name is
+  an SQL expression over the row, written by the DBA and trusted like the rest of the config; it
+  is checked at install with ``SELECT (<key>)::text FROM <table> LIMIT 0`` under the functions'
+  search_path. Inside it the row's columns can be named bare or qualified by the table's own
+  name (not its schema); functions outside pg_catalog must be schema-qualified.
+
+Installed functions are recorded in ``idxr.capture_triggers``; dropping removes exactly those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from idxr_pg.config import EntityConfig
+from idxr_pg.errors import IdxrError
+
+QUEUE_CHANNEL = "idxr_queue"
+EVENTS = ("insert", "update", "delete", "truncate")
+MAX_IDENTIFIER = 63
+INSTALL_LOCK_KEY = 0x1D58_CA97  # pg_advisory_xact_lock key serialising installs and drops
+
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_BODY_TAG = "$idxr_capture$"
+_JSONB_PAIRS_PER_CALL = 50  # jsonb_build_object takes at most 100 arguments
+
+
+class CaptureError(IdxrError):
+    """A capture trigger cannot be installed as configured; the message names kind and table."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One way an entity kind reads a table: how to get the entity key, which columns matter."""
+
+    origin: str  # "table" (the kind's main table) or "watch[i]"
+    key: str  # column name, or (watch only) an SQL expression over the row
+    columns: tuple[str, ...] | None  # None: every column
+
+    @property
+    def key_is_column(self) -> bool:
+        return bool(_COLUMN_NAME.match(self.key))
+
+
+@dataclass(frozen=True)
+class CaptureTarget:
+    """One (entity kind, table) pair: gets one trigger function and four triggers."""
+
+    kind: str
+    table: str  # as configured: 'table' or 'schema.table'
+    readers: tuple[Reader, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedTable:
+    oid: int
+    schema: str
+    name: str
+    columns: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class PlannedCapture:
+    target: CaptureTarget
+    table: ResolvedTable
+    function_name: str
+
+
+@dataclass(frozen=True)
+class InstalledCapture:
+    """A row of idxr.capture_triggers, plus the triggers that really exist for it."""
+
+    function_name: str
+    entity_kind: str
+    source_table: str
+    triggers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    captures: tuple[PlannedCapture, ...]
+    stale: tuple[InstalledCapture, ...]  # of the planned kinds, on tables no longer watched
+
+
+# ---------------------------------------------------------------------------------------------
+# Naming
+
+
+def _short_hash(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:8]
+
+
+def _bounded_name(parts: Sequence[str], prefix: str, separator: str) -> str:
+    """``prefix`` + parts joined by ``separator``; hash-suffixed when too long or ambiguous."""
+    name = prefix + separator.join(parts)
+    ambiguous = any(separator in p or p.startswith("_") or p.endswith("_") for p in parts)
+    if len(name) <= MAX_IDENTIFIER and not ambiguous:
+        return name
+    suffix = "_" + _short_hash(prefix, *parts)
+    return name[: MAX_IDENTIFIER - len(suffix)] + suffix
+
+
+def function_name(kind: str, schema: str, table: str) -> str:
+    """Name of the trigger function (in schema idxr) for one kind on one table.
+
+    ``capture_<kind>__<schema>__<table>``; a hash suffix replaces the tail when the name would
+    pass 63 characters or a part contains ``__`` (so two targets never share a name).
+    """
+    return _bounded_name((kind, schema, table), "capture_", "__")
+
+
+def trigger_name(kind: str, event: str) -> str:
+    """Name of one trigger on a table (trigger names are per table): ``idxr_<kind>_<event>``."""
+    name = f"idxr_{kind}_{event}"
+    if len(name) <= MAX_IDENTIFIER:
+        return name
+    suffix = f"_{_short_hash(kind)}_{event}"
+    return name[: MAX_IDENTIFIER - len(suffix)] + suffix
+
+
+# ---------------------------------------------------------------------------------------------
+# From config to targets (pure)
+
+
+def capture_targets(entity: EntityConfig) -> list[CaptureTarget]:
+    """The tables an entity kind reads, each with every way the kind reads it.
+
+    A table listed more than once (e.g. a tree: main table also watched through ``parent_id``)
+    becomes one target with several readers; their keys are unioned.
+    """
+    readers: dict[str, list[Reader]] = {entity.table: []}
+    readers[entity.table].append(
+        Reader("table", entity.key, tuple(entity.columns) if entity.columns else None)
+    )
+    for index, watched in enumerate(entity.watch):
+        reader = Reader(
+            f"watch[{index}]",
+            watched.key.strip(),
+            tuple(watched.columns) if watched.columns else None,
+        )
+        if not reader.key:
+            raise CaptureError(
+                f"entity {entity.name!r}: watch[{index}] ({watched.table}): empty key"
+            )
+        readers.setdefault(watched.table, []).append(reader)
+    return [CaptureTarget(entity.name, table, tuple(rs)) for table, rs in readers.items()]
+
+
+def _targets(entities: Iterable[EntityConfig]) -> list[CaptureTarget]:
+    return [target for entity in entities for target in capture_targets(entity)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving and validating against the database
+
+
+def _split_table(table: str) -> sql.Identifier:
+    return sql.Identifier(*table.split("."))
+
+
+def resolve_table(conn: psycopg.Connection, kind: str, table: str) -> ResolvedTable:
+    """Find the configured table (names taken literally, as quoted identifiers)."""
+    regclass = _split_table(table).as_string(conn)
+    row = conn.execute(
+        """SELECT c.oid, n.nspname, c.relname, c.relkind
+             FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = pg_catalog.to_regclass(%s)""",
+        [regclass],
+    ).fetchone()
+    if row is None:
+        raise CaptureError(f"entity {kind!r}: table {table} does not exist")
+    oid, schema, name, relkind = row
+    if relkind not in ("r", "p"):
+        what = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}.get(
+            relkind, f"not a table (relkind {relkind!r})"
+        )
+        raise CaptureError(
+            f"entity {kind!r}: {table} is {what}; capture triggers need a plain or partitioned table"
+        )
+    columns = tuple(
+        r[0]
+        for r in conn.execute(
+            """SELECT attname FROM pg_catalog.pg_attribute
+                WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
+            [oid],
+        )
+    )
+    return ResolvedTable(oid, schema, name, columns)
+
+
+def _check_reader(
+    conn: psycopg.Connection, kind: str, table: ResolvedTable, reader: Reader
+) -> None:
+    where = f"entity {kind!r}, " + ("" if reader.origin == "table" else f"{reader.origin}, ")
+    where += f"table {table.qualified}"
+    for column in reader.columns or ():
+        if column not in table.columns:
+            raise CaptureError(f"{where}: column {column!r} (in columns) does not exist")
+    if reader.key_is_column:
+        if reader.key not in table.columns:
+            raise CaptureError(f"{where}: key column {reader.key!r} does not exist")
+        return
+    if ";" in reader.key or _BODY_TAG in reader.key:
+        raise CaptureError(
+            f"{where}: key expression {reader.key!r} must be one SQL expression "
+            f"(no ';' or {_BODY_TAG})"
+        )
+    probe = sql.SQL("SELECT ({key})::text FROM {table} AS {alias} LIMIT 0").format(
+        key=sql.SQL(reader.key), table=table.identifier, alias=sql.Identifier(table.name)
+    )
+    try:
+        with conn.transaction(force_rollback=True):  # also undoes the SET LOCAL
+            conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+            conn.execute(probe, prepare=True)  # prepared: one statement, parsed, never run
+    except psycopg.Error as exc:
+        message = (exc.diag.message_primary or str(exc)).strip()
+        raise CaptureError(
+            f"{where}: key expression {reader.key!r} is not valid: {message}"
+        ) from None
+
+
+def installed_captures(
+    conn: psycopg.Connection, kinds: Iterable[str] | None = None
+) -> list[InstalledCapture]:
+    """Recorded capture functions (all, or of ``kinds``) and the triggers that call them."""
+    _require_schema(conn)
+    kind_list = None if kinds is None else list(kinds)
+    rows = conn.execute(
+        """SELECT ct.function_name, ct.entity_kind, ct.source_table,
+                  COALESCE(array_agg(t.tgname::text ORDER BY t.tgname)
+                           FILTER (WHERE t.tgname IS NOT NULL), '{}')
+             FROM idxr.capture_triggers ct
+             LEFT JOIN pg_catalog.pg_proc p
+                    ON p.proname = ct.function_name
+                   AND p.pronamespace = 'idxr'::regnamespace AND p.pronargs = 0
+             LEFT JOIN pg_catalog.pg_trigger t ON t.tgfoid = p.oid AND NOT t.tgisinternal
+            WHERE %(kinds)s::text[] IS NULL OR ct.entity_kind = ANY(%(kinds)s::text[])
+            GROUP BY 1, 2, 3
+            ORDER BY 2, 3""",
+        {"kinds": kind_list},
+    ).fetchall()
+    return [InstalledCapture(r[0], r[1], r[2], tuple(r[3])) for r in rows]
+
+
+def _require_schema(conn: psycopg.Connection) -> None:
+    found = conn.execute("SELECT pg_catalog.to_regclass('idxr.capture_triggers')").fetchone()[0]
+    if found is None:
+        raise CaptureError("the idxr schema is not installed here: run `idxr-pg migrate` first")
+
+
+def plan_install(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> InstallPlan:
+    """Resolve and check every target of ``entities``; errors name kind, table and column."""
+    _require_schema(conn)
+    merged: dict[tuple[str, int], PlannedCapture] = {}
+    for target in _targets(entities):
+        table = resolve_table(conn, target.kind, target.table)
+        for reader in target.readers:
+            _check_reader(conn, target.kind, table, reader)
+        seen = merged.get((target.kind, table.oid))
+        if seen is not None:  # one table spelled two ways, e.g. 'items' and 'public.items'
+            target = CaptureTarget(
+                target.kind, seen.target.table, seen.target.readers + target.readers
+            )
+        merged[(target.kind, table.oid)] = PlannedCapture(
+            target, table, function_name(target.kind, table.schema, table.name)
+        )
+    planned = list(merged.values())
+    names = {p.function_name for p in planned}
+    kinds = {entity.name for entity in entities}
+    stale = [c for c in installed_captures(conn, kinds) if c.function_name not in names]
+    return InstallPlan(tuple(planned), tuple(stale))
+
+
+# ---------------------------------------------------------------------------------------------
+# DDL
+
+
+def _projection(reader: Reader, alias: sql.Identifier) -> sql.Composable:
+    """jsonb of what the reader reads from one row (jsonb: every type gets an equality)."""
+    if reader.columns is None:
+        return sql.SQL("pg_catalog.to_jsonb({}.*)").format(alias)
+    calls = []
+    columns = list(reader.columns)
+    for start in range(0, len(columns), _JSONB_PAIRS_PER_CALL):
+        pairs = [
+            sql.SQL("{}, {}.{}").format(sql.Literal(c), alias, sql.Identifier(c))
+            for c in columns[start : start + _JSONB_PAIRS_PER_CALL]
+        ]
+        calls.append(sql.SQL("pg_catalog.jsonb_build_object({})").format(sql.SQL(", ").join(pairs)))
+    return sql.SQL(" || ").join(calls)
+
+
+def _key(reader: Reader, alias: sql.Identifier) -> sql.Composable:
+    if reader.key_is_column:
+        return sql.SQL("({}.{})::text").format(alias, sql.Identifier(reader.key))
+    return sql.SQL("({})::text").format(sql.SQL(reader.key))
+
+
+def _enqueue(plan: PlannedCapture, operation: str, keys: sql.Composable) -> sql.Composable:
+    return sql.SQL(
+        "INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)\n"
+        "        SELECT DISTINCT {kind}, changed.k, {source}, {op}\n"
+        "          FROM ({keys}) AS changed (k)\n"
+        "         WHERE changed.k IS NOT NULL;"
+    ).format(
+        kind=sql.Literal(plan.target.kind),
+        source=sql.Literal(plan.table.qualified),
+        op=sql.Literal(operation),
+        keys=keys,
+    )
+
+
+def _rows_keys(plan: PlannedCapture, rows: str) -> sql.Composable:
+    alias = sql.Identifier(plan.table.name)
+    return sql.SQL("\n            UNION ALL ").join(
+        sql.SQL("SELECT {key} FROM {rows} AS {alias}").format(
+            key=_key(reader, alias), rows=sql.Identifier(rows), alias=alias
+        )
+        for reader in plan.target.readers
+    )
+
+
+def _changed_keys(plan: PlannedCapture) -> sql.Composable:
+    """Keys whose multiset of projections differs between idxr_old and idxr_new."""
+    alias = sql.Identifier(plan.table.name)
+    parts = []
+    for reader in plan.target.readers:
+        side = sql.SQL("SELECT {key} AS k, {proj} AS v, {sign} AS s FROM {rows} AS {alias}")
+        new = side.format(
+            key=_key(reader, alias),
+            proj=_projection(reader, alias),
+            sign=sql.Literal(1),
+            rows=sql.Identifier("idxr_new"),
+            alias=alias,
+        )
+        old = side.format(
+            key=_key(reader, alias),
+            proj=_projection(reader, alias),
+            sign=sql.Literal(-1),
+            rows=sql.Identifier("idxr_old"),
+            alias=alias,
+        )
+        parts.append(
+            sql.SQL(
+                "SELECT d.k FROM ({new}\n                  UNION ALL {old}) AS d"
+                " GROUP BY d.k, d.v HAVING pg_catalog.sum(d.s) <> 0"
+            ).format(new=new, old=old)
+        )
+    return sql.SQL("\n            UNION ALL ").join(parts)
+
+
+def _truncated_keys(plan: PlannedCapture) -> sql.Composable:
+    kind = sql.Literal(plan.target.kind)
+    return sql.SQL(
+        "SELECT entity_id FROM idxr.search_index WHERE entity_kind = {kind}"
+        " UNION SELECT entity_id FROM idxr.leases WHERE entity_kind = {kind}"
+    ).format(kind=kind)
+
+
+def function_ddl(plan: PlannedCapture) -> sql.Composed:
+    """CREATE OR REPLACE FUNCTION for one target."""
+    body = sql.SQL(
+        "\nDECLARE\n"
+        "    enqueued bigint;\n"
+        "BEGIN\n"
+        "    IF TG_OP = 'INSERT' THEN\n"
+        "        {insert}\n"
+        "    ELSIF TG_OP = 'UPDATE' THEN\n"
+        "        {update}\n"
+        "    ELSIF TG_OP = 'DELETE' THEN\n"
+        "        {delete}\n"
+        "    ELSE\n"
+        "        {truncate}\n"
+        "    END IF;\n"
+        "    GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
+        "    IF enqueued > 0 THEN\n"
+        "        PERFORM pg_catalog.pg_notify({channel}, {kind});\n"
+        "    END IF;\n"
+        "    RETURN NULL;\n"
+        "END\n"
+    ).format(
+        insert=_enqueue(plan, "INSERT", _rows_keys(plan, "idxr_new")),
+        update=_enqueue(plan, "UPDATE", _changed_keys(plan)),
+        delete=_enqueue(plan, "DELETE", _rows_keys(plan, "idxr_old")),
+        truncate=_enqueue(plan, "TRUNCATE", _truncated_keys(plan)),
+        channel=sql.Literal(QUEUE_CHANNEL),
+        kind=sql.Literal(plan.target.kind),
+    )
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION idxr.{name}()\n"
+        "RETURNS trigger\n"
+        "LANGUAGE plpgsql\n"
+        "SECURITY DEFINER\n"
+        "SET search_path = pg_catalog, pg_temp\n"
+        "AS {tag}{body}{tag}"
+    ).format(name=sql.Identifier(plan.function_name), tag=sql.SQL(_BODY_TAG), body=body)
+
+
+_TRIGGER_CLAUSES = {
+    "insert": "AFTER INSERT ON {table} REFERENCING NEW TABLE AS idxr_new",
+    "update": "AFTER UPDATE ON {table} REFERENCING OLD TABLE AS idxr_old NEW TABLE AS idxr_new",
+    "delete": "AFTER DELETE ON {table} REFERENCING OLD TABLE AS idxr_old",
+    "truncate": "AFTER TRUNCATE ON {table}",
+}
+
+
+def trigger_ddl(plan: PlannedCapture) -> list[sql.Composed]:
+    """CREATE OR REPLACE TRIGGER for the four events of one target."""
+    return [
+        sql.SQL("CREATE OR REPLACE TRIGGER {trigger}\n    " + _TRIGGER_CLAUSES[event]).format(
+            trigger=sql.Identifier(trigger_name(plan.target.kind, event)),
+            table=plan.table.identifier,
+        )
+        + sql.SQL("\n    FOR EACH STATEMENT EXECUTE FUNCTION idxr.{}()").format(
+            sql.Identifier(plan.function_name)
+        )
+        for event in EVENTS
+    ]
+
+
+def _record_ddl(plan: PlannedCapture) -> sql.Composed:
+    readers = [
+        {"origin": r.origin, "key": r.key, "columns": list(r.columns) if r.columns else None}
+        for r in plan.target.readers
+    ]
+    return sql.SQL(
+        "INSERT INTO idxr.capture_triggers (function_name, entity_kind, source_table, readers)\n"
+        "VALUES ({name}, {kind}, {table}, {readers}::jsonb)\n"
+        "ON CONFLICT (function_name) DO UPDATE\n"
+        "   SET entity_kind = EXCLUDED.entity_kind, source_table = EXCLUDED.source_table,\n"
+        "       readers = EXCLUDED.readers, installed_at = now()"
+    ).format(
+        name=sql.Literal(plan.function_name),
+        kind=sql.Literal(plan.target.kind),
+        table=sql.Literal(plan.table.qualified),
+        readers=sql.Literal(json.dumps(readers)),
+    )
+
+
+def drop_ddl(captures: Iterable[InstalledCapture]) -> list[sql.Composed]:
+    """Drop each function with CASCADE (its triggers only) and forget it."""
+    statements = []
+    for capture in captures:
+        statements.append(
+            sql.SQL("DROP FUNCTION IF EXISTS idxr.{}() CASCADE").format(
+                sql.Identifier(capture.function_name)
+            )
+        )
+        statements.append(
+            sql.SQL("DELETE FROM idxr.capture_triggers WHERE function_name = {}").format(
+                sql.Literal(capture.function_name)
+            )
+        )
+    return statements
+
+
+def install_ddl(plan: InstallPlan) -> list[sql.Composed]:
+    """Every statement of an install, in order: stale targets dropped, then each target."""
+    statements = drop_ddl(plan.stale)
+    for capture in plan.captures:
+        statements.append(function_ddl(capture))
+        statements.append(
+            sql.SQL("REVOKE ALL ON FUNCTION idxr.{}() FROM PUBLIC").format(
+                sql.Identifier(capture.function_name)
+            )
+        )
+        statements.extend(trigger_ddl(capture))
+        statements.append(_record_ddl(capture))
+    return statements
+
+
+def render_script(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> str:
+    """Statements as one psql-runnable script in a single transaction."""
+    text = "\n\n".join(s.as_string(conn) + ";" for s in statements)
+    return f"BEGIN;\n\n{text}\n\nCOMMIT;\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Install and drop
+
+
+def _lock(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [INSTALL_LOCK_KEY])
+
+
+def install_triggers(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> InstallPlan:
+    """Create or replace the capture triggers of ``entities`` in one transaction.
+
+    Idempotent. Triggers a kind installed earlier on a table it no longer reads are dropped;
+    kinds not in ``entities`` are left alone. Nothing changes if any target fails its checks.
+    """
+    with conn.transaction():
+        _lock(conn)
+        plan = plan_install(conn, entities)
+        for statement in install_ddl(plan):
+            conn.execute(statement)
+    return plan
+
+
+def drop_triggers(
+    conn: psycopg.Connection, kinds: Iterable[str] | None = None
+) -> list[InstalledCapture]:
+    """Drop the recorded capture triggers (all, or of ``kinds``), in one transaction."""
+    with conn.transaction():
+        _lock(conn)
+        captures = installed_captures(conn, kinds)
+        for statement in drop_ddl(captures):
+            conn.execute(statement)
+    return captures

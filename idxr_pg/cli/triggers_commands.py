@@ -1,0 +1,127 @@
+"""`idxr-pg triggers install|drop|sql|list`: the capture triggers on watched tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from idxr_pg import capture
+from idxr_pg.cli.context import AppContext, pass_app, print_json
+from idxr_pg.config import EntityConfig
+from idxr_pg.db.connection import connect, redact
+
+KIND_OPTION = click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="Only this entity kind (repeatable) [default: every kind].",
+)
+
+
+def _entities(app: AppContext, kinds: Sequence[str]) -> list[EntityConfig]:
+    config = app.config
+    return [config.entity(k) for k in kinds] if kinds else list(config.entities)
+
+
+@click.group()
+def triggers() -> None:
+    """Capture triggers: writes to watched tables enqueue the changed entity keys.
+
+    For every configured entity kind, its main table and each `watch` table get four
+    statement-level AFTER triggers (INSERT, UPDATE, DELETE, TRUNCATE) calling one SECURITY DEFINER
+    function in the idxr schema. `idxr-pg uninstall` removes them all with the idxr schema.
+    """
+
+
+@triggers.command()
+@KIND_OPTION
+@pass_app
+def install(app: AppContext, kinds: tuple[str, ...]) -> None:
+    """Create or replace the capture triggers of the configured kinds (one transaction).
+
+    Safe to run again. Tables, key columns, key expressions and `columns` are checked first;
+    on any error nothing changes. Triggers a kind had on a table it no longer reads are
+    dropped; kinds missing from the config are left alone (see `triggers drop --kind`).
+    """
+    entities = _entities(app, kinds)
+    if not entities:
+        click.echo("no entity kinds configured: nothing to install")
+        return
+    with connect(app.database_url, vector=False) as conn:
+        plan = capture.install_triggers(conn, entities)
+        others = sorted(
+            {c.entity_kind for c in capture.installed_captures(conn)}
+            - {e.name for e in app.config.entities}
+        )
+    for stale in plan.stale:
+        click.echo(f"dropped {stale.entity_kind} on {stale.source_table} (no longer watched)")
+    for planned in plan.captures:
+        click.echo(
+            f"installed {planned.target.kind} on {planned.table.qualified} "
+            f"(idxr.{planned.function_name})"
+        )
+    if others:
+        click.echo(
+            f"note: triggers of kinds not in the config remain: {', '.join(others)} "
+            "(remove with `idxr-pg triggers drop --kind KIND`)"
+        )
+    click.echo(f"capture triggers ready in {redact(app.database_url)}")
+
+
+@triggers.command()
+@KIND_OPTION
+@pass_app
+def drop(app: AppContext, kinds: tuple[str, ...]) -> None:
+    """Drop the capture triggers idxr-pg installed (all, or those of --kind).
+
+    Uses the record in idxr.capture_triggers, not the config, so it also removes the triggers
+    of kinds since deleted from the config. Application tables and rows are untouched.
+    """
+    with connect(app.database_url, vector=False) as conn:
+        dropped = capture.drop_triggers(conn, kinds or None)
+    for item in dropped:
+        click.echo(f"dropped {item.entity_kind} on {item.source_table}")
+    if not dropped:
+        click.echo("no capture triggers installed" + (f" for {', '.join(kinds)}" if kinds else ""))
+
+
+@triggers.command(name="sql")
+@KIND_OPTION
+@click.option("--drop", "for_drop", is_flag=True, help="Print the DDL of `triggers drop` instead.")
+@pass_app
+def sql_command(app: AppContext, kinds: tuple[str, ...], for_drop: bool) -> None:
+    """Print the DDL `triggers install` would run (a psql script; nothing is changed).
+
+    Needs the database: tables are resolved and checked against it first.
+    """
+    with connect(app.database_url, vector=False) as conn:
+        if for_drop:
+            statements = capture.drop_ddl(capture.installed_captures(conn, kinds or None))
+        else:
+            statements = capture.install_ddl(capture.plan_install(conn, _entities(app, kinds)))
+        script = capture.render_script(conn, statements)
+        conn.rollback()
+    click.echo(script, nl=False)
+
+
+@triggers.command(name="list")
+@KIND_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_app
+def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None:
+    """Show the installed capture triggers and whether all four still exist on their table."""
+    with connect(app.database_url, vector=False) as conn:
+        captures = capture.installed_captures(conn, kinds or None)
+    if as_json:
+        print_json([c.__dict__ for c in captures])
+        return
+    for c in captures:
+        state = "ok" if len(c.triggers) == len(capture.EVENTS) else f"{len(c.triggers)}/4 triggers"
+        click.echo(f"{c.entity_kind}\t{c.source_table}\tidxr.{c.function_name}\t{state}")
+    if not captures:
+        click.echo("no capture triggers installed")
+
+
+COMMANDS = [triggers]
