@@ -79,6 +79,7 @@ def main(
 COMMAND_MODULES = (
     "idxr_pg.cli.schema_commands",
     "idxr_pg.cli.triggers_commands",
+    "idxr_pg.cli.ops_commands",
 )
 
 

@@ -1,0 +1,161 @@
+"""Progress of a long job: a rich bar on a terminal, periodic log lines otherwise.
+
+Both show entities done/total, fields embedded, rate and ETA. Log lines carry the same numbers
+as structured ``extra`` fields, so ``--log-format json`` gives machine-readable progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Protocol
+
+from idxr_pg.jobs import JobCounts
+
+log = logging.getLogger("idxr_pg.progress")
+
+DEFAULT_LOG_INTERVAL = 10.0
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def eta_seconds(total: int | None, done: int, rate: float | None) -> float | None:
+    if total is None or not rate:
+        return None
+    return max(0.0, (total - done) / rate)
+
+
+class ProgressReporter(Protocol):
+    def update(self, counts: JobCounts, total: int | None, rate: float | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LogProgress:
+    """One INFO line every ``interval`` seconds (and none in between)."""
+
+    def __init__(
+        self, label: str, extra: dict[str, object], interval: float = DEFAULT_LOG_INTERVAL
+    ) -> None:
+        self.label = label
+        self.extra = extra
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def update(self, counts: JobCounts, total: int | None, rate: float | None) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        eta = eta_seconds(total, counts.done, rate)
+        shown_total = "?" if total is None else str(total)
+        percent = f" ({100.0 * counts.done / total:.1f}%)" if total else ""
+        log.info(
+            "%s: %d/%s entities%s, %d fields embedded, %.1f entities/s, ETA %s",
+            self.label,
+            counts.done,
+            shown_total,
+            percent,
+            counts.embedded,
+            rate or 0.0,
+            format_duration(eta),
+            extra={
+                **self.extra,
+                **counts.as_dict(),
+                "total": total,
+                "rate": None if rate is None else round(rate, 2),
+                "eta_seconds": None if eta is None else round(eta, 1),
+            },
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    """A live bar on stderr; log records are printed above it while it runs."""
+
+    def __init__(self, label: str, total: int | None, done: int = 0) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[embedded]} fields embedded"),
+            TextColumn("{task.fields[rate]}/s"),
+            TextColumn("ETA {task.fields[eta]}"),
+            console=Console(stderr=True),
+            redirect_stderr=True,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            label, total=total, completed=done, embedded=0, rate="-", eta="-"
+        )
+        self._progress.start()
+        self._handlers = _point_log_handlers_at(sys.stderr)
+
+    def update(self, counts: JobCounts, total: int | None, rate: float | None) -> None:
+        self._progress.update(
+            self._task,
+            total=total,
+            completed=counts.done,
+            embedded=counts.embedded,
+            rate="-" if rate is None else f"{rate:.1f}",
+            eta=format_duration(eta_seconds(total, counts.done, rate)),
+        )
+
+    def close(self) -> None:
+        self._progress.stop()
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+
+
+def _point_log_handlers_at(stream: object) -> list[tuple[logging.StreamHandler, object]]:
+    """Send the root logger's stderr handlers to ``stream`` (rich's proxy); returns the old ones."""
+    changed: list[tuple[logging.StreamHandler, object]] = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stderr__:
+            changed.append((handler, handler.setStream(stream)))  # type: ignore[arg-type]
+    return changed
+
+
+def make_progress(
+    label: str,
+    *,
+    total: int | None,
+    done: int = 0,
+    extra: dict[str, object] | None = None,
+    tty: bool | None = None,
+    interval: float = DEFAULT_LOG_INTERVAL,
+) -> ProgressReporter:
+    """A bar when stderr is a terminal (or ``tty=True``), else periodic log lines."""
+    if tty is None:
+        tty = sys.stderr.isatty()
+    if tty:
+        return RichProgress(label, total, done)
+    return LogProgress(label, extra or {}, interval)

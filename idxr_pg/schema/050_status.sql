@@ -1,0 +1,94 @@
+-- Operations: what `idxr-pg status`, `stale` and `jobs` read, also for SQL users.
+-- idxr.status: one row per entity kind known to the database (registered, indexed, queued
+-- or dead-lettered). idxr.stale: the kinds whose queue holds unprocessed changes.
+-- Both are plain views over the base tables; they count, so they scan the index once.
+
+-- A resumed backfill points at the job it continues; the counts below extend idxr.jobs.
+ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS resumed_from bigint
+    REFERENCES idxr.jobs (id) ON DELETE SET NULL;
+ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS deleted bigint NOT NULL DEFAULT 0;
+ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS skipped bigint NOT NULL DEFAULT 0;
+ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS cache_hits bigint NOT NULL DEFAULT 0;
+ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS records_deleted bigint NOT NULL DEFAULT 0;
+
+-- 'every 5m' -> 5 minutes; NULL for 'on_change', 'manual' or anything else.
+CREATE OR REPLACE FUNCTION idxr.refresh_interval(policy text)
+RETURNS interval
+LANGUAGE sql
+IMMUTABLE
+AS $$
+    SELECT make_interval(secs => m[1]::bigint * CASE m[2]
+               WHEN 's' THEN 1 WHEN 'm' THEN 60 WHEN 'h' THEN 3600 ELSE 86400 END)
+      FROM regexp_match(btrim(policy), '^every\s+(\d+)\s*(s|m|h|d)$') AS m
+$$;
+
+CREATE OR REPLACE VIEW idxr.status AS
+WITH kinds AS (
+    SELECT name AS entity_kind FROM idxr.entity_kinds
+    UNION SELECT DISTINCT entity_kind FROM idxr.search_index
+    UNION SELECT DISTINCT entity_kind FROM idxr.queue
+    UNION SELECT DISTINCT entity_kind FROM idxr.dead_letters WHERE retried_at IS NULL
+),
+indexed AS (
+    SELECT entity_kind,
+           count(DISTINCT entity_id) AS indexed_entities,
+           count(*) AS indexed_records,
+           count(embedding) AS embedded_records
+      FROM idxr.search_index
+     GROUP BY entity_kind
+),
+queued AS (
+    SELECT entity_kind,
+           count(*) AS queued_changes,
+           count(DISTINCT entity_id) AS queued_entities,
+           count(*) FILTER (WHERE attempts > 0) AS retrying_changes,
+           min(enqueued_at) AS stale_since
+      FROM idxr.queue
+     GROUP BY entity_kind
+),
+dead AS (
+    SELECT entity_kind, count(*) AS dead_letters
+      FROM idxr.dead_letters
+     WHERE retried_at IS NULL
+     GROUP BY entity_kind
+)
+SELECT k.entity_kind,
+       ek.model_name,
+       ek.source_table,
+       COALESCE(ek.refresh_policy, 'on_change') AS refresh_policy,
+       COALESCE(i.indexed_entities, 0) AS indexed_entities,
+       COALESCE(i.indexed_records, 0) AS indexed_records,
+       COALESCE(i.embedded_records, 0) AS embedded_records,
+       COALESCE(q.queued_changes, 0) AS queue_depth,
+       COALESCE(q.queued_entities, 0) AS queued_entities,
+       COALESCE(q.retrying_changes, 0) AS retrying_changes,
+       q.stale_since,
+       now() - q.stale_since AS lag,
+       ek.last_refresh_at,
+       ek.last_embedded_at,
+       COALESCE(d.dead_letters, 0) AS dead_letters
+  FROM kinds k
+  LEFT JOIN idxr.entity_kinds ek ON ek.name = k.entity_kind
+  LEFT JOIN indexed i USING (entity_kind)
+  LEFT JOIN queued q USING (entity_kind)
+  LEFT JOIN dead d USING (entity_kind);
+
+COMMENT ON VIEW idxr.status IS
+    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters.';
+
+CREATE OR REPLACE VIEW idxr.stale AS
+SELECT q.entity_kind,
+       COALESCE(ek.refresh_policy, 'on_change') AS refresh_policy,
+       idxr.refresh_interval(ek.refresh_policy) AS refresh_interval,
+       count(*) AS queued_changes,
+       count(DISTINCT q.entity_id) AS queued_entities,
+       count(*) FILTER (WHERE q.not_before <= now()) AS ready_changes,
+       min(q.enqueued_at) AS stale_since,
+       now() - min(q.enqueued_at) AS lag,
+       ek.last_refresh_at
+  FROM idxr.queue q
+  LEFT JOIN idxr.entity_kinds ek ON ek.name = q.entity_kind
+ GROUP BY q.entity_kind, ek.refresh_policy, ek.last_refresh_at;
+
+COMMENT ON VIEW idxr.stale IS
+    'Entity kinds with unprocessed changes: how many, since when, and their refresh policy.';
