@@ -22,6 +22,11 @@ per distinct affected entity key and, only if it enqueued something, sends one
   search_path. Inside it the row's columns can be named bare or qualified by the table's own
   name (not its schema); functions outside pg_catalog must be schema-qualified.
 
+- A partitioned table: statement-level triggers fire only for the table a statement names, so
+  every table of its partition tree gets the four triggers. Partitions created or attached later
+  are not captured until ``triggers install`` runs again (``triggers list`` reports them).
+  Legacy inheritance children are not covered.
+
 Installed functions are recorded in ``idxr.capture_triggers``; dropping removes exactly those.
 """
 
@@ -81,6 +86,7 @@ class ResolvedTable:
     schema: str
     name: str
     columns: tuple[str, ...]
+    tree: tuple[tuple[str, str], ...]  # (schema, name) of the table and all its partitions
 
     @property
     def qualified(self) -> str:
@@ -105,7 +111,12 @@ class InstalledCapture:
     function_name: str
     entity_kind: str
     source_table: str
-    triggers: tuple[str, ...]
+    triggers: tuple[str, ...]  # on the source table itself
+    uncovered: tuple[str, ...]  # tables of its partition tree missing some of the 4 triggers
+
+    @property
+    def complete(self) -> bool:
+        return len(self.triggers) == len(EVENTS) and not self.uncovered
 
 
 @dataclass(frozen=True)
@@ -218,7 +229,18 @@ def resolve_table(conn: psycopg.Connection, kind: str, table: str) -> ResolvedTa
             [oid],
         )
     )
-    return ResolvedTable(oid, schema, name, columns)
+    tree = tuple(
+        (r[0], r[1])
+        for r in conn.execute(
+            """SELECT n.nspname, c.relname
+                 FROM pg_catalog.pg_partition_tree(%s::oid::regclass) AS pt
+                 JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                ORDER BY pt.level, n.nspname, c.relname""",
+            [oid],
+        )
+    ) or ((schema, name),)
+    return ResolvedTable(oid, schema, name, columns, tree)
 
 
 def _check_reader(
@@ -244,7 +266,7 @@ def _check_reader(
     try:
         with conn.transaction(force_rollback=True):  # also undoes the SET LOCAL
             conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
-            conn.execute(probe, prepare=True)  # prepared: one statement, parsed, never run
+            conn.execute(probe, prepare=True)  # prepared: one statement only; reads no row
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
         raise CaptureError(
@@ -260,19 +282,25 @@ def installed_captures(
     kind_list = None if kinds is None else list(kinds)
     rows = conn.execute(
         """SELECT ct.function_name, ct.entity_kind, ct.source_table,
-                  COALESCE(array_agg(t.tgname::text ORDER BY t.tgname)
-                           FILTER (WHERE t.tgname IS NOT NULL), '{}')
+                  (SELECT COALESCE(array_agg(t.tgname::text ORDER BY t.tgname), '{}')
+                     FROM pg_catalog.pg_trigger t
+                    WHERE t.tgfoid = f.oid AND t.tgrelid = src.rel),
+                  (SELECT COALESCE(array_agg(pt.relid::regclass::text ORDER BY 1), '{}')
+                     FROM pg_catalog.pg_partition_tree(src.rel) AS pt
+                    WHERE (SELECT count(*) FROM pg_catalog.pg_trigger t
+                            WHERE t.tgfoid = f.oid AND t.tgrelid = pt.relid) < 4)
              FROM idxr.capture_triggers ct
-             LEFT JOIN pg_catalog.pg_proc p
-                    ON p.proname = ct.function_name
-                   AND p.pronamespace = 'idxr'::regnamespace AND p.pronargs = 0
-             LEFT JOIN pg_catalog.pg_trigger t ON t.tgfoid = p.oid AND NOT t.tgisinternal
+             CROSS JOIN LATERAL pg_catalog.to_regclass(pg_catalog.format('%%I.%%I',
+                 pg_catalog.split_part(ct.source_table, '.', 1),
+                 pg_catalog.split_part(ct.source_table, '.', 2))) AS src (rel)
+             LEFT JOIN pg_catalog.pg_proc f
+                    ON f.proname = ct.function_name
+                   AND f.pronamespace = 'idxr'::regnamespace AND f.pronargs = 0
             WHERE %(kinds)s::text[] IS NULL OR ct.entity_kind = ANY(%(kinds)s::text[])
-            GROUP BY 1, 2, 3
             ORDER BY 2, 3""",
         {"kinds": kind_list},
     ).fetchall()
-    return [InstalledCapture(r[0], r[1], r[2], tuple(r[3])) for r in rows]
+    return [InstalledCapture(r[0], r[1], r[2], tuple(r[3]), tuple(r[4])) for r in rows]
 
 
 def _require_schema(conn: psycopg.Connection) -> None:
@@ -438,15 +466,20 @@ _TRIGGER_CLAUSES = {
 
 
 def trigger_ddl(plan: PlannedCapture) -> list[sql.Composed]:
-    """CREATE OR REPLACE TRIGGER for the four events of one target."""
+    """CREATE OR REPLACE TRIGGER for the four events of one target.
+
+    A partitioned table's statement-level triggers fire only for statements naming it, so every
+    table of its partition tree (as of install time) gets the four triggers too.
+    """
     return [
         sql.SQL("CREATE OR REPLACE TRIGGER {trigger}\n    " + _TRIGGER_CLAUSES[event]).format(
             trigger=sql.Identifier(trigger_name(plan.target.kind, event)),
-            table=plan.table.identifier,
+            table=sql.Identifier(*table),
         )
         + sql.SQL("\n    FOR EACH STATEMENT EXECUTE FUNCTION idxr.{}()").format(
             sql.Identifier(plan.function_name)
         )
+        for table in plan.table.tree
         for event in EVENTS
     ]
 

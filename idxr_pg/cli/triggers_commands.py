@@ -111,14 +111,23 @@ def sql_command(app: AppContext, kinds: tuple[str, ...], for_drop: bool) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_app
 def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None:
-    """Show the installed capture triggers and whether all four still exist on their table."""
+    """Show the installed capture triggers and whether every table still has all four.
+
+    A partition created or attached after the install is reported as missing until
+    `triggers install` runs again.
+    """
     with connect(app.database_url, vector=False) as conn:
         captures = capture.installed_captures(conn, kinds or None)
     if as_json:
-        print_json([c.__dict__ for c in captures])
+        print_json([{**c.__dict__, "complete": c.complete} for c in captures])
         return
     for c in captures:
-        state = "ok" if len(c.triggers) == len(capture.EVENTS) else f"{len(c.triggers)}/4 triggers"
+        if c.complete:
+            state = "ok"
+        elif c.uncovered:
+            state = f"missing on {', '.join(c.uncovered)}: run `idxr-pg triggers install`"
+        else:
+            state = f"{len(c.triggers)}/4 triggers: run `idxr-pg triggers install`"
         click.echo(f"{c.entity_kind}\t{c.source_table}\tidxr.{c.function_name}\t{state}")
     if not captures:
         click.echo("no capture triggers installed")

@@ -540,6 +540,31 @@ def test_one_table_listed_twice_for_a_kind_unions_both_keys(conn):
     assert keys(drain(conn), "category") == ["1", "2"]  # the child and its parent
 
 
+def test_partitioned_tables_are_captured_through_their_parent(conn):
+    conn.execute(
+        """CREATE TABLE app.events (id int, region text, body text, PRIMARY KEY (id, region))
+               PARTITION BY LIST (region);
+           CREATE TABLE app.events_eu PARTITION OF app.events FOR VALUES IN ('eu');
+           CREATE TABLE app.events_us PARTITION OF app.events FOR VALUES IN ('us')"""
+    )
+    events = {"name": "event", "model": "tests.models:Event", "table": "app.events", "key": "id"}
+    capture.install_triggers(conn, entities(events))
+    conn.execute("INSERT INTO app.events VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'us', 'c')")
+    assert keys(drain(conn), "event") == ["1", "2", "3"]
+    conn.execute("UPDATE app.events SET region = 'eu' WHERE id = 2")  # moves partition
+    assert keys(drain(conn), "event") == ["2"]
+    conn.execute("DELETE FROM app.events_us")
+    assert keys(drain(conn), "event") == ["3"]
+    assert [c.complete for c in capture.installed_captures(conn)] == [True]
+
+    conn.execute("CREATE TABLE app.events_ap PARTITION OF app.events FOR VALUES IN ('ap')")
+    assert capture.installed_captures(conn)[0].uncovered == ("app.events_ap",)
+    capture.install_triggers(conn, entities(events))
+    conn.execute("INSERT INTO app.events_ap VALUES (4, 'ap', 'd')")
+    assert keys(drain(conn), "event") == ["4"]
+    assert [c.complete for c in capture.installed_captures(conn)] == [True]
+
+
 def cli(url: str, config: Path, *args: str):
     return CliRunner().invoke(
         main, ["--database-url", url, "--config", str(config), *args], catch_exceptions=False
