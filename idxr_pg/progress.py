@@ -67,12 +67,13 @@ class LogProgress:
         shown_total = "?" if total is None else str(total)
         percent = f" ({100.0 * counts.done / total:.1f}%)" if total else ""
         log.info(
-            "%s: %d/%s entities%s, %d fields embedded, %.1f entities/s, ETA %s",
+            "%s: %d/%s entities%s, %d fields embedded (%d from the cache), %.1f entities/s, ETA %s",
             self.label,
             counts.done,
             shown_total,
             percent,
             counts.embedded,
+            counts.cache_hits,
             rate or 0.0,
             format_duration(eta),
             extra={
@@ -106,7 +107,7 @@ class RichProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.fields[embedded]} fields embedded"),
+            TextColumn("{task.fields[embedded]} fields embedded (+{task.fields[cached]} cached)"),
             TextColumn("{task.fields[rate]}/s"),
             TextColumn("ETA {task.fields[eta]}"),
             console=Console(stderr=True),
@@ -114,7 +115,7 @@ class RichProgress:
             transient=False,
         )
         self._task = self._progress.add_task(
-            label, total=total, completed=done, embedded=0, rate="-", eta="-"
+            label, total=total, completed=done, embedded=0, cached=0, rate="-", eta="-"
         )
         self._progress.start()
         self._handlers = _point_log_handlers_at(sys.stderr)
@@ -125,6 +126,7 @@ class RichProgress:
             total=total,
             completed=counts.done,
             embedded=counts.embedded,
+            cached=counts.cache_hits,
             rate="-" if rate is None else f"{rate:.1f}",
             eta=format_duration(eta_seconds(total, counts.done, rate)),
         )

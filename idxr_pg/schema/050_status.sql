@@ -22,6 +22,20 @@ AS $$
       FROM regexp_match(btrim(policy), '^every\s+(\d+)\s*(s|m|h|d)$') AS m
 $$;
 
+-- Per-kind counts of the index. A function rather than inline SQL in the view: a view that
+-- reads search_index.embedding would pin its type, and idxr.set_embedding_dimensions must be
+-- able to change vector(N) (a string-bodied SQL function records no column dependency).
+CREATE OR REPLACE FUNCTION idxr.index_counts()
+RETURNS TABLE (entity_kind text, indexed_entities bigint, indexed_records bigint,
+               embedded_records bigint)
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT entity_kind, count(DISTINCT entity_id), count(*), count(embedding)
+      FROM idxr.search_index
+     GROUP BY entity_kind
+$$;
+
 CREATE OR REPLACE VIEW idxr.status AS
 WITH kinds AS (
     SELECT name AS entity_kind FROM idxr.entity_kinds
@@ -30,12 +44,7 @@ WITH kinds AS (
     UNION SELECT DISTINCT entity_kind FROM idxr.dead_letters WHERE retried_at IS NULL
 ),
 indexed AS (
-    SELECT entity_kind,
-           count(DISTINCT entity_id) AS indexed_entities,
-           count(*) AS indexed_records,
-           count(embedding) AS embedded_records
-      FROM idxr.search_index
-     GROUP BY entity_kind
+    SELECT * FROM idxr.index_counts()
 ),
 queued AS (
     SELECT entity_kind,
