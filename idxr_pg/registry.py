@@ -1,0 +1,276 @@
+"""Entity kinds as the pipeline uses them: model class, source table, key and document loader.
+
+`resolve_kinds` turns the YAML `EntityConfig`\\ s into `RegisteredKind`\\ s (the Pydantic model
+imported, the key column's SQL type read from the catalog); `register` records the kinds and
+the embedding model in ``idxr.entity_kinds`` / ``idxr.embedding_models``.
+
+The document of an entity is a JSON object validated into its model. By default it is the row
+itself (``to_jsonb``; only the configured ``columns`` when given, so the document depends on
+nothing the capture triggers ignore); a configured ``document`` SQL replaces it. Either way the
+loader returns ``{entity key as text: document}`` for the keys asked; a key without a row is
+absent (its entity was deleted).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel
+
+from idxr_pg.config import EntityConfig, IdxrConfig
+from idxr_pg.errors import IdxrError
+from idxr_pg.traverse import schema_fingerprint
+
+__all__ = [
+    "RegisteredKind",
+    "RegistryError",
+    "import_model",
+    "register",
+    "resolve_kind",
+    "resolve_kinds",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(IdxrError):
+    """An entity kind cannot be set up: its model, table or key is wrong (the message says which)."""
+
+
+@dataclass(frozen=True)
+class RegisteredKind:
+    """One entity kind, ready for the pipeline."""
+
+    config: EntityConfig
+    model: type[BaseModel]
+    schema: str
+    table: str
+    key_type: str
+    """SQL type of the key column, as ``format_type`` spells it (e.g. ``integer``, ``uuid``)."""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+    @property
+    def source_table(self) -> str:
+        """``schema.table`` as configured-resolved (unquoted, for messages and bookkeeping)."""
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def refresh(self) -> str:
+        return self.config.refresh
+
+    @property
+    def refresh_interval(self) -> int | None:
+        return self.config.refresh_interval
+
+    def document_query(self) -> sql.Composed:
+        """SQL returning ``(key text, document jsonb)`` for the keys in ``%(keys)s`` (text[])."""
+        if self.config.document:
+            custom = self.config.document.strip().rstrip(";")
+            # The user's SQL is trusted config (like a view definition); we only normalise its
+            # two output columns to text and jsonb.
+            return sql.SQL("SELECT d.k::text, d.doc::jsonb FROM ({}) AS d(k, doc)").format(
+                sql.SQL(custom)
+            )
+        table = sql.Identifier(self.schema, self.table)
+        key = sql.Identifier(self.key)
+        if self.config.columns:
+            picked = sql.SQL(", ").join(sql.Identifier("t", c) for c in self.config.columns)
+            document = sql.SQL("(SELECT to_jsonb(s) FROM (SELECT {}) AS s)").format(picked)
+        else:
+            document = sql.SQL("to_jsonb(t)")
+        return sql.SQL(
+            "SELECT t.{key}::text, {document} FROM {table} AS t "
+            "WHERE t.{key} = ANY(%(keys)s::{key_type}[])"
+        ).format(key=key, document=document, table=table, key_type=sql.SQL(self.key_type))
+
+    def load_documents(
+        self, conn: psycopg.Connection, keys: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """``{key: document}`` for the keys that have a row now; one query."""
+        if not keys:
+            return {}
+        rows = conn.execute(self.document_query(), {"keys": list(keys)}).fetchall()
+        return {key: doc for key, doc in rows if key is not None}
+
+    def validate(self, document: Mapping[str, Any]) -> BaseModel:
+        return self.model.model_validate(document)
+
+
+def import_model(kind: str, dotted: str) -> type[BaseModel]:
+    """Import ``'package.module:ClassName'``; errors name the kind and what went wrong.
+
+    Like uvicorn and celery, the current directory is searched too (after everything else), so
+    ``idxr-pg worker`` run from an application's root finds its models.
+    """
+    module_name, _, attr = dotted.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RegistryError(
+            f"entity kind {kind!r}: cannot import module {module_name!r} for model {dotted!r}: "
+            f"{exc} (is the application on PYTHONPATH?)"
+        ) from exc
+    except Exception as exc:
+        raise RegistryError(
+            f"entity kind {kind!r}: importing module {module_name!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise RegistryError(
+                f"entity kind {kind!r}: module {module_name!r} has no attribute {attr!r} "
+                f"(model {dotted!r})"
+            ) from None
+    if not (isinstance(target, type) and issubclass(target, BaseModel)):
+        raise RegistryError(
+            f"entity kind {kind!r}: {dotted!r} is not a Pydantic model class "
+            f"(got {type(target).__name__})"
+        )
+    return target
+
+
+_TABLE_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%s)
+"""
+_KEY_TYPE_SQL = """
+SELECT format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+def resolve_kind(conn: psycopg.Connection, entity: EntityConfig) -> RegisteredKind:
+    """Import the kind's model and look its table and key type up in the catalog."""
+    model = import_model(entity.name, entity.model)
+    regclass = sql.Identifier(*entity.table.split(".")).as_string(conn)
+    with conn.transaction():
+        return _resolve(conn, entity, model, regclass)
+
+
+def _resolve(
+    conn: psycopg.Connection, entity: EntityConfig, model: type[BaseModel], regclass: str
+) -> RegisteredKind:
+    found = conn.execute(_TABLE_SQL, [regclass]).fetchone()
+    if found is None:
+        raise RegistryError(
+            f"entity kind {entity.name!r}: table {entity.table!r} does not exist "
+            "(or is not visible on the search_path)"
+        )
+    schema, table = found
+    key_type = conn.execute(_KEY_TYPE_SQL, [regclass, entity.key]).fetchone()
+    if key_type is None:
+        raise RegistryError(
+            f"entity kind {entity.name!r}: table {entity.table!r} has no column {entity.key!r} "
+            "(the configured key)"
+        )
+    if entity.columns:
+        for column in entity.columns:
+            if conn.execute(_KEY_TYPE_SQL, [regclass, column]).fetchone() is None:
+                raise RegistryError(
+                    f"entity kind {entity.name!r}: table {entity.table!r} has no column "
+                    f"{column!r} (listed in columns)"
+                )
+    return RegisteredKind(
+        config=entity, model=model, schema=schema, table=table, key_type=key_type[0]
+    )
+
+
+def resolve_kinds(
+    conn: psycopg.Connection, config: IdxrConfig, names: Iterable[str] | None = None
+) -> dict[str, RegisteredKind]:
+    """The kinds named (default: all configured), by name; unknown names are a ConfigError."""
+    entities = (
+        [config.entity(name) for name in dict.fromkeys(names)]
+        if names is not None
+        else list(config.entities)
+    )
+    return {entity.name: resolve_kind(conn, entity) for entity in entities}
+
+
+_EMBEDDING_DIMENSIONS_SQL = """
+SELECT atttypmod FROM pg_attribute
+WHERE attrelid = 'idxr.search_index'::regclass AND attname = 'embedding'
+"""
+_UPSERT_MODEL_SQL = """
+INSERT INTO idxr.embedding_models (name, version, dimensions, max_tokens)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET
+    version = excluded.version, dimensions = excluded.dimensions, max_tokens = excluded.max_tokens
+WHERE (idxr.embedding_models.version, idxr.embedding_models.dimensions,
+       idxr.embedding_models.max_tokens)
+      IS DISTINCT FROM (excluded.version, excluded.dimensions, excluded.max_tokens)
+"""
+_UPSERT_KIND_SQL = """
+INSERT INTO idxr.entity_kinds (name, model_name, source_table, refresh_policy, schema_fingerprint)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET
+    model_name = excluded.model_name, source_table = excluded.source_table,
+    refresh_policy = excluded.refresh_policy, schema_fingerprint = excluded.schema_fingerprint,
+    updated_at = now()
+WHERE (idxr.entity_kinds.model_name, idxr.entity_kinds.source_table,
+       idxr.entity_kinds.refresh_policy, idxr.entity_kinds.schema_fingerprint)
+      IS DISTINCT FROM (excluded.model_name, excluded.source_table, excluded.refresh_policy,
+                        excluded.schema_fingerprint)
+"""
+_FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
+
+
+def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder: Any) -> None:
+    """Record the embedding model and the kinds (refresh policy, model fingerprint); one transaction.
+
+    Refuses an embedder whose vector size differs from the index column's. A changed model
+    fingerprint is logged: existing rows stay until re-indexed (`idxr-pg backfill KIND --force`).
+    """
+    with conn.transaction():
+        typmod = conn.execute(_EMBEDDING_DIMENSIONS_SQL).fetchone()
+        column_dims = typmod[0] if typmod and typmod[0] > 0 else None
+        if column_dims is not None and column_dims != embedder.dimensions:
+            raise RegistryError(
+                f"embedding model {embedder.name!r} makes {embedder.dimensions}-dimensional "
+                f"vectors but idxr.search_index.embedding is vector({column_dims}): run "
+                f"`idxr-pg migrate --dimensions {embedder.dimensions}` on an empty index, or "
+                "configure the model the index was built with"
+            )
+        conn.execute(
+            _UPSERT_MODEL_SQL,
+            [embedder.name, embedder.version, embedder.dimensions, embedder.max_tokens],
+        )
+        for kind in kinds:
+            fingerprint = schema_fingerprint(kind.model)
+            before = conn.execute(_FINGERPRINT_SQL, [kind.name]).fetchone()
+            conn.execute(
+                _UPSERT_KIND_SQL,
+                [kind.name, embedder.name, kind.source_table, kind.refresh, fingerprint],
+            )
+            if before is not None and before[0] not in (None, fingerprint):
+                log.warning(
+                    "entity kind %r: model %s changed since it was last registered; rows "
+                    "indexed before keep their old shape until re-indexed "
+                    "(`idxr-pg backfill %s --force`)",
+                    kind.name,
+                    kind.config.model,
+                    kind.name,
+                )
