@@ -13,6 +13,7 @@ SCHEMA_FILES: tuple[str, ...] = (
     "010_base.sql",
     "020_dimensions.sql",
     "030_capture.sql",
+    "040_search.sql",
     "050_status.sql",
 )
 HEAD_REVISION = "0001"

@@ -1,0 +1,511 @@
+-- idxr-pg search: nearest-neighbour queries over idxr.search_index in plain SQL.
+--
+-- Public functions (schema idxr):
+--   search(query, path_filter, entity_kind, k, filters)           the k nearest field records
+--   search_entities(query, path_filter, entity_kind, k, filters)  the k nearest entities, each
+--                                                                 with its best-matching field
+--   similar_to(entity_kind, entity_id, path, k, path_filter)      search by example: the k
+--                                                                 entities nearest to the stored
+--                                                                 vector of one field
+--   value_as_numeric / value_as_timestamptz / value_as_time / value_as_boolean(value, value_type)
+--                                                                 typed views of `value`, for
+--                                                                 structured filters by hand
+-- Distances are cosine distances (`<=>`, 0 = same direction, 2 = opposite).
+--
+-- How a filtered KNN query is run (measured in bench/search.py, see docs/benchmarks.md):
+--   * No filter: the HNSW index (search_index_embedding_hnsw), ORDER BY embedding <=> query.
+--   * A filter (path lquery, kind, structured filters, an excluded example entity): the
+--     planner's estimate of the rows the filter admits (EXPLAIN; ltree and btree statistics
+--     make it close, and it costs a plan, where counting the rows cost ~1 us per row) is
+--     compared with exact_search_threshold(k). Below it the exact search is cheaper and
+--     always complete: those rows are read (GiST on path, btree on kind) and sorted by
+--     distance. At or above it, the HNSW index is walked with pgvector 0.8's iterative scan
+--     (hnsw.iterative_scan = relaxed_order, re-sorted afterwards), which keeps walking until
+--     k rows pass the filter or hnsw.max_scan_tuples index tuples were visited.
+--   * If that walk still yields fewer than k rows (a filter whose rows are all far from the
+--     query in vector space), the exact search runs instead: a selective filter returns k
+--     rows whenever k rows match it.
+-- The hnsw settings are function-local (SET clauses): a caller's session is never changed.
+
+-- Load pgvector in this session so the hnsw.* settings of the functions below are validated
+-- now, at install time, rather than at their first call.
+DO $$ BEGIN PERFORM '[0]'::vector; END $$;
+
+-- One result row of the search functions.
+DO $$
+BEGIN
+    CREATE TYPE idxr.search_hit AS (
+        entity_kind text,
+        entity_id   text,
+        path        ltree,
+        value       text,
+        distance    double precision
+    );
+EXCEPTION WHEN duplicate_object THEN NULL;
+END
+$$;
+
+-- Typed views of a record's value: NULL unless the value type matches and the text parses,
+-- so they can be used in any WHERE clause without cast errors, e.g.
+--   WHERE path ~ '*.price' AND idxr.value_as_numeric(value, value_type) > 40
+CREATE OR REPLACE FUNCTION idxr.value_as_numeric(value text, value_type idxr.value_type)
+RETURNS numeric
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN value_type IN ('integer', 'float', 'decimal')
+         AND value ~* '^\s*[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d{1,4})?\s*$|^\s*[-+]?(inf|infinity|nan)\s*$'
+        THEN value::numeric
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION idxr.value_as_timestamptz(value text, value_type idxr.value_type)
+RETURNS timestamptz
+LANGUAGE sql
+STABLE PARALLEL SAFE  -- a value without offset is read in the session's TimeZone
+AS $$
+    SELECT CASE
+        WHEN value_type IN ('datetime', 'date')
+         AND value ~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2}(:?\d{2}(\.\d+)?)?)?)?)?$'
+        THEN value::timestamptz
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION idxr.value_as_time(value text, value_type idxr.value_type)
+RETURNS time
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN value_type = 'time'
+         AND value ~ '^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$'
+        THEN value::time
+        WHEN value_type = 'time'  -- with an offset: the wall-clock time, offset dropped
+         AND value ~ '^\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2}(:?\d{2}(\.\d+)?)?)?)$'
+        THEN substring(value FROM '^\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?')::time
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION idxr.value_as_boolean(value text, value_type idxr.value_type)
+RETURNS boolean
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN value_type = 'boolean' THEN lower(value) IN ('true', 't', '1') END
+$$;
+
+-- Rows a filter may admit for the exact search to be chosen over the HNSW walk. The exact
+-- search costs ~ a * admitted rows; a filtered HNSW walk visits ~ k * N / admitted index
+-- tuples at ~ b each (N rows in the index), so they cost the same at admitted ~ sqrt(b/a*k*N).
+-- bench/search.py measured b/a ~ 8 (100k and 1M rows, 384 dimensions); the factor used is
+-- higher because the filtered walk's recall also drops as the filter gets more selective
+-- (0.92 at 5 percent of rows) while the exact search is always complete.
+CREATE OR REPLACE FUNCTION idxr.exact_search_threshold(k integer)
+RETURNS integer
+LANGUAGE sql
+STABLE PARALLEL SAFE
+AS $$
+    SELECT greatest(1000, sqrt(30.0 * k * greatest(c.reltuples, 0)))::integer
+      FROM pg_class c
+     WHERE c.oid = 'idxr.search_index'::regclass
+$$;
+
+-- Structured filters: a jsonb array of conditions, all of which an entity must meet.
+--   {"path": LQUERY, "op": OP, "value": V, "type": VALUE_TYPE}
+-- An entity meets a condition when at least one of its records has a path matching the
+-- lquery (and the value_type `type`, when given) whose value compares true with V:
+--   op     = != < <= > >= (default when a value is given: =), or exists (no value)
+--   domain the comparison runs in: from `type` when given (integer/float/decimal: numeric;
+--          datetime/date: timestamptz; time; boolean; string/uuid: text), else from V: a
+--          JSON number compares numerically, a boolean as boolean, a string that starts like
+--          an ISO date (YYYY-MM-DD) as timestamptz, one like HH:MM as time, any other as text.
+-- Returns the SQL condition (for a row aliased `s`), reading the conditions from the jsonb
+-- parameter $<param>: only whitelisted operators, casts and integer positions are spliced in,
+-- never a value. Raises a clear error for a malformed condition.
+CREATE OR REPLACE FUNCTION idxr.search_filter_sql(filters jsonb, param integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+AS $$
+DECLARE
+    cond      jsonb;
+    i         integer;
+    op        text;
+    vtype     text;
+    domain    text;
+    val       jsonb;
+    val_text  text;
+    clause    text;
+    compare   text;
+    sql_out   text := '';
+    ops       constant text[] := ARRAY['=', '!=', '<>', '<', '<=', '>', '>=', 'exists'];
+BEGIN
+    IF filters IS NULL OR jsonb_typeof(filters) = 'null' THEN
+        RETURN '';
+    END IF;
+    IF jsonb_typeof(filters) = 'object' THEN
+        filters := jsonb_build_array(filters);
+    END IF;
+    IF jsonb_typeof(filters) <> 'array' THEN
+        RAISE EXCEPTION 'idxr: filters must be a JSON array of conditions, got a JSON %',
+            jsonb_typeof(filters)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'e.g. [{"path": "subscription.*.price", "op": ">", "value": 40}]';
+    END IF;
+    FOR i IN 0 .. jsonb_array_length(filters) - 1 LOOP
+        cond := filters -> i;
+        IF jsonb_typeof(cond) <> 'object' THEN
+            RAISE EXCEPTION 'idxr: filter % must be a JSON object, got %', i + 1, cond
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF EXISTS (SELECT 1 FROM jsonb_object_keys(cond) key
+                    WHERE key NOT IN ('path', 'op', 'value', 'type')) THEN
+            RAISE EXCEPTION 'idxr: filter % has unknown keys (allowed: path, op, value, type): %',
+                i + 1, cond
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(cond -> 'path') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'idxr: filter % needs a "path" (an lquery string): %', i + 1, cond
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        BEGIN
+            PERFORM (cond ->> 'path')::lquery;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'idxr: filter %: path % is not a valid lquery: %',
+                i + 1, cond ->> 'path', SQLERRM
+                USING ERRCODE = 'invalid_parameter_value';
+        END;
+        vtype := cond ->> 'type';
+        IF vtype IS NOT NULL
+           AND vtype <> ALL (enum_range(NULL::idxr.value_type)::text[]) THEN
+            RAISE EXCEPTION 'idxr: filter %: unknown value type % (one of: %)',
+                i + 1, cond -> 'type', array_to_string(enum_range(NULL::idxr.value_type)::text[], ', ')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        val := cond -> 'value';
+        op := coalesce(cond ->> 'op', CASE WHEN val IS NULL THEN 'exists' ELSE '=' END);
+        IF op <> ALL (ops) THEN
+            RAISE EXCEPTION 'idxr: filter %: unknown operator % (one of: %)',
+                i + 1, cond -> 'op', array_to_string(ops, ' ')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF op = '<>' THEN
+            op := '!=';
+        END IF;
+
+        clause := format(
+            'EXISTS (SELECT 1 FROM idxr.search_index f'
+            ' WHERE f.entity_kind = s.entity_kind AND f.entity_id = s.entity_id'
+            ' AND f.path ~ ($%1$s -> %2$s ->> ''path'')::lquery', param, i);
+        IF vtype IS NOT NULL THEN
+            clause := clause || format(
+                ' AND f.value_type = ($%1$s -> %2$s ->> ''type'')::idxr.value_type', param, i);
+        END IF;
+
+        IF op = 'exists' THEN
+            IF val IS NOT NULL THEN
+                RAISE EXCEPTION 'idxr: filter %: "exists" takes no value: %', i + 1, cond
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            sql_out := sql_out || ' AND ' || clause || ')';
+            CONTINUE;
+        END IF;
+        IF val IS NULL OR jsonb_typeof(val) IN ('null', 'object', 'array') THEN
+            RAISE EXCEPTION 'idxr: filter %: operator % needs a "value" (number, string or boolean): %',
+                i + 1, op, cond
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        val_text := cond ->> 'value';
+
+        domain := CASE
+            WHEN vtype IN ('integer', 'float', 'decimal') THEN 'numeric'
+            WHEN vtype IN ('datetime', 'date') THEN 'timestamptz'
+            WHEN vtype = 'time' THEN 'time'
+            WHEN vtype = 'boolean' THEN 'boolean'
+            WHEN vtype IS NOT NULL THEN 'text'
+            WHEN jsonb_typeof(val) = 'number' THEN 'numeric'
+            WHEN jsonb_typeof(val) = 'boolean' THEN 'boolean'
+            WHEN val_text ~ '^\d{4}-\d{2}-\d{2}' THEN 'timestamptz'
+            WHEN val_text ~ '^\d{2}:\d{2}' THEN 'time'
+            ELSE 'text'
+        END;
+        BEGIN
+            CASE domain
+                WHEN 'numeric' THEN PERFORM val_text::numeric;
+                WHEN 'timestamptz' THEN PERFORM val_text::timestamptz;
+                WHEN 'time' THEN PERFORM val_text::time;
+                WHEN 'boolean' THEN PERFORM val_text::boolean;
+                ELSE NULL;
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'idxr: filter %: value % is not a valid % for path %',
+                i + 1, val, domain, cond ->> 'path'
+                USING ERRCODE = 'invalid_parameter_value';
+        END;
+        IF domain = 'boolean' AND op NOT IN ('=', '!=') THEN
+            RAISE EXCEPTION 'idxr: filter %: booleans compare with = or != only, not %', i + 1, op
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+
+        compare := CASE domain
+            WHEN 'numeric' THEN 'idxr.value_as_numeric(f.value, f.value_type)'
+            WHEN 'timestamptz' THEN 'idxr.value_as_timestamptz(f.value, f.value_type)'
+            WHEN 'time' THEN 'idxr.value_as_time(f.value, f.value_type)'
+            WHEN 'boolean' THEN 'idxr.value_as_boolean(f.value, f.value_type)'
+            ELSE 'f.value'
+        END;
+        clause := clause || format(
+            ' AND %1$s %2$s ($%3$s -> %4$s ->> ''value'')::%5$s',
+            compare, CASE op WHEN '!=' THEN '<>' ELSE op END, param, i, domain);
+        sql_out := sql_out || ' AND ' || clause || ')';
+    END LOOP;
+    RETURN sql_out;
+END
+$$;
+
+-- Validates the arguments every search function shares (a NULL query is not checked here, so
+-- clients can validate the rest before they embed the query); raises a clear error.
+CREATE OR REPLACE FUNCTION idxr.check_search_args(query vector, entity_kind text, k integer)
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+AS $$
+DECLARE
+    index_dims integer := idxr.embedding_dimensions();
+    known      text;
+BEGIN
+    IF index_dims IS NOT NULL AND vector_dims(query) <> index_dims THEN
+        RAISE EXCEPTION 'idxr: the query vector has % dimensions but idxr.search_index holds %-dimensional embeddings',
+            vector_dims(query), index_dims
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Embed the query with the model the index was built with (see idxr.embedding_models).';
+    END IF;
+    IF k IS NULL OR k < 1 OR k > 1000 THEN
+        RAISE EXCEPTION 'idxr: k must be between 1 and 1000, got %', coalesce(k::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF entity_kind IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM idxr.entity_kinds ek WHERE ek.name = check_search_args.entity_kind)
+       AND NOT EXISTS (SELECT 1 FROM idxr.search_index si WHERE si.entity_kind = check_search_args.entity_kind) THEN
+        SELECT string_agg(quote_literal(ek.name), ', ' ORDER BY ek.name) INTO known FROM idxr.entity_kinds ek;
+        RAISE EXCEPTION 'idxr: unknown entity kind %', quote_literal(entity_kind)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Known kinds: ' || coalesce(known, 'none registered yet') || '.';
+    END IF;
+END
+$$;
+
+-- The engine behind the public functions (call those instead). Returns the k nearest rows
+-- that have an embedding and pass every filter; with per_entity, the k nearest entities,
+-- each represented by its nearest row. exclude_kind/exclude_id drop one entity (similar_to).
+-- Uses dynamic SQL so each query is planned with its actual arguments; the arguments are
+-- always passed as parameters ($1..$8), never spliced into the text.
+CREATE OR REPLACE FUNCTION idxr.knn_search(
+    query        vector,
+    path_filter  lquery,
+    entity_kind  text,
+    k            integer,
+    filters      jsonb,
+    per_entity   boolean,
+    exclude_kind text DEFAULT NULL,
+    exclude_id   text DEFAULT NULL
+)
+RETURNS SETOF idxr.search_hit
+LANGUAGE plpgsql
+VOLATILE  -- EXPLAIN (the row estimate) is not allowed in a STABLE function
+-- relaxed_order finds k filtered rows in fewer index tuples than strict_order; the results are
+-- re-sorted by exact distance below, so callers still get them in order.
+SET hnsw.iterative_scan = relaxed_order
+-- ef_search 100 gives recall@10 >= 0.95 against exact search in bench/search.py at 1M rows
+-- (pgvector's default, 40, fell short); the iterative scan goes beyond it when k is larger.
+SET hnsw.ef_search = 100
+-- hnsw.max_scan_tuples (pgvector default 20000) is left to the session: it bounds how far a
+-- filtered walk goes before the exact search takes over.
+AS $$
+DECLARE
+    where_sql  text := 's.embedding IS NOT NULL';
+    -- The HNSW query's own filters are written as `(...) IS TRUE`: same rows, but the planner
+    -- cannot turn them into GiST/btree index conditions and so walks the HNSW index in order
+    -- instead of sorting all admitted rows (that is the exact branch's job).
+    hnsw_where text := 's.embedding IS NOT NULL';
+    selective  boolean := false;
+    admitted   double precision;
+    plan       json;
+    hits       idxr.search_hit[];
+    fetch_n    integer;
+    max_fetch  constant integer := greatest(1000, 100 * k);
+    fetched    bigint;
+    threshold  constant integer := idxr.exact_search_threshold(k);
+    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance';
+BEGIN
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'idxr: the query vector is NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM idxr.check_search_args(query, entity_kind, k);
+
+    IF path_filter IS NOT NULL THEN
+        where_sql := where_sql || ' AND s.path ~ $2';
+        hnsw_where := hnsw_where || ' AND (s.path ~ $2) IS TRUE';
+        selective := true;
+    END IF;
+    IF entity_kind IS NOT NULL THEN
+        where_sql := where_sql || ' AND s.entity_kind = $3';
+        hnsw_where := hnsw_where || ' AND (s.entity_kind = $3) IS TRUE';
+        selective := true;
+    END IF;
+    IF filters IS NOT NULL AND jsonb_typeof(filters) <> 'null' THEN
+        where_sql := where_sql || idxr.search_filter_sql(filters, 5);
+        hnsw_where := hnsw_where || idxr.search_filter_sql(filters, 5);
+        selective := true;
+    END IF;
+    IF exclude_kind IS NOT NULL THEN
+        where_sql := where_sql || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
+        hnsw_where := hnsw_where || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
+    END IF;
+
+    IF selective THEN
+        -- The planner's row estimate for the filter (ltree and btree statistics make it close;
+        -- see docs/benchmarks.md): as cheap as planning, unlike counting the rows.
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM idxr.search_index s WHERE %s', where_sql)
+            INTO plan
+            USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
+        admitted := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+        RAISE DEBUG 'idxr: the filter admits about % rows (exact search below %)', admitted, threshold;
+    END IF;
+
+    IF NOT selective OR admitted >= threshold THEN
+        -- HNSW walk; per entity: fetch more rows until k distinct entities are among them.
+        fetch_n := CASE WHEN per_entity THEN greatest(4 * k, 40) ELSE k END;
+        LOOP
+            IF per_entity THEN
+                EXECUTE format(
+                    'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit'
+                    '                 ORDER BY c.distance) FILTER (WHERE c.nearest), count(*)'
+                    ' FROM (SELECT r.*, row_number() OVER (PARTITION BY r.entity_kind, r.entity_id'
+                    '                                      ORDER BY r.distance) = 1 AS nearest'
+                    '       FROM (SELECT %s FROM idxr.search_index s WHERE %s'
+                    '             ORDER BY s.embedding <=> $1 LIMIT $8) r) c', cols, hnsw_where)
+                    INTO hits, fetched
+                    USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, fetch_n;
+            ELSE
+                EXECUTE format(
+                    'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit'
+                    '                 ORDER BY c.distance), count(*)'
+                    ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
+                    '       ORDER BY s.embedding <=> $1 LIMIT $8) c', cols, hnsw_where)
+                    INTO hits, fetched
+                    USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, fetch_n;
+            END IF;
+            IF coalesce(cardinality(hits), 0) >= k THEN
+                RETURN QUERY SELECT * FROM unnest(hits[1:k]);
+                RETURN;
+            END IF;
+            -- Too few entities among the rows fetched: fetch more, unless the walk already
+            -- returned fewer rows than asked (index or scan budget exhausted).
+            EXIT WHEN NOT per_entity OR fetched < fetch_n OR fetch_n >= max_fetch;
+            fetch_n := least(fetch_n * 4, max_fetch);
+        END LOOP;
+        RAISE DEBUG 'idxr: the HNSW walk found % of % rows', coalesce(cardinality(hits), 0), k;
+        -- The index walk gave fewer than k: fall through to the exact search, which is
+        -- complete (and cheap when few rows pass the filter, which is the usual reason).
+    END IF;
+
+    RAISE DEBUG 'idxr: exact search';
+    -- Exact search: every admitted row's distance, sorted. MATERIALIZED keeps the planner from
+    -- answering the ORDER BY with the (approximate) HNSW index.
+    IF per_entity THEN
+        RETURN QUERY EXECUTE format(
+            'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
+            ' SELECT b.* FROM (SELECT DISTINCT ON (c.entity_kind, c.entity_id) c.* FROM c'
+            '                  ORDER BY c.entity_kind, c.entity_id, c.distance) b'
+            ' ORDER BY b.distance LIMIT $4', cols, where_sql)
+            USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
+    ELSE
+        RETURN QUERY EXECUTE format(
+            'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
+            ' SELECT c.* FROM c ORDER BY c.distance LIMIT $4', cols, where_sql)
+            USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
+    END IF;
+END
+$$;
+
+-- The k nearest field records to `query` among those whose path matches `path_filter`, of
+-- kind `entity_kind`, in entities meeting `filters` (see search_filter_sql); NULL = no limit.
+CREATE OR REPLACE FUNCTION idxr.search(
+    query       vector,
+    path_filter lquery DEFAULT NULL,
+    entity_kind text DEFAULT NULL,
+    k           integer DEFAULT 10,
+    filters     jsonb DEFAULT NULL
+)
+RETURNS SETOF idxr.search_hit
+LANGUAGE sql
+VOLATILE  -- as knn_search
+AS $$
+    SELECT * FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, false)
+$$;
+
+-- Like search, one row per entity: the k nearest entities, each with its nearest field
+-- (among those matching path_filter) and that field's path, value and distance.
+CREATE OR REPLACE FUNCTION idxr.search_entities(
+    query       vector,
+    path_filter lquery DEFAULT NULL,
+    entity_kind text DEFAULT NULL,
+    k           integer DEFAULT 10,
+    filters     jsonb DEFAULT NULL
+)
+RETURNS SETOF idxr.search_hit
+LANGUAGE sql
+VOLATILE  -- as knn_search
+AS $$
+    SELECT * FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, true)
+$$;
+
+-- Search by example: the k entities (other than the example) nearest to the stored vector of
+-- the example's field `path`, each with its nearest field; `path_filter` limits the fields
+-- compared (e.g. 'product.description' to compare descriptions only).
+CREATE OR REPLACE FUNCTION idxr.similar_to(
+    entity_kind text,
+    entity_id   text,
+    path        ltree,
+    k           integer DEFAULT 10,
+    path_filter lquery DEFAULT NULL
+)
+RETURNS SETOF idxr.search_hit
+LANGUAGE plpgsql
+VOLATILE  -- as knn_search
+AS $$
+#variable_conflict use_variable
+DECLARE
+    example vector;
+    found_row boolean;
+BEGIN
+    IF entity_kind IS NULL OR entity_id IS NULL OR path IS NULL THEN
+        RAISE EXCEPTION 'idxr: similar_to needs an entity kind, an entity id and a path'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT true, s.embedding INTO found_row, example
+      FROM idxr.search_index s
+     WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id AND s.path = path;
+    IF found_row IS NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM idxr.search_index s
+                        WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id) THEN
+            RAISE EXCEPTION 'idxr: no % entity with id % in idxr.search_index',
+                quote_literal(entity_kind), quote_literal(entity_id)
+                USING ERRCODE = 'no_data_found';
+        END IF;
+        RAISE EXCEPTION 'idxr: % entity % has no field at path %',
+            quote_literal(entity_kind), quote_literal(entity_id), quote_literal(path::text)
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF example IS NULL THEN
+        RAISE EXCEPTION 'idxr: % entity % field % has no embedding (only text fields are embedded)',
+            quote_literal(entity_kind), quote_literal(entity_id), quote_literal(path::text)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY SELECT * FROM idxr.knn_search(
+        example, path_filter, NULL, k, NULL, true, entity_kind, entity_id);
+END
+$$;
