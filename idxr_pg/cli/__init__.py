@@ -81,6 +81,7 @@ COMMAND_MODULES = (
     "idxr_pg.cli.triggers_commands",
     "idxr_pg.cli.ops_commands",
     "idxr_pg.cli.worker_commands",
+    "idxr_pg.cli.search_commands",
 )
 
 

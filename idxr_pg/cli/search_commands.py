@@ -1,0 +1,132 @@
+"""Searching the index from the command line: search, similar."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from idxr_pg.cli.context import AppContext, pass_app, print_json
+
+VALUE_WIDTH = 60
+
+WHERE_HELP = (
+    "Only entities with a field meeting this condition: PATH[:TYPE] OP VALUE, PATH an lquery, "
+    "OP one of = != < <= > >=, e.g. 'subscription.product.*.value>40' or "
+    "'*.start_date>=2024-01-01'; PATH alone: the field exists. Numbers compare numerically, "
+    'ISO dates as dates, quoted values ("40") as text. Repeat for AND.'
+)
+
+
+def _show(hits: Sequence, as_json: bool, title: str) -> None:
+    if as_json:
+        print_json([hit.to_dict() for hit in hits])
+        return
+    if not hits:
+        click.echo("no results")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("kind")
+    table.add_column("id")
+    table.add_column("path")
+    table.add_column("value")
+    table.add_column("distance", justify="right")
+    for rank, hit in enumerate(hits, 1):
+        value = hit.value if len(hit.value) <= VALUE_WIDTH else hit.value[: VALUE_WIDTH - 1] + "…"
+        table.add_row(
+            str(rank), hit.entity_kind, hit.entity_id, hit.path, value, f"{hit.distance:.4f}"
+        )
+    Console(soft_wrap=False).print(table)
+
+
+@click.command("search")
+@click.argument("text")
+@click.option(
+    "--path",
+    metavar="LQUERY",
+    default=None,
+    help="Only fields whose path matches this lquery, e.g. 'subscription.product.*' or "
+    "'*.description'.",
+)
+@click.option("--kind", default=None, help="Only entities of this kind.")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="How many results (1-1000).")
+@click.option(
+    "--entities",
+    is_flag=True,
+    help="One row per entity (its best-matching field) instead of one row per field.",
+)
+@click.option("--where", "where", multiple=True, metavar="CONDITION", help=WHERE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@pass_app
+def search_command(
+    app: AppContext,
+    text: str,
+    path: str | None,
+    kind: str | None,
+    k: int,
+    entities: bool,
+    where: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Find the fields (or entities) closest in meaning to TEXT.
+
+    TEXT is embedded with the configured model, which must be the one the index was built
+    with, and compared by cosine distance (0 = same meaning) with every indexed text field.
+    """
+    from idxr_pg.search import search
+
+    hits = search(
+        text,
+        path=path,
+        kind=kind,
+        k=k,
+        entities=entities,
+        where=list(where) or None,
+        database_url=app.database_url,
+        config=app.config,
+    )
+    _show(hits, as_json, f"{'entities' if entities else 'fields'} nearest to {text!r}")
+
+
+@click.command("similar")
+@click.argument("kind")
+@click.argument("entity_id")
+@click.argument("path")
+@click.option(
+    "-k", "k", type=int, default=10, show_default=True, help="How many entities (1-1000)."
+)
+@click.option(
+    "--path-filter",
+    metavar="LQUERY",
+    default=None,
+    help="Only compare with fields whose path matches this lquery (e.g. '*.description').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@pass_app
+def similar_command(
+    app: AppContext,
+    kind: str,
+    entity_id: str,
+    path: str,
+    k: int,
+    path_filter: str | None,
+    as_json: bool,
+) -> None:
+    """Find the entities closest to one field of an entity (search by example).
+
+    Uses the stored vector of field PATH of entity KIND/ENTITY_ID (no model is loaded); the
+    example entity itself is left out. Example: idxr-pg similar product 42 product.description
+    """
+    from idxr_pg.search import similar_to
+
+    hits = similar_to(
+        kind, entity_id, path, k, path_filter=path_filter, database_url=app.database_url
+    )
+    _show(hits, as_json, f"entities similar to {kind} {entity_id} {path}")
+
+
+COMMANDS = [search_command, similar_command]

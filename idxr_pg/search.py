@@ -1,0 +1,410 @@
+"""Similarity search from Python: embed the query with the index's model, run the SQL search.
+
+``idxr_pg.search("text", path="subscription.*", kind="subscription", k=10)`` returns
+`SearchHit`\\ s, nearest first. The SQL functions (``idxr.search``, ``idxr.search_entities``,
+``idxr.similar_to`` in ``idxr_pg/schema/040_search.sql``) do the work; this module validates
+the arguments, refuses an index built by another model or vector size, and embeds the query.
+
+Structured filters (``where=``) restrict results to entities with a typed field meeting a
+condition, e.g. ``where=["subscription.product.*.value>40", "subscription.start_date>=2024-01-01"]``
+(see `parse_where`), or `Filter` objects.
+
+This module is also callable: ``idxr_pg.search(...)`` is ``idxr_pg.search.search(...)``, so the
+package attribute works whether or not this module was imported first (see the end of the file).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from idxr_pg.config import IdxrConfig, Settings, load_config
+from idxr_pg.db.connection import DatabaseError, connect, redact
+from idxr_pg.errors import IdxrError
+from idxr_pg.records import ValueType
+
+__all__ = [
+    "MAX_K",
+    "Filter",
+    "ModelMismatchError",
+    "SearchError",
+    "SearchHit",
+    "parse_where",
+    "search",
+    "search_vector",
+    "similar_to",
+]
+
+MAX_K = 1000
+"""Most results one search returns (the SQL functions enforce the same bound)."""
+
+OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "exists")
+
+
+class SearchError(IdxrError):
+    """A search argument is invalid (query text, path lquery, kind, k, filter, example)."""
+
+
+class ModelMismatchError(SearchError):
+    """The index was built by another embedding model or vector size than the configured one."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One result: a field record (or an entity's best field) and its cosine distance."""
+
+    entity_kind: str
+    entity_id: str
+    path: str
+    value: str
+    distance: float
+
+    @property
+    def similarity(self) -> float:
+        """Cosine similarity, 1 - distance (1 = same direction)."""
+        return 1.0 - self.distance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "similarity": self.similarity}
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """An entity must have a field whose path matches ``path`` (an lquery) and, when given,
+    whose value type is ``type``, with a value for which ``value_at_path op value`` holds.
+
+    ``op`` "exists" needs no value. Numbers compare numerically, ISO dates/datetimes as
+    timestamps, HH:MM[:SS] as times, booleans as booleans, other strings as text; ``type``
+    forces the comparison (e.g. ``type="string"`` to compare "40" as text).
+    """
+
+    path: str
+    op: str = "exists"
+    value: str | int | float | bool | None = None
+    type: ValueType | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPERATORS:
+            raise SearchError(
+                f"filter on {self.path!r}: unknown operator {self.op!r} (one of {' '.join(OPERATORS)})"
+            )
+        if (self.op == "exists") != (self.value is None):
+            raise SearchError(
+                f"filter on {self.path!r}: "
+                + (
+                    "'exists' takes no value"
+                    if self.op == "exists"
+                    else f"{self.op!r} needs a value"
+                )
+            )
+        if self.type is not None:
+            try:
+                object.__setattr__(self, "type", ValueType(self.type))
+            except ValueError:
+                known = ", ".join(v.value for v in ValueType)
+                raise SearchError(
+                    f"filter on {self.path!r}: unknown value type {self.type!r} (one of {known})"
+                ) from None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "op": self.op}
+        if self.value is not None:
+            data["value"] = self.value
+        if self.type is not None:
+            data["type"] = ValueType(self.type).value
+        return data
+
+
+_WHERE = re.compile(
+    r"""^\s*(?P<path>[^:<>=\s]+?)                    # an lquery has no ':', '<', '>', '='
+        (?::(?P<type>[a-z]+))?                       # optional :value_type
+        \s*(?:(?P<op><=|>=|!=|<>|=|<|>)\s*(?P<value>.*?))?\s*$""",
+    re.VERBOSE,
+)
+_INTEGER = re.compile(r"^[-+]?\d+$")
+_FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
+
+
+def parse_where(expression: str) -> Filter:
+    """Parse ``PATH[:TYPE] OP VALUE`` (or ``PATH[:TYPE]`` alone: the field exists).
+
+    ``PATH`` is an lquery; ``OP`` one of = != < <= > >=; ``VALUE`` a number, true/false, or
+    text (quote it, "40", to compare digits as text). Examples:
+    ``subscription.product.*.value>40``, ``*.start_date>=2024-01-01``, ``*.status=active``,
+    ``subscription.notes:string``.
+    """
+    match = _WHERE.match(expression)
+    if not match or (match.group("op") and match.group("value") == ""):
+        raise SearchError(
+            f"cannot parse filter {expression!r}: expected PATH[:TYPE] OP VALUE with OP one of "
+            "= != < <= > >= (e.g. 'subscription.product.*.value>40'), or PATH[:TYPE] alone"
+        )
+    op = match.group("op") or "exists"
+    if op == "<>":
+        op = "!="
+    raw = match.group("value")
+    value: str | int | float | bool | None = None
+    if raw is not None:
+        value = _parse_value(raw)
+    return Filter(path=match.group("path"), op=op, value=value, type=match.group("type"))
+
+
+def _parse_value(raw: str) -> str | int | float | bool:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+        return raw[1:-1]
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if _INTEGER.match(raw):
+        return int(raw)
+    if _FLOAT.match(raw):
+        return float(raw)
+    return raw
+
+
+WhereArg = str | Filter | Mapping[str, Any]
+
+
+def _filters_json(where: WhereArg | Iterable[WhereArg] | None) -> list[dict[str, Any]] | None:
+    if where is None:
+        return None
+    items: Iterable[WhereArg] = [where] if isinstance(where, str | Filter | Mapping) else where
+    result: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, str):
+            result.append(parse_where(item).to_json())
+        elif isinstance(item, Filter):
+            result.append(item.to_json())
+        elif isinstance(item, Mapping):
+            result.append(dict(item))  # validated by the database, with its message
+        else:
+            raise SearchError(f"filter {item!r}: expected a string, a Filter or a mapping")
+    return result or None
+
+
+# --------------------------------------------------------------------------- SQL
+
+_CHECK_LQUERY = "SELECT %s::lquery"
+_CHECK_ARGS = "SELECT idxr.check_search_args(NULL, %s, %s)"
+_CHECK_FILTERS = "SELECT idxr.search_filter_sql(%s, 5)"
+_INDEX_MODELS = """
+SELECT idxr.embedding_dimensions(),
+       (SELECT coalesce(json_agg(json_build_array(ek.name, ek.model_name, em.version,
+                                                  em.dimensions) ORDER BY ek.name), '[]')
+          FROM idxr.entity_kinds ek
+          LEFT JOIN idxr.embedding_models em ON em.name = ek.model_name
+         WHERE ek.model_name IS NOT NULL AND (%(kind)s::text IS NULL OR ek.name = %(kind)s))
+"""
+_SEARCH = (
+    "SELECT entity_kind, entity_id, path::text, value, distance"
+    " FROM idxr.{function}(%s, %s::lquery, %s, %s, %s) ORDER BY distance"
+)
+_SIMILAR = (
+    "SELECT entity_kind, entity_id, path::text, value, distance"
+    " FROM idxr.similar_to(%s, %s, %s::ltree, %s, %s::lquery) ORDER BY distance"
+)
+
+
+def _database_error(exc: psycopg.Error, url: str) -> IdxrError:
+    """A user-facing error for a failed search statement."""
+    diag = exc.diag
+    message = (diag.message_primary or str(exc)).strip()
+    if message.startswith("idxr: "):
+        hint = f" ({diag.message_hint})" if diag.message_hint else ""
+        return SearchError(message.removeprefix("idxr: ") + hint)
+    if isinstance(exc, psycopg.errors.UndefinedFunction | psycopg.errors.UndefinedTable):
+        return DatabaseError(
+            f"the idxr search functions are missing in {redact(url)}: run `idxr-pg migrate` "
+            f"({message})"
+        )
+    return DatabaseError(f"search failed in {redact(url)}: {message}")
+
+
+def _validate(
+    conn: psycopg.Connection,
+    url: str,
+    path: str | None,
+    kind: str | None,
+    k: int,
+    filters: list[dict[str, Any]] | None,
+) -> None:
+    """Every argument check that needs no query vector: cheap, before the model loads."""
+    if path is not None:
+        if not path.strip():
+            raise SearchError("the path filter is empty: give an lquery such as 'subscription.*'")
+        try:
+            conn.execute(_CHECK_LQUERY, [path])
+        except psycopg.Error as exc:
+            raise SearchError(
+                f"invalid path filter {path!r}: {exc.diag.message_primary or exc} "
+                "(an lquery, e.g. 'subscription.product.*' or '*.description')"
+            ) from None
+    try:
+        conn.execute(_CHECK_ARGS, [kind, k])
+        if filters:
+            conn.execute(_CHECK_FILTERS, [Jsonb(filters)])
+    except psycopg.Error as exc:
+        raise _database_error(exc, url) from None
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise SearchError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
+
+
+def _check_model(conn: psycopg.Connection, embedder: Any, kind: str | None) -> None:
+    """Refuse when the index's vectors come from another model or have another size."""
+    dims, kinds = conn.execute(_INDEX_MODELS, {"kind": kind}).fetchone()
+    configured = f"{embedder.name!r} ({embedder.dimensions} dimensions)"
+    if dims is not None and dims != embedder.dimensions:
+        raise ModelMismatchError(
+            f"idxr.search_index holds {dims}-dimensional embeddings but the configured model "
+            f"{configured} makes {embedder.dimensions}-dimensional ones: configure the model "
+            "the index was built with (embedding.model), or rebuild the index with this one"
+        )
+    for name, model_name, version, model_dims in kinds:
+        same_version = not version or not embedder.version or version == embedder.version
+        if model_name != embedder.name or not same_version or model_dims not in (None, dims):
+            built = f"{model_name!r}" + (f" version {version}" if version else "")
+            raise ModelMismatchError(
+                f"entity kind {name!r} was indexed with embedding model {built} but the "
+                f"configured model is {configured} version {embedder.version}: distances "
+                "between them are meaningless. Configure the model the index was built with, "
+                f"or re-index: `idxr-pg backfill {name} --force`"
+            )
+
+
+def _hits(rows: Iterable[Sequence[Any]]) -> list[SearchHit]:
+    return [
+        SearchHit(kind, eid, path, value, float(distance))
+        for kind, eid, path, value, distance in rows
+    ]
+
+
+# --------------------------------------------------------------------------- API
+
+
+def search(
+    text: str,
+    path: str | None = None,
+    kind: str | None = None,
+    k: int = 10,
+    *,
+    entities: bool = False,
+    where: WhereArg | Iterable[WhereArg] | None = None,
+    database_url: str | None = None,
+    config: IdxrConfig | None = None,
+) -> list[SearchHit]:
+    """The ``k`` field records nearest to ``text`` (with ``entities``: the ``k`` nearest
+    entities, each with its best-matching field), nearest first.
+
+    ``path`` is an lquery restricting the fields compared (e.g. ``'subscription.product.*'``);
+    ``kind`` an entity kind; ``where`` structured filters (`parse_where` strings, `Filter`\\ s
+    or ``{"path", "op", "value", "type"}`` mappings). The query is embedded with the model of
+    ``config.embedding`` (default: the YAML config, see `load_config`), which must be the
+    model the index was built with. Raises `SearchError` for bad input and
+    `ModelMismatchError` for an index built by another model or vector size.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise SearchError("the query text is empty: give the words to search for")
+    _check_k(k)
+    filters = _filters_json(where)
+    url = database_url or Settings().database_url
+    settings = (config or load_config()).embedding
+    with connect(url, autocommit=True) as conn:
+        _validate(conn, url, path, kind, k, filters)
+        from idxr_pg.embedding import EmbeddingService, EmbedRequest, load_embedder
+
+        embedder = load_embedder(settings)
+        _check_model(conn, embedder, kind)
+        service = EmbeddingService(embedder, settings)
+        vector = service.embed([EmbedRequest("search query", text)])[0].vector
+        return _run(conn, url, vector, path, kind, k, entities, filters)
+
+
+def search_vector(
+    vector: Any,
+    path: str | None = None,
+    kind: str | None = None,
+    k: int = 10,
+    *,
+    entities: bool = False,
+    where: WhereArg | Iterable[WhereArg] | None = None,
+    database_url: str | None = None,
+) -> list[SearchHit]:
+    """`search` with a query vector you embedded yourself with the index's model (a sequence
+    of floats, a numpy array or a pgvector ``Vector``); no model is loaded."""
+    _check_k(k)
+    filters = _filters_json(where)
+    url = database_url or Settings().database_url
+    with connect(url, autocommit=True) as conn:
+        _validate(conn, url, path, kind, k, filters)
+        import numpy as np
+
+        to_numpy = getattr(vector, "to_numpy", None)  # a pgvector.Vector read from the database
+        array = np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
+        return _run(conn, url, array, path, kind, k, entities, filters)
+
+
+def similar_to(
+    kind: str,
+    entity_id: str,
+    path: str,
+    k: int = 10,
+    *,
+    path_filter: str | None = None,
+    database_url: str | None = None,
+) -> list[SearchHit]:
+    """The ``k`` other entities nearest to the stored vector of field ``path`` of entity
+    ``(kind, entity_id)``, each with its nearest field; ``path_filter`` (lquery) restricts the
+    fields compared. No model is loaded: the stored vector is the query."""
+    _check_k(k)
+    url = database_url or Settings().database_url
+    with connect(url, autocommit=True) as conn:
+        _validate(conn, url, path_filter, None, k, None)
+        try:
+            conn.execute("SELECT %s::ltree", [path])
+        except psycopg.Error as exc:
+            raise SearchError(f"invalid path {path!r}: {exc.diag.message_primary or exc}") from None
+        try:
+            rows = conn.execute(_SIMILAR, [kind, str(entity_id), path, k, path_filter]).fetchall()
+        except psycopg.Error as exc:
+            raise _database_error(exc, url) from None
+    return _hits(rows)
+
+
+def _run(
+    conn: psycopg.Connection,
+    url: str,
+    vector: Any,
+    path: str | None,
+    kind: str | None,
+    k: int,
+    entities: bool,
+    filters: list[dict[str, Any]] | None,
+) -> list[SearchHit]:
+    function = "search_entities" if entities else "search"
+    query = _SEARCH.format(function=function)
+    params = [vector, path, kind, k, Jsonb(filters) if filters else None]
+    try:
+        rows = conn.execute(query, params).fetchall()
+    except psycopg.Error as exc:
+        raise _database_error(exc, url) from None
+    return _hits(rows)
+
+
+class _CallableModule(types.ModuleType):
+    """``idxr_pg.search`` is this module once imported (Python sets the package attribute to
+    the submodule), so calling it must run `search`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[SearchHit]:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
