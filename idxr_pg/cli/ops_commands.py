@@ -11,14 +11,28 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
+import psycopg
 
 from idxr_pg.cli.context import AppContext, pass_app, print_json
-from idxr_pg.db.connection import connect
+from idxr_pg.db.connection import DatabaseError, connect, redact
 from idxr_pg.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
 from idxr_pg.progress import format_duration
 from idxr_pg.status import gather_stale, gather_status
 
 log = logging.getLogger("idxr_pg.cli.ops")
+
+
+@contextmanager
+def operations_db(url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection; a database without the idxr schema gets a clear message."""
+    with connect(url, autocommit=True) as conn:
+        try:
+            yield conn
+        except psycopg.errors.UndefinedTable as exc:
+            raise DatabaseError(
+                f"{redact(url)} has no (or an older) idxr schema ({str(exc).splitlines()[0]}): "
+                "run `idxr-pg migrate`"
+            ) from None
 
 
 # ---- formatting --------------------------------------------------------------------------------
@@ -222,7 +236,7 @@ def jobs(app: AppContext, as_json: bool, kind: str | None, limit: int) -> None:
     A job still marked running whose process is gone (killed) is marked interrupted first;
     continue it with `idxr-pg backfill KIND --resume`.
     """
-    with connect(app.database_url, autocommit=True) as conn:
+    with operations_db(app.database_url) as conn:
         reconcile_abandoned(conn)
         found = list_jobs(conn, entity_kind=kind, limit=limit)
     if as_json:
@@ -288,7 +302,7 @@ def status(app: AppContext, as_json: bool) -> None:
     listed with zeros. A worker is live when its heartbeat is recent (a few poll intervals).
     """
     config = app.config
-    with connect(app.database_url, autocommit=True) as conn:
+    with operations_db(app.database_url) as conn:
         reconcile_abandoned(conn)
         result = gather_status(conn, config)
     if as_json:
@@ -362,7 +376,7 @@ def stale(app: AppContext, as_json: bool) -> None:
     `idxr-pg refresh KIND`; 'every <interval>' kinds are refreshed by the worker at most once
     per interval.
     """
-    with connect(app.database_url, autocommit=True) as conn:
+    with operations_db(app.database_url) as conn:
         kinds = gather_stale(conn)
     if as_json:
         print_json([kind.as_dict() for kind in kinds])

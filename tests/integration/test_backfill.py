@@ -189,9 +189,23 @@ def url(isolated_database_url: str) -> str:
 # --------------------------------------------------------------------------- in-process runs
 
 
-def test_backfill_indexes_every_row_and_a_second_run_does_nothing(url: str, tmp_path: Path):
+def test_backfill_indexes_every_row_and_a_second_run_does_nothing(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from idxr_pg.embedding import load_embedder
+
     make_docs(url, 120)
     config = write_config(tmp_path / "idxr.yaml")
+    # count the model calls of the (per-process) embedder the in-process backfill uses
+    embedder = load_embedder(EmbeddingSettings(model="deterministic-test"))
+    calls: list[int] = []
+    real_embed = embedder.embed
+
+    def counting_embed(texts):
+        calls.append(len(texts))
+        return real_embed(texts)
+
+    monkeypatch.setattr(embedder, "embed", counting_embed)
 
     first = backfill_json(url, config)
     assert first["state"] == "succeeded"
@@ -201,6 +215,8 @@ def test_backfill_indexes_every_row_and_a_second_run_does_nothing(url: str, tmp_
     assert first["records_written"] == len(expected_index(url))
     assert first["embedded"] + first["cache_hits"] == embeddable_texts(url)
     assert first["embedded"] > 0 and first["unchanged"] == 0
+    assert sum(calls) == first["embedded"]
+    calls.clear()
     before = index_rows(url)
     cache_before = sql(url, "SELECT count(*) FROM idxr.embedding_cache")
 
@@ -210,6 +226,7 @@ def test_backfill_indexes_every_row_and_a_second_run_does_nothing(url: str, tmp_
     assert second["embedded"] == 0 and second["cache_hits"] == 0
     assert second["records_written"] == 0 and second["records_deleted"] == 0
     assert second["unchanged"] == 120 and second["deleted"] == 0 and second["failed"] == 0
+    assert calls == []  # the model was not called at all
     assert index_rows(url) == before  # same updated_at and xmin: no row was rewritten
     assert sql(url, "SELECT count(*) FROM idxr.embedding_cache") == cache_before
     stored = sql(

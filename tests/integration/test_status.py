@@ -258,3 +258,16 @@ def test_jobs_human_and_json(isolated_database_url: str, config_file: Path):
 def test_jobs_when_there_are_none(isolated_database_url: str, config_file: Path):
     assert cli(isolated_database_url, config_file, "jobs") == "no jobs yet\n"
     assert json.loads(cli(isolated_database_url, config_file, "jobs", "--json")) == []
+
+
+@pytest.mark.parametrize("command", ["status", "stale", "jobs"])
+def test_without_the_idxr_schema_the_message_says_run_migrate(
+    empty_database_url: str, config_file: Path, command: str
+):
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    result = CliRunner().invoke(
+        main, ["--database-url", empty_database_url, "--config", str(config_file), command]
+    )
+    assert result.exit_code == 1
+    assert "idxr schema" in result.output and "run `idxr-pg migrate`" in result.output
