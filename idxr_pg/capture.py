@@ -7,10 +7,11 @@ trigger with several events, hence one trigger per event. Each statement inserts
 per distinct affected entity key and, only if it enqueued something, sends one
 ``pg_notify('idxr_queue', <kind>)``.
 
-- UPDATE compares, per key, the multiset of jsonb projections of the columns the entity reads
+- UPDATE compares, per key, the multiset of text projections of the columns the entity reads
   (``columns``, else the whole row) before and after; unchanged rows cancel out, so a no-op
-  update enqueues nothing and a key change enqueues the old and the new key. jsonb makes types
-  without an equality operator (json, point, xml) comparable.
+  update enqueues nothing and a key change enqueues the old and the new key. Comparing the text
+  form works for types without an equality operator (json, point, xml) and sees changes that
+  value equality misses but the document shows (numeric 1.0 -> 1.00).
 - TRUNCATE has no transition table: it enqueues every entity of the kind that is indexed or
   leased (being processed), so the worker deletes (main table) or reloads (child table) them.
 - Functions are SECURITY DEFINER with ``search_path = pg_catalog, pg_temp`` and qualify every
@@ -51,7 +52,6 @@ INSTALL_LOCK_KEY = 0x1D58_CA97  # pg_advisory_xact_lock key serialising installs
 
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _BODY_TAG = "$idxr_capture$"
-_JSONB_PAIRS_PER_CALL = 50  # jsonb_build_object takes at most 100 arguments
 
 
 class CaptureError(IdxrError):
@@ -337,18 +337,21 @@ def plan_install(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> 
 
 
 def _projection(reader: Reader, alias: sql.Identifier) -> sql.Composable:
-    """jsonb of what the reader reads from one row (jsonb: every type gets an equality)."""
+    """The text form of what the reader reads from one row.
+
+    Text, not jsonb or the row type: every type has an output function but not every type has
+    an equality (json, point, xml), and jsonb equality would call 1.0 and 1.00 equal although
+    the document changes. Byte-wise ("C") comparison; about 2.5x cheaper than jsonb.
+    """
     if reader.columns is None:
-        return sql.SQL("pg_catalog.to_jsonb({}.*)").format(alias)
-    calls = []
-    columns = list(reader.columns)
-    for start in range(0, len(columns), _JSONB_PAIRS_PER_CALL):
-        pairs = [
-            sql.SQL("{}, {}.{}").format(sql.Literal(c), alias, sql.Identifier(c))
-            for c in columns[start : start + _JSONB_PAIRS_PER_CALL]
-        ]
-        calls.append(sql.SQL("pg_catalog.jsonb_build_object({})").format(sql.SQL(", ").join(pairs)))
-    return sql.SQL(" || ").join(calls)
+        row = sql.SQL("({}.*)").format(alias)
+    else:
+        row = sql.SQL("ROW({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{}.{}").format(alias, sql.Identifier(c)) for c in reader.columns
+            )
+        )
+    return sql.SQL('{}::text COLLATE pg_catalog."C"').format(row)
 
 
 def _key(reader: Reader, alias: sql.Identifier) -> sql.Composable:

@@ -30,6 +30,7 @@ CREATE TABLE app.subscriptions (
     description     text,
     settings        json,       -- no equality operator
     location        point,      -- no equality operator
+    amount          numeric,
     internal_notes  text        -- not read by the entity
 );
 CREATE TABLE app.product_blocks (
@@ -50,7 +51,7 @@ ENTITY = {
     "model": "tests.models:Subscription",
     "table": "app.subscriptions",
     "key": "subscription_id",
-    "columns": ["subscription_id", "customer", "description", "settings", "location"],
+    "columns": ["subscription_id", "customer", "description", "settings", "location", "amount"],
     "watch": [
         {
             "table": "app.product_blocks",
@@ -186,6 +187,16 @@ def test_types_without_equality_are_compared(installed):
         "UPDATE app.subscriptions SET settings = '{\"a\": 2}' WHERE subscription_id = %s", [B]
     )
     assert [r[1] for r in drain(installed)] == [A, B]
+
+
+def test_equal_values_with_a_different_text_form_are_changes(installed):
+    add_subscriptions(installed, A)
+    installed.execute("UPDATE app.subscriptions SET amount = 1.0")
+    drain(installed)
+    installed.execute("UPDATE app.subscriptions SET amount = 1.0")
+    assert drain(installed) == []
+    installed.execute("UPDATE app.subscriptions SET amount = 1.00")  # = 1.0, but reads "1.00"
+    assert keys(drain(installed)) == [A]
 
 
 def test_key_change_enqueues_old_and_new_key(installed):
