@@ -45,8 +45,7 @@ test: setup lint
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/idxr-pg migrate
-	$(BIN)/idxr-pg status
+	$(BIN)/idxr-pg demo
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

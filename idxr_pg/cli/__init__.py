@@ -82,6 +82,7 @@ COMMAND_MODULES = (
     "idxr_pg.cli.ops_commands",
     "idxr_pg.cli.worker_commands",
     "idxr_pg.cli.search_commands",
+    "idxr_pg.cli.demo_commands",
 )
 
 
