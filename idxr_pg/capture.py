@@ -14,6 +14,9 @@ per distinct affected entity key and, only if it enqueued something, sends one
   value equality misses but the document shows (numeric 1.0 -> 1.00).
 - TRUNCATE has no transition table: it enqueues every entity of the kind that is indexed or
   leased (being processed), so the worker deletes (main table) or reloads (child table) them.
+- ``notify: false`` on a kind leaves the pg_notify out: NOTIFY takes a cluster-wide lock held
+  through each notifying transaction's commit, which serialises the commits of concurrent
+  writers (see docs/benchmarks.md); the worker then finds the rows by polling.
 - Functions are SECURITY DEFINER with ``search_path = pg_catalog, pg_temp`` and qualify every
   name, so an application role needs no rights on the idxr schema. Dropping the idxr schema
   (``idxr-pg uninstall``) drops the functions and, with them, every trigger.
@@ -78,6 +81,7 @@ class CaptureTarget:
     kind: str
     table: str  # as configured: 'table' or 'schema.table'
     readers: tuple[Reader, ...]
+    notify: bool = True  # pg_notify per statement that enqueued something
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,9 @@ def capture_targets(entity: EntityConfig) -> list[CaptureTarget]:
                 f"entity {entity.name!r}: watch[{index}] ({watched.table}): empty key"
             )
         readers.setdefault(watched.table, []).append(reader)
-    return [CaptureTarget(entity.name, table, tuple(rs)) for table, rs in readers.items()]
+    return [
+        CaptureTarget(entity.name, table, tuple(rs), entity.notify) for table, rs in readers.items()
+    ]
 
 
 def _targets(entities: Iterable[EntityConfig]) -> list[CaptureTarget]:
@@ -320,7 +326,7 @@ def plan_install(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> 
         seen = merged.get((target.kind, table.oid))
         if seen is not None:  # one table spelled two ways, e.g. 'items' and 'public.items'
             target = CaptureTarget(
-                target.kind, seen.target.table, seen.target.readers + target.readers
+                target.kind, seen.target.table, seen.target.readers + target.readers, target.notify
             )
         merged[(target.kind, table.oid)] = PlannedCapture(
             target, table, function_name(target.kind, table.schema, table.name)
@@ -423,6 +429,15 @@ def _truncated_keys(plan: PlannedCapture) -> sql.Composable:
 
 def function_ddl(plan: PlannedCapture) -> sql.Composed:
     """CREATE OR REPLACE FUNCTION for one target."""
+    if plan.target.notify:
+        wake = sql.SQL(
+            "    GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
+            "    IF enqueued > 0 THEN\n"
+            "        PERFORM pg_catalog.pg_notify({channel}, {kind});\n"
+            "    END IF;\n"
+        ).format(channel=sql.Literal(QUEUE_CHANNEL), kind=sql.Literal(plan.target.kind))
+    else:
+        wake = sql.SQL("    -- notify: false in the config: workers find these rows by polling\n")
     body = sql.SQL(
         "\nDECLARE\n"
         "    enqueued bigint;\n"
@@ -436,10 +451,7 @@ def function_ddl(plan: PlannedCapture) -> sql.Composed:
         "    ELSE\n"
         "        {truncate}\n"
         "    END IF;\n"
-        "    GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
-        "    IF enqueued > 0 THEN\n"
-        "        PERFORM pg_catalog.pg_notify({channel}, {kind});\n"
-        "    END IF;\n"
+        "{wake}"
         "    RETURN NULL;\n"
         "END\n"
     ).format(
@@ -447,8 +459,7 @@ def function_ddl(plan: PlannedCapture) -> sql.Composed:
         update=_enqueue(plan, "UPDATE", _changed_keys(plan)),
         delete=_enqueue(plan, "DELETE", _rows_keys(plan, "idxr_old")),
         truncate=_enqueue(plan, "TRUNCATE", _truncated_keys(plan)),
-        channel=sql.Literal(QUEUE_CHANNEL),
-        kind=sql.Literal(plan.target.kind),
+        wake=wake,
     )
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION idxr.{name}()\n"

@@ -84,6 +84,11 @@ class EntityConfig(_Strict):
     refresh: str = "on_change"
     max_depth: Annotated[int, Field(gt=0)] = 32
     max_records: Annotated[int, Field(gt=0)] = 10_000
+    notify: bool = Field(
+        True,
+        description="capture triggers send pg_notify per statement; false: the worker finds "
+        "changes by polling (NOTIFY serialises the commits of concurrent writers)",
+    )
 
     @field_validator("name")
     @classmethod

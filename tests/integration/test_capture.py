@@ -225,6 +225,17 @@ def test_multi_row_update_and_delete_enqueue_one_row_per_key(installed, listener
     assert notifications(listener) == ["subscription", "subscription"]
 
 
+def test_notify_false_enqueues_without_a_notification(conn, listener):
+    capture.install_triggers(conn, entities({**ENTITY, "notify": False}))
+    add_subscriptions(conn, A)
+    assert keys(drain(conn)) == [A]
+    assert notifications(listener, 0.5) == []
+    function = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'capture_subscription__app__subscriptions'"
+    ).fetchone()[0]
+    assert "pg_notify" not in function
+
+
 def test_integer_keys_are_stored_as_text(installed):
     installed.execute("INSERT INTO app.product_blocks (id, name) VALUES (7, 'x'), (42, 'y')")
     assert keys(drain(installed), "block") == ["42", "7"]
