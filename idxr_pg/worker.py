@@ -40,10 +40,11 @@ from idxr_pg.db import index_sql, queue_sql
 from idxr_pg.db.connection import DatabaseError, connect
 from idxr_pg.deadletter import Backoff, record_failure
 from idxr_pg.embedding import Embedder, EmbeddingCache, EmbeddingService, load_embedder
+from idxr_pg.errors import IdxrError
 from idxr_pg.pipeline import BatchResult, Pipeline
 from idxr_pg.registry import RegisteredKind, register, resolve_kinds
 
-__all__ = ["Totals", "Worker", "make_worker_id"]
+__all__ = ["Totals", "Worker", "WorkerSetupError", "make_worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,15 @@ class Totals:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+class WorkerSetupError(IdxrError):
+    """The database is reachable but not set up for idxr-pg (the message says what to run)."""
+
+
 def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | DatabaseError)
+    """A lost or refused connection (worth retrying), not a set-up or data problem."""
+    if isinstance(exc, DatabaseError):  # our connect(): retry only "cannot connect"
+        return isinstance(exc.__cause__, psycopg.OperationalError)
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 class Worker:
@@ -204,6 +212,10 @@ class Worker:
         self._embedder = embedder
         self._connect_with_retry()
         assert self._conn is not None
+        if self._conn.execute("SELECT to_regclass('idxr.queue')").fetchone()[0] is None:
+            raise WorkerSetupError(
+                "the idxr schema is not installed in this database: run `idxr-pg migrate`"
+            )
         kinds = resolve_kinds(self._conn, self.config, self.kind_names)
         register(self._conn, kinds.values(), embedder)
         if self._cache is not None:

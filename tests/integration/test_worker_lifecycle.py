@@ -237,3 +237,17 @@ def test_an_unknown_kind_is_refused_with_the_known_ones(items_db, tmp_path):
     result = run_cli(items_db, tmp_path / "idxr.yaml", "worker", "--once", "--kind", "nope")
     assert result.returncode == 1
     assert "unknown entity kind 'nope' (known: item)" in result.stderr
+
+
+@pytest.mark.parametrize("with_vector", [False, True])
+def test_a_database_without_the_idxr_schema_is_reported_not_retried(
+    empty_database_url, tmp_path, with_vector
+):
+    if with_vector:
+        execute(empty_database_url, "CREATE EXTENSION vector")
+    make_config(tmp_path, [item_entity()], model="deterministic-test")
+    result = run_cli(empty_database_url, tmp_path / "idxr.yaml", "worker", "--once", timeout=60)
+    assert result.returncode == 1
+    assert "run `idxr-pg migrate`" in result.stderr
+    assert ("idxr schema is not installed" in result.stderr) == with_vector
+    assert "Traceback" not in result.stderr
