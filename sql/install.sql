@@ -531,6 +531,9 @@ SET hnsw.iterative_scan = relaxed_order
 SET hnsw.ef_search = 100
 -- hnsw.max_scan_tuples (pgvector default 20000) is left to the session: it bounds how far a
 -- filtered walk goes before the exact search takes over.
+-- JIT compilation costs 50-400 ms per statement here (the HNSW and exact plans' costs pass
+-- jit_above_cost) and these statements run in milliseconds without it.
+SET jit = off
 AS $$
 DECLARE
     where_sql  text := 's.embedding IS NOT NULL';
@@ -541,10 +544,15 @@ DECLARE
     selective  boolean := false;
     admitted   double precision;
     plan       json;
-    hits       idxr.search_hit[];
-    fetch_n    integer;
+    hits       idxr.search_hit[] := '{}';
+    hit        idxr.search_hit;
+    walk       refcursor;
+    seen       jsonb := '{}';   -- entity key -> its position in hits
+    entity_key text;
+    pos        integer;
+    remaining  integer;
+    slack      constant integer := 20;
     max_fetch  constant integer := greatest(1000, 100 * k);
-    fetched    bigint;
     threshold  constant integer := idxr.exact_search_threshold(k);
     cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance';
 BEGIN
@@ -585,37 +593,46 @@ BEGIN
     END IF;
 
     IF NOT selective OR admitted >= threshold THEN
-        -- HNSW walk; per entity: fetch more rows until k distinct entities are among them.
-        fetch_n := CASE WHEN per_entity THEN greatest(4 * k, 40) ELSE k END;
-        LOOP
-            IF per_entity THEN
-                EXECUTE format(
-                    'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit'
-                    '                 ORDER BY c.distance) FILTER (WHERE c.nearest), count(*)'
-                    ' FROM (SELECT r.*, row_number() OVER (PARTITION BY r.entity_kind, r.entity_id'
-                    '                                      ORDER BY r.distance) = 1 AS nearest'
-                    '       FROM (SELECT %s FROM idxr.search_index s WHERE %s'
-                    '             ORDER BY s.embedding <=> $1 LIMIT $8) r) c', cols, hnsw_where)
-                    INTO hits, fetched
-                    USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, fetch_n;
-            ELSE
-                EXECUTE format(
-                    'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit'
-                    '                 ORDER BY c.distance), count(*)'
-                    ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
-                    '       ORDER BY s.embedding <=> $1 LIMIT $8) c', cols, hnsw_where)
-                    INTO hits, fetched
-                    USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, fetch_n;
-            END IF;
-            IF coalesce(cardinality(hits), 0) >= k THEN
-                RETURN QUERY SELECT * FROM unnest(hits[1:k]);
-                RETURN;
-            END IF;
-            -- Too few entities among the rows fetched: fetch more, unless the walk already
-            -- returned fewer rows than asked (index or scan budget exhausted).
-            EXIT WHEN NOT per_entity OR fetched < fetch_n OR fetch_n >= max_fetch;
-            fetch_n := least(fetch_n * 4, max_fetch);
-        END LOOP;
+        IF per_entity THEN
+            -- One HNSW walk, read row by row until k distinct entities (and `slack` rows more:
+            -- relaxed order may still bring a slightly closer row), keeping each entity's
+            -- nearest row. A cursor continues the same index scan where re-running the query
+            -- with a larger LIMIT would start over (measured: up to 10x slower for a 5% filter
+            -- whose entities have ten similar fields each).
+            OPEN walk FOR EXECUTE format(
+                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY s.embedding <=> $1 LIMIT $8',
+                cols, hnsw_where)
+                USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch;
+            LOOP
+                FETCH walk INTO hit;
+                EXIT WHEN NOT FOUND;
+                entity_key := hit.entity_kind || E'\x1f' || hit.entity_id;
+                pos := (seen ->> entity_key)::integer;
+                IF pos IS NULL THEN
+                    hits := hits || hit;
+                    seen := seen || jsonb_build_object(entity_key, cardinality(hits));
+                ELSIF hit.distance < hits[pos].distance THEN
+                    hits[pos] := hit;
+                END IF;
+                IF cardinality(hits) >= k THEN
+                    remaining := coalesce(remaining, slack) - 1;
+                    EXIT WHEN remaining <= 0;
+                END IF;
+            END LOOP;
+            CLOSE walk;
+        ELSE
+            EXECUTE format(
+                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit)'
+                ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
+                '       ORDER BY s.embedding <=> $1 LIMIT $4) c', cols, hnsw_where)
+                INTO hits
+                USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
+        END IF;
+        IF coalesce(cardinality(hits), 0) >= k THEN
+            -- Re-sorted by distance: relaxed order returns rows only roughly in order.
+            RETURN QUERY SELECT * FROM unnest(hits) h ORDER BY h.distance LIMIT k;
+            RETURN;
+        END IF;
         RAISE DEBUG 'idxr: the HNSW walk found % of % rows', coalesce(cardinality(hits), 0), k;
         -- The index walk gave fewer than k: fall through to the exact search, which is
         -- complete (and cheap when few rows pass the filter, which is the usual reason).
