@@ -134,13 +134,6 @@ class _WritesFailed(Exception):
     """The batch's writes hit bad data (not a lost connection): retry entity by entity."""
 
 
-@dataclass(frozen=True)
-class _Written:
-    outcome: str  # the BatchResult counter it adds to: indexed, unchanged or deleted
-    records_written: int
-    records_deleted: int
-
-
 class Pipeline:
     """Indexes batches of one entity kind; see the module docstring for the contract."""
 
@@ -321,9 +314,7 @@ class Pipeline:
                 owned = queue_sql.owned_leases(conn, self.kind.name, leased, owner)
                 self._lose(result, [i for i in leased if i not in owned])
                 try:
-                    for entity in ready:
-                        if entity.id in owned:
-                            self._tally(result, entity.id, self._write_entity(conn, entity))
+                    self._write_entities(conn, [e for e in ready if e.id in owned], result)
                 except psycopg.Error as exc:
                     if _connection_lost(conn, exc):
                         raise
@@ -339,54 +330,69 @@ class Pipeline:
             )
         self._reset_counts(result)
         for entity in ready:
+            alone = BatchResult(kind=self.kind.name)
             try:
                 with conn.transaction():
                     if not queue_sql.owned_leases(conn, self.kind.name, [entity.id], owner):
                         continue
-                    written = self._write_entity(conn, entity)
+                    self._write_entities(conn, [entity], alone)
             except psycopg.Error as exc:
                 if _connection_lost(conn, exc):
                     raise
                 self._fail(result, entity, "write", exc)
             else:
-                self._tally(result, entity.id, written)
+                self._merge_counts(result, alone)
         with conn.transaction():
             owned = queue_sql.owned_leases(conn, self.kind.name, leased, owner)
             self._lose(result, [i for i in leased if i not in owned])
             self._finish(conn, owned, owner, result, finalize)
 
-    def _write_entity(self, conn: psycopg.Connection, entity: _Entity) -> _Written:
-        """Write one entity's changes in the caller's transaction."""
+    def _write_entities(
+        self, conn: psycopg.Connection, entities: list[_Entity], result: BatchResult
+    ) -> None:
+        """Write these entities' changes in the caller's transaction: one upsert for all their
+        changed rows, one delete for their stale paths, one for the entities that are gone."""
         kind = self.kind.name
-        if entity.gone:
-            return _Written("deleted", 0, index_sql.delete_entities(conn, kind, [entity.id]))
-        change = entity.change
-        assert change is not None
-        rows = []
-        for record in change.upserts:
-            embedded = entity.vectors.get(record.path)
-            rows.append(
-                (
-                    kind,
-                    entity.id,
-                    record.path,
-                    record.value,
-                    record.value_type.value,
-                    record.content_hash,
-                    embedded.vector if embedded is not None else None,
-                    embedded.truncation if embedded is not None else None,
+        rows: list[tuple[Any, ...]] = []
+        stale: list[tuple[str, str]] = []
+        gone: list[str] = []
+        for entity in entities:
+            if entity.gone:
+                gone.append(entity.id)
+                result.deleted += 1
+                result.done_ids.append(entity.id)
+                continue
+            change = entity.change
+            assert change is not None
+            for record in change.upserts:
+                embedded = entity.vectors.get(record.path)
+                rows.append(
+                    (
+                        kind,
+                        entity.id,
+                        record.path,
+                        record.value,
+                        record.value_type.value,
+                        record.content_hash,
+                        embedded.vector if embedded is not None else None,
+                        embedded.truncation if embedded is not None else None,
+                    )
                 )
-            )
-        written = index_sql.upsert_records(conn, rows)
-        removed = index_sql.delete_paths(conn, kind, [(entity.id, p) for p in change.deletes])
-        return _Written("indexed" if written or removed else "unchanged", written, removed)
+            stale.extend((entity.id, path) for path in change.deletes)
+            if change.is_noop:
+                result.unchanged += 1
+            else:
+                result.indexed += 1
+            result.done_ids.append(entity.id)
+        result.records_written += index_sql.upsert_records(conn, rows)
+        result.records_deleted += index_sql.delete_paths(conn, kind, stale)
+        result.records_deleted += index_sql.delete_entities(conn, kind, gone)
 
     @staticmethod
-    def _tally(result: BatchResult, entity_id: str, written: _Written) -> None:
-        setattr(result, written.outcome, getattr(result, written.outcome) + 1)
-        result.records_written += written.records_written
-        result.records_deleted += written.records_deleted
-        result.done_ids.append(entity_id)
+    def _merge_counts(result: BatchResult, part: BatchResult) -> None:
+        for name in ("indexed", "unchanged", "deleted", "records_written", "records_deleted"):
+            setattr(result, name, getattr(result, name) + getattr(part, name))
+        result.done_ids.extend(part.done_ids)
 
     @staticmethod
     def _reset_counts(result: BatchResult) -> None:
