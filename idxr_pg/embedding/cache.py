@@ -1,0 +1,111 @@
+"""Content-addressed embedding cache in ``idxr.embedding_cache``: (model, sha256(text)) → vector.
+
+Identical texts, across entities and across time, are embedded once per model. Reads and
+writes are each their own short transaction, never part of a caller's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.pq import TransactionStatus
+
+__all__ = ["EmbeddingCache", "text_hash"]
+
+_SELECT = (
+    "SELECT text_hash, embedding FROM idxr.embedding_cache WHERE model = %s AND text_hash = ANY(%s)"
+)
+_INSERT = (
+    "INSERT INTO idxr.embedding_cache (model, text_hash, embedding) VALUES (%s, %s, %s) "
+    "ON CONFLICT (model, text_hash) DO NOTHING"
+)
+
+
+def text_hash(text: str) -> str:
+    """Hex sha256 of the (possibly truncated) embedding text: the cache's content address."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors by (model key, text hash). Give a connection string (the cache then keeps one
+    autocommit connection of its own, reopened when lost) or an open psycopg connection that
+    is not inside a transaction when ``put_many`` runs."""
+
+    def __init__(self, conninfo_or_connection: str | psycopg.Connection) -> None:
+        if isinstance(conninfo_or_connection, str):
+            self._conninfo: str | None = conninfo_or_connection
+            self._conn: psycopg.Connection | None = None
+        else:
+            self._conninfo = None
+            self._conn = conninfo_or_connection
+        self._lock = threading.Lock()
+
+    def get_many(self, model_key: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among ``text_hashes`` (missing ones are absent from the result)."""
+        if not text_hashes:
+            return {}
+        with self._connection() as conn, conn.transaction():
+            rows = conn.execute(_SELECT, [model_key, list(text_hashes)]).fetchall()
+        # pgvector >= 0.5 loads `vector` values as pgvector.Vector, not numpy arrays.
+        return {hash_: vector.to_numpy().astype(np.float32) for hash_, vector in rows}
+
+    def put_many(self, model_key: str, vectors: Mapping[str, np.ndarray]) -> None:
+        """Store vectors by text hash; hashes already cached are left as they are.
+
+        Rows go in hash order so that concurrent writers of overlapping sets cannot deadlock.
+        """
+        if not vectors:
+            return
+        rows = [
+            (model_key, hash_, np.asarray(vectors[hash_], dtype=np.float32))
+            for hash_ in sorted(vectors)
+        ]
+        with self._connection() as conn:
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                raise RuntimeError(
+                    "EmbeddingCache.put_many needs a connection outside a transaction: cache "
+                    "writes commit on their own so they never hold locks for a caller"
+                )
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_INSERT, rows)
+
+    def close(self) -> None:
+        """Close the connection the cache opened itself (a given connection stays open)."""
+        with self._lock:
+            if self._conninfo is not None and self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        with self._lock:
+            if self._conninfo is not None and (self._conn is None or self._conn.broken):
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                register_vector(self._conn)
+            assert self._conn is not None
+            _ensure_vector_registered(self._conn)
+            yield self._conn
+
+
+def _ensure_vector_registered(conn: psycopg.Connection) -> None:
+    """Register pgvector's types on a given connection once, ending only our own look-up."""
+    if conn.adapters.types.get("vector") is not None:
+        return
+    was_idle = conn.info.transaction_status == TransactionStatus.IDLE
+    register_vector(conn)
+    if was_idle and conn.info.transaction_status == TransactionStatus.INTRANS:
+        conn.commit()
