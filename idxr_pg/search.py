@@ -218,7 +218,13 @@ def _database_error(exc: psycopg.Error, url: str) -> IdxrError:
     if message.startswith("idxr: "):
         hint = f" ({diag.message_hint})" if diag.message_hint else ""
         return SearchError(message.removeprefix("idxr: ") + hint)
-    if isinstance(exc, psycopg.errors.UndefinedFunction | psycopg.errors.UndefinedTable):
+    if isinstance(
+        exc,
+        psycopg.errors.UndefinedFunction
+        | psycopg.errors.UndefinedTable
+        | psycopg.errors.UndefinedObject
+        | psycopg.errors.InvalidSchemaName,
+    ):
         return DatabaseError(
             f"the idxr search functions are missing in {redact(url)}: run `idxr-pg migrate` "
             f"({message})"
@@ -240,6 +246,8 @@ def _validate(
             raise SearchError("the path filter is empty: give an lquery such as 'subscription.*'")
         try:
             conn.execute(_CHECK_LQUERY, [path])
+        except psycopg.errors.UndefinedObject as exc:  # no ltree: not set up at all
+            raise _database_error(exc, url) from None
         except psycopg.Error as exc:
             raise SearchError(
                 f"invalid path filter {path!r}: {exc.diag.message_primary or exc} "

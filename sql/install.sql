@@ -336,6 +336,7 @@ CREATE OR REPLACE FUNCTION idxr.search_filter_sql(filters jsonb, param integer)
 RETURNS text
 LANGUAGE plpgsql
 STABLE
+SET search_path FROM CURRENT  -- see knn_search
 AS $$
 DECLARE
     cond      jsonb;
@@ -479,6 +480,7 @@ CREATE OR REPLACE FUNCTION idxr.check_search_args(query vector, entity_kind text
 RETURNS void
 LANGUAGE plpgsql
 STABLE
+SET search_path FROM CURRENT  -- see knn_search
 AS $$
 DECLARE
     index_dims integer := idxr.embedding_dimensions();
@@ -534,6 +536,9 @@ SET hnsw.ef_search = 100
 -- JIT compilation costs 50-400 ms per statement here (the HNSW and exact plans' costs pass
 -- jit_above_cost) and these statements run in milliseconds without it.
 SET jit = off
+-- The vector and ltree operators (<=>, ~) resolve through the search_path the schema was
+-- installed with (where CREATE EXTENSION put them), whatever the caller's search_path is.
+SET search_path FROM CURRENT
 AS $$
 DECLARE
     where_sql  text := 's.embedding IS NOT NULL';
@@ -702,6 +707,7 @@ CREATE OR REPLACE FUNCTION idxr.similar_to(
 RETURNS SETOF idxr.search_hit
 LANGUAGE plpgsql
 VOLATILE  -- as knn_search
+SET search_path FROM CURRENT  -- see knn_search
 AS $$
 #variable_conflict use_variable
 DECLARE

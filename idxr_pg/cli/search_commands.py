@@ -30,15 +30,16 @@ def _show(hits: Sequence, as_json: bool, title: str) -> None:
 
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
-    table.add_column("kind")
-    table.add_column("id")
-    table.add_column("path")
-    table.add_column("value")
-    table.add_column("distance", justify="right")
+    table.add_column("distance", justify="right", no_wrap=True)
+    table.add_column("entity", no_wrap=True)
+    table.add_column("path", overflow="fold")  # path and value wrap when the terminal is narrow
+    table.add_column("value", max_width=VALUE_WIDTH)
     for rank, hit in enumerate(hits, 1):
-        value = hit.value if len(hit.value) <= VALUE_WIDTH else hit.value[: VALUE_WIDTH - 1] + "…"
+        value = " ".join(hit.value.split())  # one line per result
+        if len(value) > VALUE_WIDTH:
+            value = value[: VALUE_WIDTH - 1] + "…"
         table.add_row(
-            str(rank), hit.entity_kind, hit.entity_id, hit.path, value, f"{hit.distance:.4f}"
+            str(rank), f"{hit.distance:.4f}", f"{hit.entity_kind}/{hit.entity_id}", hit.path, value
         )
     Console(soft_wrap=False).print(table)
 

@@ -67,7 +67,7 @@ def entity(hit: SearchHit) -> tuple[str, str]:
 
 
 def cli(url: str, *args: str):
-    return CliRunner().invoke(main, ["--database-url", url, *args])
+    return CliRunner(env={"COLUMNS": "200"}).invoke(main, ["--database-url", url, *args])
 
 
 # --------------------------------------------------------------------------- relevance
@@ -559,3 +559,17 @@ def test_functions_work_on_a_fresh_connection_without_pgvector_loaded(catalogue_
         ).fetchall()
         assert len(rows) == 3
         assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "40"  # not leaked
+        # A caller whose search_path lacks the extensions' schema can still search.
+        conn.execute("SET search_path = pg_catalog")
+        rows = conn.execute(
+            "SELECT entity_id FROM idxr.search(%s::text::public.vector, 'product.*',"
+            ' \'product\', 3, \'[{"path": "*.value", "op": ">", "value": 40}]\')',
+            [query],
+        ).fetchall()
+        assert len(rows) == 3 and all(PRODUCTS[r[0]].basic_block.value > 40 for r in rows)
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM idxr.similar_to('product', 'fiber', 'product.name', 2)"
+            ).fetchone()[0]
+            == 2
+        )
