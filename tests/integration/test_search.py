@@ -405,6 +405,18 @@ def test_package_level_search_and_cli(catalogue_url):
     assert result.exit_code == 0, result.output
     assert "product.description" in result.output and "video" in result.output
 
+    result = cli(
+        catalogue_url, "search", "internet", "--kind", "subscription", "--path",
+        "subscription.product.*", "--entities", "-k", "100", "--where", "subscription.seats>40",
+        "--where", "*.start_date<2024-01-01", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["entity_id"] for r in rows} == {
+        key for key, s in SUBSCRIPTIONS.items() if s.seats > 40 and s.start_date.year < 2024
+    }
+    assert all(r["path"].startswith("subscription.product.") for r in rows)
+
     result = cli(catalogue_url, "similar", "product", "firewall", "product.description", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)[0]["entity_id"] in {"firewall-plus", "s3"}
