@@ -13,10 +13,7 @@ absent (its entity was deleted).
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +22,7 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel
 
+from idxr_pg.app_imports import ApplicationImportError, import_application_module
 from idxr_pg.config import EntityConfig, IdxrConfig
 from idxr_pg.errors import IdxrError
 from idxr_pg.traverse import schema_fingerprint
@@ -112,27 +110,12 @@ class RegisteredKind:
 
 
 def import_model(kind: str, dotted: str) -> type[BaseModel]:
-    """Import ``'package.module:ClassName'``; errors name the kind and what went wrong.
-
-    Like uvicorn and celery, the current directory is searched too (after everything else), so
-    ``idxr-pg worker`` run from an application's root finds its models.
-    """
+    """Import ``'package.module:ClassName'``; errors name the kind and what went wrong."""
     module_name, _, attr = dotted.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.append(cwd)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RegistryError(
-            f"entity kind {kind!r}: cannot import module {module_name!r} for model {dotted!r}: "
-            f"{exc} (is the application on PYTHONPATH?)"
-        ) from exc
-    except Exception as exc:
-        raise RegistryError(
-            f"entity kind {kind!r}: importing module {module_name!r} failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+        module = import_application_module(module_name)
+    except ApplicationImportError as exc:
+        raise RegistryError(f"entity kind {kind!r}: {exc} (model {dotted!r})") from exc
     target: Any = module
     for part in attr.split("."):
         try:

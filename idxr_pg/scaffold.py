@@ -8,10 +8,7 @@ comments with their types. Guesses are marked as such in the header.
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -21,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from idxr_pg.app_imports import ApplicationImportError, import_application_module
 from idxr_pg.config import DEFAULT_MODEL, validate_table_name
 from idxr_pg.errors import IdxrError
 
@@ -97,20 +95,10 @@ def guess_key(name: str, model: type[BaseModel]) -> tuple[str, bool]:
 
 def find_models(module_name: str) -> list[type[BaseModel]]:
     """Pydantic model classes defined in (not imported into) the module, in definition order."""
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.append(cwd)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ScaffoldError(
-            f"cannot import {module_name!r}: {exc} (run from the application's root or set "
-            "PYTHONPATH)"
-        ) from exc
-    except Exception as exc:
-        raise ScaffoldError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        module = import_application_module(module_name)
+    except ApplicationImportError as exc:
+        raise ScaffoldError(str(exc)) from exc
     models = [
         value
         for value in vars(module).values()

@@ -157,7 +157,7 @@ def test_cli_prints_to_stdout_with_dash(models_module: str):
 
 
 def test_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    with pytest.raises(ScaffoldError, match="cannot import 'no_such_module_xyz'"):
+    with pytest.raises(ScaffoldError, match="cannot import module 'no_such_module_xyz'"):
         scaffold("no_such_module_xyz", None)
     (tmp_path / "empty_models_xyz.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
