@@ -14,10 +14,12 @@ One run, in a fresh database on the server, prints:
    model): from the moment COMMIT returns to the moment the new content_hash of that field is
    visible in idxr.search_index (polled every --poll-ms), p50 / p95 / max.
 
-Runs are interleaved (unwatched, watched, unwatched, ...) and the median of --rounds is kept.
-The queue is emptied and a CHECKPOINT taken before every throughput run.
+Each round runs every table once, back to back, in an order rotated per round; a ratio is
+taken within each round (adjacent runs see the same machine load) and the median over --rounds
+is printed, beside the median tps. The queue is emptied and a CHECKPOINT taken before every
+throughput run. On a shared machine, commit latency (fsync) drifts: trust ratios over tps.
 
-    .venv/bin/python bench/capture.py [--seconds 5] [--rounds 3] [--clients 1,4]
+    .venv/bin/python bench/capture.py [--seconds 3] [--rounds 5] [--clients 1,4]
                                       [--lag-samples 60] [--database-url URL] [--keep]
 """
 
@@ -211,17 +213,28 @@ def loop_tps(url: str, script: str, clients: int, seconds: float, sync: str) -> 
     return sum(counts) / (time.perf_counter() - started)
 
 
-def single_row(url: str, args: argparse.Namespace) -> list[tuple[str, float, float, float]]:
+def rotated(items: tuple[str, ...], round_no: int) -> tuple[str, ...]:
+    """The tables in a different order each round, so no table always runs first."""
+    shift = round_no % len(items)
+    return items[shift:] + items[:shift]
+
+
+def ratio(values: dict[str, list[float]], table: str) -> float:
+    """Median over rounds of table / unwatched, each ratio taken within one round (same load)."""
+    return statistics.median(v / p for v, p in zip(values[table], values["plain"], strict=True))
+
+
+def single_row(url: str, args: argparse.Namespace) -> None:
     pgbench = find_pgbench()
     print(f"single-row statements: {'pgbench ' + pgbench if pgbench else 'Python client loop'}, "
-          f"{args.seconds:g} s per run, median of {args.rounds} interleaved rounds")  # fmt: skip
-    results = []
+          f"{args.seconds:g} s per run; tps: median of {args.rounds} rounds; ratio: median of the "
+          "per-round ratios (runs of one round are adjacent)")  # fmt: skip
     for sync in ("on", "off"):
         for operation in ("insert", "update"):
             for clients in args.clients:
                 tps: dict[str, list[float]] = {table: [] for table in SINGLE_ROW_TABLES}
-                for _ in range(args.rounds):
-                    for table in SINGLE_ROW_TABLES:
+                for round_no in range(args.rounds):
+                    for table in rotated(SINGLE_ROW_TABLES, round_no):
                         reset(url)
                         script = SCRIPTS[operation].replace("{table}", table)
                         if pgbench:
@@ -231,11 +244,9 @@ def single_row(url: str, args: argparse.Namespace) -> list[tuple[str, float, flo
                         tps[table].append(value)
                 label = f"1-row {operation:<6} c={clients} synchronous_commit={sync}"
                 plain, watched, quiet = (statistics.median(tps[t]) for t in SINGLE_ROW_TABLES)
-                results.append((label, plain, watched, quiet))
                 print(f"  {label:<42} unwatched {plain:7.0f} tps  watched {watched:7.0f} tps"
-                      f" ({watched / plain:.2f})  notify: false {quiet:7.0f} tps"
-                      f" ({quiet / plain:.2f})")  # fmt: skip
-    return results
+                      f" ({ratio(tps, 'watched'):.2f})  notify: false {quiet:7.0f} tps"
+                      f" ({ratio(tps, 'watched_quiet'):.2f})")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ bulk statements
@@ -248,32 +259,30 @@ def timed(conn: psycopg.Connection, statement: str) -> float:
     return time.perf_counter() - started
 
 
-def bulk(url: str, args: argparse.Namespace) -> list[tuple[str, float, float]]:
+def bulk(url: str, args: argparse.Namespace) -> None:
     print(f"\n{BULK_ROWS}-row statements (one statement per transaction), "
-          f"median of {args.rounds} interleaved rounds")  # fmt: skip
+          f"{args.rounds} rounds, medians as above")  # fmt: skip
     first, last = TABLE_ROWS + 1_000_000, TABLE_ROWS + 1_000_000 + BULK_ROWS - 1
     statements = {
         "insert": FILL.replace("%(first)s", str(first)).replace("%(last)s", str(last)),
         "update": f"UPDATE bench.{{name}} SET n = n + 1 WHERE id BETWEEN {first} AND {last}",
         "delete": f"DELETE FROM bench.{{name}} WHERE id BETWEEN {first} AND {last}",
     }
-    seconds: dict[tuple[str, str], list[float]] = {}
+    rates: dict[str, dict[str, list[float]]] = {
+        op: {"plain": [], "watched": []} for op in statements
+    }
     with psycopg.connect(url, autocommit=True) as conn:
-        for _ in range(args.rounds):
-            for table in ("plain", "watched"):
+        for round_no in range(args.rounds):
+            for table in rotated(("plain", "watched"), round_no):
                 reset(url)
                 for operation, statement in statements.items():
                     elapsed = timed(conn, statement.format(name=table))
-                    seconds.setdefault((operation, table), []).append(elapsed)
-    results = []
-    for operation in statements:
-        plain = BULK_ROWS / statistics.median(seconds[(operation, "plain")])
-        watched = BULK_ROWS / statistics.median(seconds[(operation, "watched")])
+                    rates[operation][table].append(BULK_ROWS / elapsed)
+    for operation, values in rates.items():
+        plain, watched = statistics.median(values["plain"]), statistics.median(values["watched"])
         label = f"{BULK_ROWS}-row {operation}"
-        results.append((label, plain, watched))
-        print(f"  {label:<44} unwatched {plain:9.0f} rows/s watched {watched:9.0f} rows/s"
-              f"  ratio {watched / plain:.2f}")  # fmt: skip
-    return results
+        print(f"  {label:<42} unwatched {plain:7.0f} rows/s  watched {watched:7.0f} rows/s"
+              f" ({ratio(values, 'watched'):.2f})")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ lag
@@ -368,7 +377,7 @@ def main() -> None:
         help="server to create the scratch database on",
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one pgbench run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median kept)")
     parser.add_argument(
         "--clients",
         type=lambda s: [int(x) for x in s.split(",")],
