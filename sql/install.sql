@@ -306,10 +306,12 @@ $$;
 
 -- Rows a filter may admit for the exact search to be chosen over the HNSW walk. The exact
 -- search costs ~ a * admitted rows; a filtered HNSW walk visits ~ k * N / admitted index
--- tuples at ~ b each (N rows in the index), so they cost the same at admitted ~ sqrt(b/a*k*N).
--- bench/search.py measured b/a ~ 8 (100k and 1M rows, 384 dimensions); the factor used is
--- higher because the filtered walk's recall also drops as the filter gets more selective
--- (0.92 at 5 percent of rows) while the exact search is always complete.
+-- tuples at ~ b each (N rows in the index): equal at admitted = sqrt(b/a * k * N). Measured
+-- with bench/search.py (docs/benchmarks.md), 1M rows, k = 10: exact over 5,000 admitted rows
+-- 5 ms vs the walk 54 ms (recall 0.86); over 50,000 rows 116 ms vs 2 ms (recall 0.96); at
+-- 100k rows: 500 rows 1.6 vs 74 ms, 5,000 rows 15 vs 6 ms (recall 0.97). b/a = 30 puts the
+-- switch between those points at both sizes (5,477 rows at 100k, 17,321 at 1M), erring
+-- towards the exact search, whose recall is 1.
 CREATE OR REPLACE FUNCTION idxr.exact_search_threshold(k integer)
 RETURNS integer
 LANGUAGE sql
@@ -528,9 +530,10 @@ VOLATILE  -- EXPLAIN (the row estimate) is not allowed in a STABLE function
 -- relaxed_order finds k filtered rows in fewer index tuples than strict_order; the results are
 -- re-sorted by exact distance below, so callers still get them in order.
 SET hnsw.iterative_scan = relaxed_order
--- ef_search 100 rather than pgvector's 40: both reach recall@10 >= 0.99 on bench/search.py's
--- data, but on harder data (isotropic synthetic vectors, 1M rows) 40 gave 0.49 and 100 0.63,
--- for well under a millisecond more; the iterative scan goes beyond it when k is larger.
+-- ef_search 100 rather than pgvector's 40: recall@10 against exact search at 1M rows in
+-- bench/search.py was 1.000 with 100 and 0.967 with 40, for about a millisecond more (on
+-- harder, isotropic synthetic vectors: 0.63 vs 0.49); the iterative scan goes beyond it when
+-- k is larger.
 SET hnsw.ef_search = 100
 -- hnsw.max_scan_tuples (pgvector default 20000) is left to the session: it bounds how far a
 -- filtered walk goes before the exact search takes over.
@@ -552,7 +555,6 @@ DECLARE
     plan       json;
     hits       idxr.search_hit[] := '{}';
     hit        idxr.search_hit;
-    walk       refcursor;
     seen       jsonb := '{}';   -- entity key -> its position in hits
     entity_key text;
     pos        integer;
@@ -600,19 +602,18 @@ BEGIN
 
     IF NOT selective OR admitted >= threshold THEN
         IF per_entity THEN
-            -- One HNSW walk, read row by row until k distinct entities and then `slack` rows
-            -- more (about one more round of the scan: relaxed order may still bring closer
-            -- rows; measured at 1M rows, 5% filter: recall 0.975 with 100, 0.94 with 20),
-            -- keeping each entity's nearest row. A cursor continues the same index scan where re-running the query
-            -- with a larger LIMIT would start over (measured: up to 10x slower for a 5% filter
-            -- whose entities have ten similar fields each).
-            OPEN walk FOR EXECUTE format(
+            -- One HNSW walk, read (in small batches, by the FOR loop's cursor) until k distinct
+            -- entities and then `slack` rows more (about one more round of the scan: relaxed
+            -- order may still bring closer rows; measured at 1M rows, 5% filter: recall 0.975
+            -- with 100, 0.94 with 20), keeping each entity's nearest row. Leaving the loop
+            -- stops the scan. Re-running the query with a larger LIMIT instead would start the
+            -- walk over (measured: up to 10x slower for a 5% filter whose entities have ten
+            -- similar fields each).
+            FOR hit IN EXECUTE format(
                 'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY s.embedding <=> $1 LIMIT $8',
                 cols, hnsw_where)
-                USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch;
+                USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch
             LOOP
-                FETCH walk INTO hit;
-                EXIT WHEN NOT FOUND;
                 entity_key := hit.entity_kind || E'\x1f' || hit.entity_id;
                 pos := (seen ->> entity_key)::integer;
                 IF pos IS NULL THEN
@@ -626,7 +627,6 @@ BEGIN
                     EXIT WHEN remaining <= 0;
                 END IF;
             END LOOP;
-            CLOSE walk;
         ELSE
             EXECUTE format(
                 'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit)'
