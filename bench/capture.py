@@ -12,7 +12,9 @@ One run, in a fresh database on the server, prints:
 2. Bulk statements of 10,000 rows (INSERT ... SELECT, UPDATE, DELETE): rows/s and the ratio.
 3. Commit-to-searchable lag for a one-field UPDATE with a running `idxr-pg worker` (real default
    model): from the moment COMMIT returns to the moment the new content_hash of that field is
-   visible in idxr.search_index (polled every --poll-ms), p50 / p95 / max.
+   visible in idxr.search_index (polled every --poll-ms), p50 / p95 / max; once for a kind
+   with NOTIFY (the default) and once for a `notify: false` kind whose worker polls every
+   --quiet-poll seconds.
 
 Each round runs every table once, back to back, in an order rotated per round; a ratio is
 taken within each round (adjacent runs see the same machine load) and the median over --rounds
@@ -20,7 +22,8 @@ is printed, beside the median tps. The queue is emptied and a CHECKPOINT taken b
 throughput run. On a shared machine, commit latency (fsync) drifts: trust ratios over tps.
 
     .venv/bin/python bench/capture.py [--seconds 3] [--rounds 5] [--clients 1,4]
-                                      [--lag-samples 60] [--database-url URL] [--keep]
+                                      [--lag-samples 60] [--quiet-poll 0.2] [--skip-lag]
+                                      [--lag-only] [--database-url URL] [--keep]
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ def prepare(url: str) -> None:
     migrations.set_embedding_dimensions(url, 384)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA bench")
-        for name in (*SINGLE_ROW_TABLES, "lag_items"):
+        for name in SINGLE_ROW_TABLES:
             conn.execute(ITEMS_DDL.format(name=name))
         for name in SINGLE_ROW_TABLES:
             conn.execute(FILL.format(name=name), {"first": 1, "last": TABLE_ROWS})
@@ -143,6 +146,18 @@ def prepare(url: str) -> None:
         capture.install_triggers(conn, parse_config({"entities": kinds}, "bench").entities)
         for name in SINGLE_ROW_TABLES:
             conn.execute(f"VACUUM ANALYZE bench.{name}")
+
+
+def commit_latency_ms(url: str, samples: int = 200) -> float:
+    """Median time of a one-row durable INSERT transaction: the machine's commit (fsync) cost."""
+    times = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench.commit_probe (id integer)")
+        for i in range(samples):
+            started = time.perf_counter()
+            conn.execute("INSERT INTO bench.commit_probe VALUES (%s)", [i])
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
 
 
 def reset(url: str) -> None:
@@ -262,7 +277,7 @@ def timed(conn: psycopg.Connection, statement: str) -> float:
 def bulk(url: str, args: argparse.Namespace) -> None:
     print(f"\n{BULK_ROWS}-row statements (one statement per transaction), "
           f"{args.rounds} rounds, medians as above")  # fmt: skip
-    first, last = TABLE_ROWS + 1_000_000, TABLE_ROWS + 1_000_000 + BULK_ROWS - 1
+    first, last = -BULK_ROWS, -1  # ids no single-row INSERT (identity, > 0) can take
     statements = {
         "insert": FILL.replace("%(first)s", str(first)).replace("%(last)s", str(last)),
         "update": f"UPDATE bench.{{name}} SET n = n + 1 WHERE id BETWEEN {first} AND {last}",
@@ -296,57 +311,67 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def lag(url: str, args: argparse.Namespace, workdir: Path) -> list[float]:
-    print(f"\ncommit-to-searchable lag: one-field UPDATE, running `idxr-pg worker` "
-          f"(default model), {args.lag_samples} samples, polled every {args.poll_ms} ms")  # fmt: skip
-    config_path = workdir / "idxr.yaml"
-    config_path.write_text(yaml.safe_dump({"entities": [entity("lag_item", "lag_items")]}))
+def lag(
+    url: str, args: argparse.Namespace, workdir: Path, *, notify: bool, poll_interval: float
+) -> list[float]:
+    """Lag samples for one kind, served by its own `idxr-pg worker` process."""
+    kind, table = ("lag_item", "lag_items") if notify else ("lag_quiet", "lag_quiet")
+    spec = entity(kind, table, notify=notify)
+    config_path = workdir / f"{kind}.yaml"
+    config_path.write_text(yaml.safe_dump({"entities": [spec]}))
     with psycopg.connect(url, autocommit=True) as conn:
-        capture.install_triggers(
-            conn, parse_config({"entities": [entity("lag_item", "lag_items")]}, "bench").entities
-        )
+        conn.execute(ITEMS_DDL.format(name=table))
+        capture.install_triggers(conn, parse_config({"entities": [spec]}, "bench").entities)
         conn.execute("TRUNCATE idxr.queue")
-        conn.execute(FILL.format(name="lag_items"), {"first": 1, "last": LAG_ROWS})
+        conn.execute(FILL.format(name=table), {"first": 1, "last": LAG_ROWS})
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    log = (workdir / "worker.log").open("w")
+    log_path = workdir / f"{kind}.log"
+    log = log_path.open("w")
     worker = subprocess.Popen(
-        [IDXR, "--database-url", url, "--config", str(config_path), "worker", "--kind", "lag_item"],
+        [IDXR, "--database-url", url, "--config", str(config_path), "worker", "--kind", kind,
+         "--poll-interval", str(poll_interval)],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     samples: list[float] = []
+    path = f"{kind}.title"
     try:
         with psycopg.connect(url, autocommit=True) as conn:
 
             def indexed() -> bool:
                 if worker.poll() is not None:
-                    tail = (workdir / "worker.log").read_text()[-3000:]
+                    tail = log_path.read_text()[-3000:]
                     raise RuntimeError(f"the worker exited ({worker.returncode}):\n{tail}")
-                query = "SELECT count(DISTINCT entity_id) FROM idxr.search_index WHERE entity_kind = 'lag_item'"
-                return conn.execute(query).fetchone()[0] == LAG_ROWS
+                query = (
+                    "SELECT count(DISTINCT entity_id) FROM idxr.search_index WHERE entity_kind = %s"
+                )
+                return conn.execute(query, [kind]).fetchone()[0] == LAG_ROWS
 
             wait_for(indexed, 600, f"the worker to index the first {LAG_ROWS} rows")
             poll = args.poll_ms / 1000
             for i in range(args.lag_samples):
                 entity_id = 1 + (i * 37) % LAG_ROWS
                 title = f"Sample {i}: fibre outage reported near exchange {entity_id}"
-                expected = content_hash("lag_item.title", title, ValueType.STRING)
+                expected = content_hash(path, title, ValueType.STRING)
                 conn.execute(
-                    "UPDATE bench.lag_items SET title = %s WHERE id = %s", [title, entity_id]
+                    sql.SQL("UPDATE bench.{} SET title = %s WHERE id = %s").format(
+                        sql.Identifier(table)
+                    ),
+                    [title, entity_id],
                 )  # autocommit: COMMIT has returned when execute returns
                 committed = time.perf_counter()
                 while True:
                     row = conn.execute(
-                        "SELECT content_hash FROM idxr.search_index WHERE entity_kind = 'lag_item'"
-                        " AND entity_id = %s AND path = 'lag_item.title'",
-                        [str(entity_id)],
+                        "SELECT content_hash FROM idxr.search_index WHERE entity_kind = %s"
+                        " AND entity_id = %s AND path = %s::ltree",
+                        [kind, str(entity_id), path],
                     ).fetchone()
                     if row and row[0] == expected:
                         samples.append(time.perf_counter() - committed)
                         break
                     if time.perf_counter() - committed > 60:
-                        raise TimeoutError(f"sample {i} not searchable after 60 s")
+                        raise TimeoutError(f"{kind} sample {i} not searchable after 60 s")
                     time.sleep(poll)
                 time.sleep(0.1)  # let the worker go idle: each sample is one isolated change
     finally:
@@ -356,12 +381,27 @@ def lag(url: str, args: argparse.Namespace, workdir: Path) -> list[float]:
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
-    ordered = sorted(samples)
+    return sorted(samples)
+
+
+def report_lag(label: str, ordered: list[float]) -> None:
     p50 = statistics.median(ordered)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    print(f"  p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms   max {ordered[-1] * 1000:7.1f} ms"
-          f"   mean {statistics.fmean(ordered) * 1000:7.1f} ms")  # fmt: skip
-    return ordered
+    print(f"  {label:<42} p50 {p50 * 1000:6.1f} ms  p95 {p95 * 1000:6.1f} ms"
+          f"  max {ordered[-1] * 1000:6.1f} ms  mean {statistics.fmean(ordered) * 1000:6.1f} ms")  # fmt: skip
+
+
+def lags(url: str, args: argparse.Namespace, workdir: Path) -> None:
+    print(f"\ncommit-to-searchable lag: one-field UPDATE, running `idxr-pg worker` "
+          f"(default model), {args.lag_samples} samples, polled every {args.poll_ms:g} ms")  # fmt: skip
+    report_lag(
+        "NOTIFY (default), --poll-interval 5",
+        lag(url, args, workdir, notify=True, poll_interval=5.0),
+    )
+    report_lag(
+        f"notify: false, --poll-interval {args.quiet_poll:g}",
+        lag(url, args, workdir, notify=False, poll_interval=args.quiet_poll),
+    )
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -386,7 +426,14 @@ def main() -> None:
     )
     parser.add_argument("--lag-samples", type=int, default=60)
     parser.add_argument("--poll-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--quiet-poll",
+        type=float,
+        default=0.2,
+        help="worker --poll-interval for the `notify: false` lag run",
+    )
     parser.add_argument("--skip-lag", action="store_true", help="throughput only (no model)")
+    parser.add_argument("--lag-only", action="store_true", help="lag only (no throughput runs)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
 
@@ -403,11 +450,13 @@ def main() -> None:
         print(
             f"tables: {TABLE_ROWS} rows each, identical; the watched ones have idxr-pg's 4 triggers\n"
         )
-        single_row(url, args)
-        bulk(url, args)
+        if not args.lag_only:
+            print(f"durable one-row commit, median: {commit_latency_ms(url):.2f} ms (at the start)")
+            single_row(url, args)
+            bulk(url, args)
         if not args.skip_lag:
             with tempfile.TemporaryDirectory() as workdir:
-                lag(url, args, Path(workdir))
+                lags(url, args, Path(workdir))
 
 
 if __name__ == "__main__":
