@@ -307,9 +307,9 @@ $$;
 -- Rows a filter may admit for the exact search to be chosen over the HNSW walk. The exact
 -- search costs ~ a * admitted rows; a filtered HNSW walk visits ~ k * N / admitted index
 -- tuples at ~ b each (N rows in the index): equal at admitted = sqrt(b/a * k * N). Measured
--- with bench/search.py (docs/benchmarks.md), 1M rows, k = 10: exact over 5,000 admitted rows
--- 5 ms vs the walk 54 ms (recall 0.86); over 50,000 rows 116 ms vs 2 ms (recall 0.96); at
--- 100k rows: 500 rows 1.6 vs 74 ms, 5,000 rows 15 vs 6 ms (recall 0.97). b/a = 30 puts the
+-- with bench/search.py (docs/benchmarks.md), k = 10, 1M rows: exact over 5,000 admitted rows
+-- 9 ms vs the walk 63 ms (recall 0.86); over 50,000 rows 285 ms vs 5 ms (recall 0.95); 100k
+-- rows: 500 rows 0.7 vs 29 ms, 5,000 rows 4.7 vs 1.7 ms (recall 0.97). b/a = 30 puts the
 -- switch between those points at both sizes (5,477 rows at 100k, 17,321 at 1M), erring
 -- towards the exact search, whose recall is 1.
 CREATE OR REPLACE FUNCTION idxr.exact_search_threshold(k integer)
@@ -531,9 +531,9 @@ VOLATILE  -- EXPLAIN (the row estimate) is not allowed in a STABLE function
 -- re-sorted by exact distance below, so callers still get them in order.
 SET hnsw.iterative_scan = relaxed_order
 -- ef_search 100 rather than pgvector's 40: recall@10 against exact search at 1M rows in
--- bench/search.py was 1.000 with 100 and 0.967 with 40, for about a millisecond more (on
--- harder, isotropic synthetic vectors: 0.63 vs 0.49); the iterative scan goes beyond it when
--- k is larger.
+-- bench/search.py was 1.000 with 100 in every run and 0.967-1.000 with 40, for about a
+-- millisecond more (on harder, isotropic synthetic vectors: 0.63 vs 0.49); the iterative
+-- scan goes beyond it when k is larger.
 SET hnsw.ef_search = 100
 -- hnsw.max_scan_tuples (pgvector default 20000) is left to the session: it bounds how far a
 -- filtered walk goes before the exact search takes over.
