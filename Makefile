@@ -47,8 +47,11 @@ test: setup lint
 demo: setup
 	$(BIN)/idxr-pg demo
 
+# Every measurement script in bench/, then the plot (docs/benchmarks.png) from docs/figures.json.
 bench: setup
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/plot_figures.py,$(wildcard bench/*.py)); do \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	$(BIN)/python bench/plot_figures.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
