@@ -97,7 +97,7 @@ class EmbeddingService:
         if not requests:
             return []
         distinct, truncation, hash_of = self._prepare(requests)
-        vectors = self.cache.get_many(self.model_key, list(distinct)) if self.cache else {}
+        vectors = {} if self.cache is None else self.cache.get_many(self.model_key, list(distinct))
         cached = set(vectors)
         misses = sorted((h for h in distinct if h not in cached), key=lambda h: -distinct[h].tokens)
         self._count(cache_hits=len(cached), deduplicated=len(requests) - len(distinct))
