@@ -46,6 +46,9 @@ def test_every_example_is_marked_run_or_covered_elsewhere():
 def demo_env(pg_server_url, session_id, tmp_path_factory):
     """The demo application, installed and backfilled, as the README's examples expect."""
     database = f"idxr_test_{session_id}_readme"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        for role in ROLES:  # left by an interrupted run (their databases are gone)
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     workdir = tmp_path_factory.mktemp("readme-demo")
     demo = Demo(pg_server_url, 40, workdir, database)
     demo.create_application()
