@@ -6,7 +6,6 @@ The worker runs as the `idxr-pg worker --once` command with the real default mod
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -21,8 +20,8 @@ from pydantic import BaseModel
 
 from idxr_pg import capture
 from idxr_pg.config import parse_config
+from tests.integration.worker_support import subprocess_env
 
-ROOT = Path(__file__).resolve().parents[2]
 IDXR = str(Path(sys.executable).with_name("idxr-pg"))
 
 
@@ -74,14 +73,11 @@ def app_role(isolated_database_url: str) -> Iterator[tuple[str, str]]:
 def run_worker_once(url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "idxr.yaml"
     config.write_text(yaml.safe_dump({"entities": [ENTITY]}))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run(
         [IDXR, "--database-url", url, "--config", str(config), "worker", "--once"],
         capture_output=True,
         text=True,
-        env=env,
+        env=subprocess_env(),
         timeout=300,
     )
 

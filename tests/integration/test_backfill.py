@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from idxr_pg.cli import main
 from idxr_pg.config import EmbeddingSettings
 from idxr_pg.db.connection import connect
 from idxr_pg.traverse import flatten
+from tests.integration.worker_support import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 IDXR = str(Path(sys.executable).with_name("idxr-pg"))
@@ -135,12 +135,10 @@ def backfill_json(url: str, config: Path, *args: str) -> dict[str, Any]:
 
 
 def spawn(url: str, config: Path, *args: str) -> subprocess.Popen[str]:
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.Popen(
         [IDXR, "--database-url", url, "--config", str(config), *args],
         cwd=ROOT,
-        env=env,
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

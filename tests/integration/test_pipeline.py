@@ -14,7 +14,7 @@ from idxr_pg.embedding import EmbeddingCache, EmbeddingService, load_embedder
 from idxr_pg.pipeline import BatchResult, Pipeline
 from idxr_pg.registry import RegistryError, import_model, register, resolve_kinds
 from tests.integration.worker_support import (
-    ARTICLE_DOCUMENT,
+    ALL_ARTICLES,
     ARTICLES_DDL,
     Article,
     actual_index,
@@ -27,8 +27,6 @@ from tests.integration.worker_support import (
 )
 
 pytestmark = pytest.mark.model
-
-ALL_ARTICLES = ARTICLE_DOCUMENT.replace("WHERE a.id = ANY(%(keys)s::integer[])", "")
 
 
 @pytest.fixture(scope="module")

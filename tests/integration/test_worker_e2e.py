@@ -7,7 +7,7 @@ import pytest
 
 from tests.integration.worker_runner import worker_thread
 from tests.integration.worker_support import (
-    ARTICLE_DOCUMENT,
+    ALL_ARTICLES,
     ARTICLES_DDL,
     Article,
     actual_index,
@@ -21,8 +21,6 @@ from tests.integration.worker_support import (
 )
 
 pytestmark = pytest.mark.model
-
-ALL_ARTICLES = ARTICLE_DOCUMENT.replace("WHERE a.id = ANY(%(keys)s::integer[])", "")
 
 
 @pytest.fixture

@@ -80,6 +80,8 @@ SELECT a.id,
 FROM public.articles a
 WHERE a.id = ANY(%(keys)s::integer[])
 """
+# The same document query over every article (no key filter), for expected-index checks.
+ALL_ARTICLES = ARTICLE_DOCUMENT.replace("WHERE a.id = ANY(%(keys)s::integer[])", "")
 
 ITEMS_DDL = """
 CREATE TABLE public.items (
