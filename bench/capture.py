@@ -50,10 +50,10 @@ import yaml
 from psycopg import sql
 from pydantic import BaseModel
 
-from idxr_pg import capture
+from idxr_pg.capture import triggers as capture
 from idxr_pg.config import parse_config
 from idxr_pg.db import migrations
-from idxr_pg.records import ValueType, content_hash
+from idxr_pg.records.record import ValueType, content_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 IDXR = str(Path(sys.executable).with_name("idxr-pg"))

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from idxr_pg.traverse import flatten
+from idxr_pg.records.traverse import flatten
 
 
 class Status(Enum):

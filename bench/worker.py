@@ -38,12 +38,12 @@ import psycopg  # noqa: E402
 import yaml  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from idxr_pg import capture  # noqa: E402
+from idxr_pg.capture import triggers as capture  # noqa: E402
 from idxr_pg.config import parse_config  # noqa: E402
 from idxr_pg.db import migrations  # noqa: E402
 from idxr_pg.demo import data as demo_data  # noqa: E402
 from idxr_pg.demo.run import demo_config  # noqa: E402
-from idxr_pg.worker import Worker  # noqa: E402
+from idxr_pg.runtime.worker import Worker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IDXR = str(Path(sys.executable).with_name("idxr-pg"))

@@ -15,9 +15,9 @@ import psycopg
 
 from idxr_pg.cli.context import AppContext, pass_app, print_json
 from idxr_pg.db.connection import DatabaseError, connect, redact
-from idxr_pg.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
-from idxr_pg.progress import format_duration
-from idxr_pg.status import gather_stale, gather_status
+from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
+from idxr_pg.db.status import gather_stale, gather_status
+from idxr_pg.runtime.progress import format_duration
 
 log = logging.getLogger("idxr_pg.cli.ops")
 
@@ -178,7 +178,7 @@ def backfill(
     SIGINT/SIGTERM stop after the current batch; `--resume` then continues from the
     checkpoint (also after a crash or SIGKILL). Progress: a bar on a terminal, else log lines.
     """
-    from idxr_pg.backfill import Backfill, BackfillInterrupted, BackfillOptions
+    from idxr_pg.runtime.backfill import Backfill, BackfillInterrupted, BackfillOptions
 
     config = app.config
     options = BackfillOptions(

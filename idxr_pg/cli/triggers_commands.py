@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import click
 
-from idxr_pg import capture
+from idxr_pg.capture import triggers as capture
 from idxr_pg.cli.context import AppContext, pass_app, print_json
 from idxr_pg.config import EntityConfig
 from idxr_pg.db.connection import connect, redact

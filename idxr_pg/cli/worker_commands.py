@@ -6,12 +6,12 @@ import click
 
 from idxr_pg.cli.context import AppContext, pass_app, print_json
 from idxr_pg.db.connection import connect
-from idxr_pg.deadletter import get_dead_letter, list_dead_letters, retry_dead_letters
 from idxr_pg.errors import IdxrError
+from idxr_pg.indexing.failures import get_dead_letter, list_dead_letters, retry_dead_letters
 
 
 def _worker(app: AppContext, kinds: tuple[str, ...], **overrides: object):
-    from idxr_pg.worker import Worker
+    from idxr_pg.runtime.worker import Worker
 
     config = app.config
     if not config.entities:

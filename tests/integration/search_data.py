@@ -1,6 +1,6 @@
 """A small, realistic catalogue for the search tests: products and subscriptions.
 
-`index_catalogue` flattens the Pydantic instances with `idxr_pg.traverse.flatten`, embeds the
+`index_catalogue` flattens the Pydantic instances with `idxr_pg.records.traverse.flatten`, embeds the
 embeddable records with the given embedder and writes them to ``idxr.search_index``,
 recording the kinds and the model as the worker does.
 """
@@ -13,7 +13,7 @@ from typing import Literal
 import psycopg
 from pydantic import BaseModel
 
-from idxr_pg.traverse import flatten
+from idxr_pg.records.traverse import flatten
 
 
 class Block(BaseModel):

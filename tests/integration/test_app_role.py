@@ -18,7 +18,7 @@ import yaml
 from psycopg import sql
 from pydantic import BaseModel
 
-from idxr_pg import capture
+from idxr_pg.capture import triggers as capture
 from idxr_pg.config import parse_config
 from tests.integration.worker_support import subprocess_env
 

@@ -18,11 +18,11 @@ import yaml
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from idxr_pg import jobs
 from idxr_pg.cli import main
 from idxr_pg.config import EmbeddingSettings
+from idxr_pg.db import jobs
 from idxr_pg.db.connection import connect
-from idxr_pg.traverse import flatten
+from idxr_pg.records.traverse import flatten
 from tests.integration.worker_support import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from idxr_pg import capture
-from idxr_pg.capture import CaptureError
+from idxr_pg.capture import triggers as capture
+from idxr_pg.capture.triggers import CaptureError
 from idxr_pg.cli import main
 from idxr_pg.config import EntityConfig, parse_config
 

@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from idxr_pg.cli import main
-from idxr_pg.deadletter import Backoff, record_failure
+from idxr_pg.indexing.failures import Backoff, record_failure
 from tests.integration.worker_runner import worker_thread
 from tests.integration.worker_support import (
     ARTICLES_DDL,

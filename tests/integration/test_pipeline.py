@@ -8,11 +8,11 @@ import psycopg
 import pytest
 
 from idxr_pg.config import EmbeddingSettings
-from idxr_pg.db import queue_sql
+from idxr_pg.db import queue
 from idxr_pg.db.connection import connect
 from idxr_pg.embedding import EmbeddingCache, EmbeddingService, load_embedder
-from idxr_pg.pipeline import BatchResult, Pipeline
-from idxr_pg.registry import RegistryError, import_model, register, resolve_kinds
+from idxr_pg.indexing.pipeline import BatchResult, Pipeline
+from idxr_pg.indexing.registry import RegistryError, import_model, register, resolve_kinds
 from tests.integration.worker_support import (
     ALL_ARTICLES,
     ARTICLES_DDL,
@@ -166,7 +166,7 @@ def test_force_rewrites_every_record_from_the_cache(setup):
 
 def test_entities_leased_by_another_owner_are_skipped_untouched(setup):
     url, conn, pipeline = setup
-    assert queue_sql.acquire_leases(conn, "article", ["2"], "someone-else", 60) == {"2"}
+    assert queue.acquire_leases(conn, "article", ["2"], "someone-else", 60) == {"2"}
 
     result = pipeline.index(conn, ["1", "2"], owner="test")
 
@@ -204,7 +204,7 @@ class StealingEmbedder:
     def embed(self, texts):
         with connect(self.url, autocommit=True) as other:
             other.execute("UPDATE idxr.leases SET leased_until = now() - interval '1 second'")
-            assert queue_sql.acquire_leases(other, "article", ["1"], "newcomer", 60) == {"1"}
+            assert queue.acquire_leases(other, "article", ["1"], "newcomer", 60) == {"1"}
         return self.inner.embed(texts)
 
 

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from idxr_pg import jobs
 from idxr_pg.cli import main
+from idxr_pg.db import jobs
 from idxr_pg.db.connection import connect
-from idxr_pg.jobs import JobCounts
+from idxr_pg.db.jobs import JobCounts
 
 CONFIG = """
 embedding:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from idxr_pg.config import IdxrConfig
-from idxr_pg.worker import Worker
+from idxr_pg.runtime.worker import Worker
 from tests.integration.worker_support import queue_depth, wait_until
 
 

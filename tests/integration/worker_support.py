@@ -13,10 +13,10 @@ import psycopg
 import yaml
 from pydantic import BaseModel, field_validator
 
-from idxr_pg import capture
+from idxr_pg.capture import triggers as capture
 from idxr_pg.config import IdxrConfig, load_config
 from idxr_pg.db.connection import connect
-from idxr_pg.traverse import flatten
+from idxr_pg.records.traverse import flatten
 
 ROOT = Path(__file__).resolve().parents[2]
 IDXR = str(Path(sys.executable).with_name("idxr-pg"))

@@ -1,7 +1,7 @@
 import pytest
 
-from idxr_pg.diff import Diff, diff
-from idxr_pg.records import ValueType, make_record
+from idxr_pg.records.diff import Diff, diff
+from idxr_pg.records.record import ValueType, make_record
 
 
 def rec(path: str, value: str) -> object:

@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from idxr_pg.records import (
+from idxr_pg.records.record import (
     FieldRecord,
     ValueType,
     content_hash,

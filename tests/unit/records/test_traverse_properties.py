@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from idxr_pg.labels import unique_labels
-from idxr_pg.records import content_hash
-from idxr_pg.traverse import flatten
+from idxr_pg.records.labels import unique_labels
+from idxr_pg.records.record import content_hash
+from idxr_pg.records.traverse import flatten
 
 PROPS = settings(
     max_examples=150,

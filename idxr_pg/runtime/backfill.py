@@ -30,16 +30,16 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from idxr_pg import jobs
 from idxr_pg.config import IdxrConfig
+from idxr_pg.db import jobs
 from idxr_pg.db.connection import connect
-from idxr_pg.deadletter import Backoff, record_failure
+from idxr_pg.db.jobs import Job, JobCounts
 from idxr_pg.embedding import Embedder, EmbeddingCache, EmbeddingService, load_embedder
 from idxr_pg.errors import IdxrError
-from idxr_pg.jobs import Job, JobCounts
-from idxr_pg.pipeline import BatchResult, Pipeline
-from idxr_pg.progress import ProgressReporter, make_progress
-from idxr_pg.registry import RegisteredKind, register, resolve_kind
+from idxr_pg.indexing.failures import Backoff, record_failure
+from idxr_pg.indexing.pipeline import BatchResult, Pipeline
+from idxr_pg.indexing.registry import RegisteredKind, register, resolve_kind
+from idxr_pg.runtime.progress import ProgressReporter, make_progress
 
 log = logging.getLogger(__name__)
 

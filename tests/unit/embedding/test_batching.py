@@ -7,7 +7,7 @@ import pytest
 from idxr_pg.config import EmbeddingSettings
 from idxr_pg.embedding import DeterministicEmbedder, EmbeddingService, EmbedRequest
 from idxr_pg.embedding.batching import batch_budget, iter_batches, plan_batches
-from idxr_pg.records import FieldRecord, ValueType, is_meaningful_text, make_record
+from idxr_pg.records.record import FieldRecord, ValueType, is_meaningful_text, make_record
 
 
 def record(path: str, value: str, value_type: ValueType) -> FieldRecord:

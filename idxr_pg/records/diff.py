@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from idxr_pg.records import FieldRecord
+from idxr_pg.records.record import FieldRecord
 
 __all__ = ["Diff", "diff"]
 

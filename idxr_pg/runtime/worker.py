@@ -10,7 +10,7 @@ the ready queue of some kinds and returns (``--once``, ``idxr-pg refresh KIND``)
   never processed by `run` (only by `drain`, i.e. ``idxr-pg refresh``); ``every <interval>``
   kinds are drained at most once per interval (``idxr.entity_kinds.last_refresh_at``, shared
   by all workers).
-- Each batch: `queue_sql.claim` (short transaction, leases) then `Pipeline.index`, whose
+- Each batch: `queue.claim` (short transaction, leases) then `Pipeline.index`, whose
   finalize step, inside the write transaction, deletes exactly the claimed queue rows of the
   entities done and records each failure (`record_failure`: backoff, then dead letter).
 - Liveness: a heartbeat thread (own connection) updates ``idxr.workers`` and extends this
@@ -36,13 +36,13 @@ from dataclasses import dataclass, fields
 import psycopg
 
 from idxr_pg.config import IdxrConfig, WorkerSettings
-from idxr_pg.db import index_sql, queue_sql
+from idxr_pg.db import queue, search_index
 from idxr_pg.db.connection import DatabaseError, connect
-from idxr_pg.deadletter import Backoff, record_failure
 from idxr_pg.embedding import Embedder, EmbeddingCache, EmbeddingService, load_embedder
 from idxr_pg.errors import IdxrError
-from idxr_pg.pipeline import BatchResult, Pipeline
-from idxr_pg.registry import RegisteredKind, register, resolve_kinds
+from idxr_pg.indexing.failures import Backoff, record_failure
+from idxr_pg.indexing.pipeline import BatchResult, Pipeline
+from idxr_pg.indexing.registry import RegisteredKind, register, resolve_kinds
 
 __all__ = ["Totals", "Worker", "WorkerSetupError", "make_worker_id"]
 
@@ -226,7 +226,7 @@ class Worker:
             name: Pipeline(kind, service, lease_seconds=self.settings.lease_seconds)
             for name, kind in kinds.items()
         }
-        queue_sql.worker_started(
+        queue.worker_started(
             self._conn, self.worker_id, socket.gethostname(), os.getpid(), list(kinds)
         )
         self._beating.set()
@@ -243,8 +243,8 @@ class Worker:
         try:
             conn = self._ensure_conn()
             with conn.transaction():
-                queue_sql.release_leases(conn, None, None, self.worker_id)
-                queue_sql.worker_heartbeat(conn, self.worker_id, self.totals.entities, "stopped")
+                queue.release_leases(conn, None, None, self.worker_id)
+                queue.worker_heartbeat(conn, self.worker_id, self.totals.entities, "stopped")
         except Exception:
             log.warning("could not mark worker %s stopped", self.worker_id, exc_info=True)
         for conn in (self._conn, self._listen):
@@ -273,7 +273,7 @@ class Worker:
             if self._listen is not None:
                 self._listen.close()
             self._listen = connect(self._conninfo("listen"), autocommit=True, vector=False)
-            self._listen.execute(f"LISTEN {queue_sql.CHANNEL}")
+            self._listen.execute(f"LISTEN {queue.CHANNEL}")
         return self._listen
 
     def _connect_with_retry(self) -> None:
@@ -357,13 +357,13 @@ class Worker:
     def _stamp_refreshed(self, name: str) -> None:
         conn = self._ensure_conn()
         with conn.transaction():
-            index_sql.stamp_kind(conn, name, wrote=False)
+            search_index.stamp_kind(conn, name, wrote=False)
 
     def _batch(self, name: str) -> bool:
         """Claim and process one batch of ``name``; False when nothing was ready."""
         conn = self._ensure_conn()
         pipeline = self._pipelines[name]
-        claimed = queue_sql.claim(
+        claimed = queue.claim(
             conn,
             name,
             owner=self.worker_id,
@@ -375,7 +375,7 @@ class Worker:
         dead: list[int] = []
 
         def finalize(c: psycopg.Connection, result: BatchResult) -> None:
-            queue_sql.delete_rows(c, claimed.row_ids(result.done_ids))
+            queue.delete_rows(c, claimed.row_ids(result.done_ids))
             for failure in result.failures:
                 outcome = record_failure(
                     c,
@@ -426,7 +426,7 @@ class Worker:
             result.records_deleted,
             extra={"entity_kind": name, **result.counts()},
         )
-        queue_sql.worker_heartbeat(conn, self.worker_id, self.totals.entities)
+        queue.worker_heartbeat(conn, self.worker_id, self.totals.entities)
         return True
 
     def _wait(self, served: Sequence[str]) -> None:
@@ -466,8 +466,8 @@ class Worker:
                 if conn is None or conn.closed or conn.broken:
                     conn = connect(self._conninfo("heartbeat"), autocommit=True, vector=False)
                 with conn.transaction():
-                    queue_sql.worker_heartbeat(conn, self.worker_id, self.totals.entities)
-                    queue_sql.extend_leases(conn, self.worker_id, self.settings.lease_seconds)
+                    queue.worker_heartbeat(conn, self.worker_id, self.totals.entities)
+                    queue.extend_leases(conn, self.worker_id, self.settings.lease_seconds)
             except Exception as exc:
                 log.debug("heartbeat failed (%s); will retry", exc)
                 if conn is not None:

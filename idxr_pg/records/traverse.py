@@ -13,7 +13,7 @@ Types come from the declared annotations, compiled once per annotation into a sm
   ``bytes``…) become non-embeddable strings. Secret types, lazy iterators and objects with
   only the default ``object`` repr (which would embed a memory address) emit nothing.
 
-Paths are ``root.field.0.key``; labels are sanitised by `idxr_pg.labels`. ``None`` and
+Paths are ``root.field.0.key``; labels are sanitised by `idxr_pg.records.labels`. ``None`` and
 empty collections emit nothing. Sets are emitted in a canonical sorted order.
 The walk is iterative, so deep data cannot hit Python's recursion limit, and plans for
 nested models are built lazily, so self-referencing models compile in finite time.
@@ -42,8 +42,8 @@ from pydantic import types as pydantic_types
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticUndefined
 
-from idxr_pg.labels import is_valid_label, sanitize_label, unique_labels
-from idxr_pg.records import FieldRecord, ValueType, content_hash, is_meaningful_text
+from idxr_pg.records.labels import is_valid_label, sanitize_label, unique_labels
+from idxr_pg.records.record import FieldRecord, ValueType, content_hash, is_meaningful_text
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",

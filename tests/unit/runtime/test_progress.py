@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from idxr_pg.jobs import JobCounts
-from idxr_pg.progress import LogProgress, RichProgress, format_duration, make_progress
+from idxr_pg.db.jobs import JobCounts
+from idxr_pg.runtime.progress import LogProgress, RichProgress, format_duration, make_progress
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from idxr_pg.config import IdxrConfig
-from idxr_pg.jobs import Job, latest_job
+from idxr_pg.db.jobs import Job, latest_job
 
 STATUS_SQL = "SELECT * FROM idxr.status ORDER BY entity_kind"
 STALE_SQL = "SELECT * FROM idxr.stale ORDER BY stale_since, entity_kind"

@@ -32,7 +32,7 @@ One `Pipeline` per entity kind serves both callers, the worker (queue rows) and 
 - Re-processing an unchanged entity makes no embedding call and writes no row (invariant 4).
 - Failures never raise: they are in ``result.failures`` as `EntityFailure` (entity id, stage
   ``load|validate|flatten|embed|write``, the exception, the document). Record them with
-  `idxr_pg.deadletter.record_failure` in ``finalize`` (while the lease is held). A lost
+  `idxr_pg.indexing.failures.record_failure` in ``finalize`` (while the lease is held). A lost
   database connection does raise (``psycopg.OperationalError``); the leases then simply expire.
 """
 
@@ -46,12 +46,12 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from idxr_pg.db import index_sql, queue_sql
-from idxr_pg.diff import Diff, diff
+from idxr_pg.db import queue, search_index
 from idxr_pg.embedding import EmbeddedText, EmbeddingError, EmbeddingService, EmbedRequest
-from idxr_pg.records import FieldRecord
-from idxr_pg.registry import RegisteredKind
-from idxr_pg.traverse import flatten
+from idxr_pg.indexing.registry import RegisteredKind
+from idxr_pg.records.diff import Diff, diff
+from idxr_pg.records.record import FieldRecord
+from idxr_pg.records.traverse import flatten
 
 __all__ = ["STAGES", "BatchResult", "EntityFailure", "Finalizer", "Pipeline"]
 
@@ -167,7 +167,7 @@ class Pipeline:
             )
         ids = list(dict.fromkeys(str(i) for i in entity_ids))
         result = BatchResult(kind=self.kind.name, entities=len(ids))
-        leased = queue_sql.acquire_leases(conn, self.kind.name, ids, owner, self.lease_seconds)
+        leased = queue.acquire_leases(conn, self.kind.name, ids, owner, self.lease_seconds)
         result.skipped_ids = [i for i in ids if i not in leased]
         entities = [_Entity(i) for i in ids if i in leased]
         try:
@@ -206,7 +206,7 @@ class Pipeline:
         documents = self._load(conn, entities, result)
         failed = self._failed_ids(result)
         with conn.transaction():
-            stored = index_sql.stored_hashes(conn, self.kind.name, [e.id for e in entities])
+            stored = search_index.stored_hashes(conn, self.kind.name, [e.id for e in entities])
         for entity in entities:
             if entity.id in failed:
                 continue
@@ -311,7 +311,7 @@ class Pipeline:
         ready = [e for e in entities if e.id not in self._failed_ids(result)]
         try:
             with conn.transaction():
-                owned = queue_sql.owned_leases(conn, self.kind.name, leased, owner)
+                owned = queue.owned_leases(conn, self.kind.name, leased, owner)
                 self._lose(result, [i for i in leased if i not in owned])
                 try:
                     self._write_entities(conn, [e for e in ready if e.id in owned], result)
@@ -333,7 +333,7 @@ class Pipeline:
             alone = BatchResult(kind=self.kind.name)
             try:
                 with conn.transaction():
-                    if not queue_sql.owned_leases(conn, self.kind.name, [entity.id], owner):
+                    if not queue.owned_leases(conn, self.kind.name, [entity.id], owner):
                         continue
                     self._write_entities(conn, [entity], alone)
             except psycopg.Error as exc:
@@ -343,7 +343,7 @@ class Pipeline:
             else:
                 self._merge_counts(result, alone)
         with conn.transaction():
-            owned = queue_sql.owned_leases(conn, self.kind.name, leased, owner)
+            owned = queue.owned_leases(conn, self.kind.name, leased, owner)
             self._lose(result, [i for i in leased if i not in owned])
             self._finish(conn, owned, owner, result, finalize)
 
@@ -384,9 +384,9 @@ class Pipeline:
             else:
                 result.indexed += 1
             result.done_ids.append(entity.id)
-        result.records_written += index_sql.upsert_records(conn, rows)
-        result.records_deleted += index_sql.delete_paths(conn, kind, stale)
-        result.records_deleted += index_sql.delete_entities(conn, kind, gone)
+        result.records_written += search_index.upsert_records(conn, rows)
+        result.records_deleted += search_index.delete_paths(conn, kind, stale)
+        result.records_deleted += search_index.delete_entities(conn, kind, gone)
 
     @staticmethod
     def _merge_counts(result: BatchResult, part: BatchResult) -> None:
@@ -414,8 +414,8 @@ class Pipeline:
         result.skipped = len(result.skipped_ids)
         if finalize is not None:
             finalize(conn, result)
-        queue_sql.release_leases(conn, self.kind.name, sorted(owned), owner)
-        index_sql.stamp_kind(conn, self.kind.name, wrote=result.wrote)
+        queue.release_leases(conn, self.kind.name, sorted(owned), owner)
+        search_index.stamp_kind(conn, self.kind.name, wrote=result.wrote)
 
     def _lose(self, result: BatchResult, lost: list[str]) -> None:
         """Entities whose lease went to another owner: skipped, their failures dropped."""
@@ -433,7 +433,7 @@ class Pipeline:
             if conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.rollback()
             with conn.transaction():
-                queue_sql.release_leases(conn, self.kind.name, ids, owner)
+                queue.release_leases(conn, self.kind.name, ids, owner)
         except psycopg.Error:
             log.debug("could not release leases after an error; they will expire", exc_info=True)
 

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Protocol
 
-from idxr_pg.jobs import JobCounts
+from idxr_pg.db.jobs import JobCounts
 
 log = logging.getLogger("idxr_pg.progress")
 

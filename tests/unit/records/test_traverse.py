@@ -29,9 +29,9 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType, TypedDict
 
-from idxr_pg.labels import is_valid_label, sanitize_label, unique_labels
-from idxr_pg.records import ValueType, content_hash
-from idxr_pg.traverse import (
+from idxr_pg.records.labels import is_valid_label, sanitize_label, unique_labels
+from idxr_pg.records.record import ValueType, content_hash
+from idxr_pg.records.traverse import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_RECORDS,
     FlattenError,
@@ -409,7 +409,7 @@ def test_set_order_does_not_depend_on_string_hash_seed():
     script = textwrap.dedent(
         """
         from pydantic import BaseModel
-        from idxr_pg.traverse import flatten
+        from idxr_pg.records.traverse import flatten
         class M(BaseModel):
             tags: set[str]
             nested: set[frozenset[str]]

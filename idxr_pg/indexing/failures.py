@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import yaml
 
-from idxr_pg.db import queue_sql
+from idxr_pg.db import queue
 
 __all__ = [
     "DOCUMENT_LIMIT",
@@ -163,13 +163,13 @@ def record_failure(
     ``max_attempts`` the rows are deleted and a dead letter with a YAML payload is written.
     """
     now = datetime.now(UTC)
-    rows = queue_sql.lock_failure_rows(conn, kind, entity_id, queue_ids)
+    rows = queue.lock_failure_rows(conn, kind, entity_id, queue_ids)
     attempts = rows.attempts + 1
     first = rows.first_failed_at or now
     message = _cut(f"{stage}: {_error_type(exc)}: {_error_message(exc)}", MESSAGE_LIMIT)
     if attempts < max_attempts:
         delay = backoff.delay(attempts)
-        queue_sql.schedule_retry(
+        queue.schedule_retry(
             conn,
             kind,
             entity_id,
@@ -191,7 +191,7 @@ def record_failure(
         last_failed_at=now,
         document=document,
     )
-    dead_id = queue_sql.insert_dead_letter(
+    dead_id = queue.insert_dead_letter(
         conn,
         kind=kind,
         entity_id=entity_id,
@@ -203,7 +203,7 @@ def record_failure(
         last_failed_at=now,
         payload=payload,
     )
-    queue_sql.delete_rows(conn, rows.ids)
+    queue.delete_rows(conn, rows.ids)
     return FailureOutcome("dead", attempts, dead_letter_id=dead_id)
 
 
@@ -305,6 +305,6 @@ def retry_dead_letters(
         for letter in letters:
             by_kind.setdefault(letter.entity_kind, []).append(letter.entity_id)
         for entity_kind, entity_ids in by_kind.items():
-            queue_sql.enqueue(conn, entity_kind, list(dict.fromkeys(entity_ids)), operation="retry")
+            queue.enqueue(conn, entity_kind, list(dict.fromkeys(entity_ids)), operation="retry")
         conn.execute(_MARK_RETRIED_SQL, [[letter.id for letter in letters]])
     return letters

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from idxr_pg.app_imports import ApplicationImportError, import_application_module
 from idxr_pg.config import EntityConfig, IdxrConfig
 from idxr_pg.errors import IdxrError
-from idxr_pg.traverse import schema_fingerprint
+from idxr_pg.records.traverse import schema_fingerprint
 
 __all__ = [
     "RegisteredKind",

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from idxr_pg.deadletter import DOCUMENT_LIMIT, Backoff, build_payload
+from idxr_pg.indexing.failures import DOCUMENT_LIMIT, Backoff, build_payload
 
 
 def test_backoff_doubles_from_the_base_up_to_the_cap():

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from idxr_pg.config import IdxrConfig, Settings, load_config
 from idxr_pg.db.connection import DatabaseError, connect, redact
 from idxr_pg.errors import IdxrError
-from idxr_pg.records import ValueType
+from idxr_pg.records.record import ValueType
 
 __all__ = [
     "MAX_K",

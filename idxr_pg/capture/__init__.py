@@ -1,0 +1,1 @@
+"""Change capture: the trigger DDL that records which entity keys went stale."""

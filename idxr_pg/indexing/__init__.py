@@ -1,0 +1,1 @@
+"""Indexing one batch: entity kinds (registry), the pipeline, failure recording."""

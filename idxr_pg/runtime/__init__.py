@@ -1,0 +1,1 @@
+"""Long-running processes: assembly, the worker, the backfill, progress, signals."""
