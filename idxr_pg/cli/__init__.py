@@ -77,12 +77,15 @@ def main(
 
 # Each module lists its click commands in COMMANDS; add a module here to expose it.
 COMMAND_MODULES = (
-    "idxr_pg.cli.schema_commands",
-    "idxr_pg.cli.triggers_commands",
-    "idxr_pg.cli.ops_commands",
-    "idxr_pg.cli.worker_commands",
-    "idxr_pg.cli.search_commands",
-    "idxr_pg.cli.demo_commands",
+    "idxr_pg.cli.schema_commands",  # migrate, uninstall, doctor
+    "idxr_pg.cli.triggers_commands",  # triggers install|drop|sql|list
+    "idxr_pg.cli.worker_commands",  # worker, refresh
+    "idxr_pg.cli.errors_commands",  # errors list|show|retry
+    "idxr_pg.cli.backfill_commands",  # backfill, jobs
+    "idxr_pg.cli.status_commands",  # status, stale
+    "idxr_pg.cli.init_commands",  # init
+    "idxr_pg.cli.search_commands",  # search, similar
+    "idxr_pg.cli.demo_commands",  # demo
 )
 
 

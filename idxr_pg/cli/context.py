@@ -1,18 +1,17 @@
-"""What every command shares: database URL, config file, and turning errors into messages."""
+"""What every command shares: the database URL, the config file, and opening the database."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
+import psycopg
 
 from idxr_pg.config import IdxrConfig, load_config
-
-F = TypeVar("F", bound=Callable[..., Any])
+from idxr_pg.db.connection import DatabaseError, connect, redact
 
 
 @dataclass
@@ -28,9 +27,18 @@ class AppContext:
             self._config = load_config(self.config_path)
         return self._config
 
+    @contextmanager
+    def db(self, *, autocommit: bool = True, vector: bool = True) -> Iterator[psycopg.Connection]:
+        """A connection to --database-url; a database without the idxr schema (a missing
+        idxr table) gets a clear message saying to run `idxr-pg migrate`."""
+        try:
+            with connect(self.database_url, autocommit=autocommit, vector=vector) as conn:
+                yield conn
+        except psycopg.errors.UndefinedTable as exc:
+            raise DatabaseError(
+                f"{redact(self.database_url)} has no (or an older) idxr schema "
+                f"({str(exc).splitlines()[0]}): run `idxr-pg migrate`"
+            ) from None
+
 
 pass_app = click.make_pass_decorator(AppContext)
-
-
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))

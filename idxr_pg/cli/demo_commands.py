@@ -5,15 +5,15 @@ from __future__ import annotations
 import click
 
 from idxr_pg.cli.context import AppContext, pass_app
+from idxr_pg.cli.options import count_option
 
 
 @click.command()
-@click.option(
+@count_option(
     "--subscriptions",
-    type=click.IntRange(5, 100_000),
-    default=300,
-    show_default=True,
-    help="How many sample subscriptions the demo application starts with.",
+    click.IntRange(5, 100_000),
+    300,
+    "How many sample subscriptions the demo application starts with.",
 )
 @pass_app
 def demo(app: AppContext, subscriptions: int) -> None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
-from idxr_pg.cli.context import AppContext, pass_app, print_json
+from idxr_pg.cli.context import AppContext, pass_app
+from idxr_pg.cli.format import Column, print_json, print_table
+from idxr_pg.cli.options import count_option, json_flag
+
+if TYPE_CHECKING:
+    from idxr_pg.search import SearchHit
 
 VALUE_WIDTH = 60
 
@@ -18,30 +24,31 @@ WHERE_HELP = (
 )
 
 
-def _show(hits: Sequence, as_json: bool, title: str) -> None:
+RESULT_COLUMNS = (
+    Column("#", justify="right"),
+    Column("distance", justify="right", no_wrap=True),
+    Column("entity", no_wrap=True),
+    Column("path", fold=True),  # path and value wrap when the terminal is narrow
+    Column("value", max_width=VALUE_WIDTH),
+)
+
+
+def _show(hits: Sequence[SearchHit], as_json: bool, title: str) -> None:
     if as_json:
         print_json([hit.to_dict() for hit in hits])
         return
     if not hits:
         click.echo("no results")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("distance", justify="right", no_wrap=True)
-    table.add_column("entity", no_wrap=True)
-    table.add_column("path", overflow="fold")  # path and value wrap when the terminal is narrow
-    table.add_column("value", max_width=VALUE_WIDTH)
+    rows = []
     for rank, hit in enumerate(hits, 1):
         value = " ".join(hit.value.split())  # one line per result
         if len(value) > VALUE_WIDTH:
             value = value[: VALUE_WIDTH - 1] + "…"
-        table.add_row(
-            str(rank), f"{hit.distance:.4f}", f"{hit.entity_kind}/{hit.entity_id}", hit.path, value
+        rows.append(
+            [rank, f"{hit.distance:.4f}", f"{hit.entity_kind}/{hit.entity_id}", hit.path, value]
         )
-    Console(soft_wrap=False).print(table)
+    print_table(RESULT_COLUMNS, rows, title=title)
 
 
 @click.command("search")
@@ -54,14 +61,14 @@ def _show(hits: Sequence, as_json: bool, title: str) -> None:
     "'*.description'.",
 )
 @click.option("--kind", default=None, help="Only entities of this kind.")
-@click.option("-k", "k", type=int, default=10, show_default=True, help="How many results (1-1000).")
+@count_option("-k", int, 10, "How many results (1-1000).")
 @click.option(
     "--entities",
     is_flag=True,
     help="One row per entity (its best-matching field) instead of one row per field.",
 )
 @click.option("--where", "where", multiple=True, metavar="CONDITION", help=WHERE_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@json_flag("Print the results as JSON.")
 @pass_app
 def search_command(
     app: AppContext,
@@ -97,16 +104,14 @@ def search_command(
 @click.argument("kind")
 @click.argument("entity_id")
 @click.argument("path")
-@click.option(
-    "-k", "k", type=int, default=10, show_default=True, help="How many entities (1-1000)."
-)
+@count_option("-k", int, 10, "How many entities (1-1000).")
 @click.option(
     "--path-filter",
     metavar="LQUERY",
     default=None,
     help="Only compare with fields whose path matches this lquery (e.g. '*.description').",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@json_flag("Print the results as JSON.")
 @pass_app
 def similar_command(
     app: AppContext,

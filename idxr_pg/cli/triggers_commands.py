@@ -7,17 +7,13 @@ from collections.abc import Sequence
 import click
 
 from idxr_pg.capture import triggers as capture
-from idxr_pg.cli.context import AppContext, pass_app, print_json
+from idxr_pg.cli.context import AppContext, pass_app
+from idxr_pg.cli.format import print_json
+from idxr_pg.cli.options import json_flag, kinds_option
 from idxr_pg.config import EntityConfig
-from idxr_pg.db.connection import connect, redact
+from idxr_pg.db.connection import redact
 
-KIND_OPTION = click.option(
-    "--kind",
-    "kinds",
-    multiple=True,
-    metavar="KIND",
-    help="Only this entity kind (repeatable) [default: every kind].",
-)
+KIND_OPTION = kinds_option("Only this entity kind (repeatable) [default: every kind].")
 
 
 def _entities(app: AppContext, kinds: Sequence[str]) -> list[EntityConfig]:
@@ -49,7 +45,7 @@ def install(app: AppContext, kinds: tuple[str, ...]) -> None:
     if not entities:
         click.echo("no entity kinds configured: nothing to install")
         return
-    with connect(app.database_url, vector=False) as conn:
+    with app.db(autocommit=False, vector=False) as conn:
         plan = capture.install_triggers(conn, entities)
         others = sorted(
             {c.entity_kind for c in capture.installed_captures(conn)}
@@ -79,7 +75,7 @@ def drop(app: AppContext, kinds: tuple[str, ...]) -> None:
     Uses the record in idxr.capture_triggers, not the config, so it also removes the triggers
     of kinds since deleted from the config. Application tables and rows are untouched.
     """
-    with connect(app.database_url, vector=False) as conn:
+    with app.db(autocommit=False, vector=False) as conn:
         dropped = capture.drop_triggers(conn, kinds or None)
     for item in dropped:
         click.echo(f"dropped {item.entity_kind} on {item.source_table}")
@@ -96,7 +92,7 @@ def sql_command(app: AppContext, kinds: tuple[str, ...], for_drop: bool) -> None
 
     Needs the database: tables are resolved and checked against it first.
     """
-    with connect(app.database_url, vector=False) as conn:
+    with app.db(autocommit=False, vector=False) as conn:
         if for_drop:
             statements = capture.drop_ddl(capture.installed_captures(conn, kinds or None))
         else:
@@ -108,7 +104,7 @@ def sql_command(app: AppContext, kinds: tuple[str, ...], for_drop: bool) -> None
 
 @triggers.command(name="list")
 @KIND_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_flag("Print JSON instead of a table.")
 @pass_app
 def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None:
     """Show the installed capture triggers and whether every table still has all four.
@@ -116,7 +112,7 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
     A partition created or attached after the install is reported as missing until
     `triggers install` runs again.
     """
-    with connect(app.database_url, vector=False) as conn:
+    with app.db(autocommit=False, vector=False) as conn:
         captures = capture.installed_captures(conn, kinds or None)
     if as_json:
         print_json([{**c.__dict__, "complete": c.complete} for c in captures])

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -141,16 +140,6 @@ class Worker:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT request a clean stop (main thread only)."""
-
-        def handler(signum: int, _frame: object) -> None:
-            log.info("received %s: finishing the current batch", signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
 
     @property
     def kinds(self) -> dict[str, RegisteredKind]:

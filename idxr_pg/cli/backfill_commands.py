@@ -1,0 +1,184 @@
+"""`idxr-pg backfill KIND` and `idxr-pg jobs`: indexing existing rows, and the jobs that did."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from idxr_pg.cli.context import AppContext, pass_app
+from idxr_pg.cli.format import format_duration, job_progress, print_json, print_table, when
+from idxr_pg.cli.options import batch_size_option, count_option, json_flag
+from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
+from idxr_pg.runtime.signals import StopRequest, stop_on_signals
+
+JOB_COLUMNS = (
+    "ID",
+    "KIND",
+    "TYPE",
+    "STATE",
+    "PROGRESS",
+    "EMBEDDED",
+    "WRITTEN",
+    "RATE",
+    "ETA/TOOK",
+    "STARTED",
+    "NOTE",
+)
+
+
+def summary(job: Job) -> str:
+    c = job.counts
+    total = "?" if job.total is None else f"{job.total:,}"
+    return (
+        f"job #{job.id}: {c.done:,} of {total} entities "
+        f"({c.unchanged:,} unchanged, {c.deleted:,} deleted, {c.skipped:,} skipped by a "
+        f"worker, {c.failed:,} failed), {c.embedded:,} fields embedded, {c.cache_hits:,} "
+        f"from the cache, {c.records_written:,} records written, {c.records_deleted:,} "
+        f"removed, took {format_duration(job.duration_seconds)}"
+    )
+
+
+def job_note(job: Job) -> str:
+    notes = []
+    if job.resumed_from:
+        notes.append(f"resumed from #{job.resumed_from}")
+    if job.resumed_by:
+        notes.append(f"resumed by #{job.resumed_by}")
+    if job.options.get("force"):
+        notes.append("force")
+    if job.counts.failed:
+        notes.append(f"{job.counts.failed} failed")
+    if job.error:
+        first = job.error.strip().splitlines()[0] if job.error.strip() else job.error
+        notes.append(f"error: {first[:100]}")
+    return "; ".join(notes)
+
+
+def job_row(job: Job) -> list[object]:
+    rate = "-" if job.rate is None else f"{job.rate:.1f}/s"
+    timing = (
+        f"ETA {format_duration(job.eta_seconds)}"
+        if job.state == RUNNING
+        else f"took {format_duration(job.duration_seconds)}"
+    )
+    return [
+        job.id,
+        job.entity_kind,
+        job.job_type,
+        job.state,
+        job_progress(job),
+        f"{job.counts.embedded:,}",
+        f"{job.counts.records_written:,}",
+        rate,
+        timing,
+        when(job.started_at),
+        job_note(job),
+    ]
+
+
+@click.command()
+@click.argument("kind")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Re-write and re-embed every record, even unchanged ones (vectors this model already "
+    "made for the same text still come from the embedding cache).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the latest backfill of KIND after its checkpoint, if it was interrupted, "
+    "killed or failed (its --force setting is kept).",
+)
+@batch_size_option(
+    "Entities per pipeline batch and per checkpoint [default: worker.batch_size, 64]."
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between progress log lines when stderr is not a terminal.",
+)
+@json_flag("Print the finished job as JSON.")
+@pass_app
+def backfill(
+    app: AppContext,
+    kind: str,
+    force: bool,
+    resume: bool,
+    batch_size: int | None,
+    progress_interval: float,
+    as_json: bool,
+) -> None:
+    """Index every existing row of KIND through the same pipeline as the worker.
+
+    Streams the source table's keys in key order (constant memory) and records a job with its
+    checkpoint (last key done) and counts in idxr.jobs; unchanged entities cost no embedding
+    and no writes. Indexed entities whose source row is gone are removed at the end.
+    SIGINT/SIGTERM stop after the current batch; `--resume` then continues from the
+    checkpoint (also after a crash or SIGKILL). Progress: a bar on a terminal, else log lines.
+    """
+    from idxr_pg.runtime.backfill import Backfill, BackfillInterrupted, BackfillOptions
+
+    config = app.config
+    options = BackfillOptions(
+        force=force,
+        resume=resume,
+        batch_size=batch_size or config.worker.batch_size,
+        progress_interval=progress_interval,
+    )
+    stop = StopRequest()
+    runner = Backfill(app.database_url, config, kind, options, should_stop=stop)
+    try:
+        with stop_on_signals(stop):
+            job = runner.run()
+    except BackfillInterrupted as exc:
+        if as_json:
+            print_json(exc.job.as_dict())
+        click.echo(f"backfill of {kind} interrupted: {summary(exc.job)}", err=True)
+        click.echo(f"resume with: idxr-pg backfill {kind} --resume", err=True)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:
+        click.echo(
+            f"backfill of {kind} stopped mid-batch; resume with: idxr-pg backfill {kind} --resume",
+            err=True,
+        )
+        sys.exit(stop.exit_code)
+    if as_json:
+        print_json(job.as_dict())
+        return
+    click.echo(f"backfill of {kind} succeeded: {summary(job)}")
+    if job.counts.failed:
+        click.echo(
+            f"warning: {job.counts.failed} entities failed; the worker retries them, then "
+            "parks them as dead letters (`idxr-pg errors list`)",
+            err=True,
+        )
+
+
+@click.command()
+@json_flag("Print the jobs as a JSON list.")
+@click.option("--kind", default=None, help="Only jobs of this entity kind.")
+@count_option("--limit", click.IntRange(1, 10_000), 20, "How many of the most recent jobs to show.")
+@pass_app
+def jobs(app: AppContext, as_json: bool, kind: str | None, limit: int) -> None:
+    """Recent jobs (backfills), newest first: state, progress, rate, ETA or duration, error.
+
+    A job still marked running whose process is gone (killed) is marked interrupted first;
+    continue it with `idxr-pg backfill KIND --resume`.
+    """
+    with app.db() as conn:
+        reconcile_abandoned(conn)
+        found = list_jobs(conn, entity_kind=kind, limit=limit)
+    if as_json:
+        print_json([job.as_dict() for job in found])
+        return
+    if not found:
+        click.echo("no jobs yet" + (f" for kind {kind!r}" if kind else ""))
+        return
+    print_table(JOB_COLUMNS, [job_row(job) for job in found])
+
+
+COMMANDS = [backfill, jobs]

@@ -1,0 +1,150 @@
+"""`idxr-pg status` and `idxr-pg stale`: what is indexed, what is waiting, who is working."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from idxr_pg.cli.context import AppContext, pass_app
+from idxr_pg.cli.format import (
+    age,
+    ago,
+    format_duration,
+    job_progress,
+    print_json,
+    print_table,
+    when,
+)
+from idxr_pg.cli.options import json_flag
+from idxr_pg.db.jobs import reconcile_abandoned
+from idxr_pg.db.status import gather_stale, gather_status
+
+if TYPE_CHECKING:
+    from idxr_pg.db.status import KindStatus
+
+WORKER_COLUMNS = ("WORKER", "HOST", "PID", "KINDS", "STATE", "PROCESSED", "LAST HEARTBEAT")
+STALE_COLUMNS = (
+    "KIND",
+    "REFRESH",
+    "CHANGES",
+    "ENTITIES",
+    "READY",
+    "STALE SINCE",
+    "LAG",
+    "LAST REFRESH",
+)
+
+
+def _echo_kind(kind: KindStatus) -> None:
+    origin = "" if kind.in_database else "  [configured, not yet in the database]"
+    if not kind.configured:
+        origin = "  [not in the config]"
+    click.echo(f"{kind.entity_kind}{origin}")
+    click.echo(f"  source table:   {kind.source_table or '-'}")
+    click.echo(f"  model:          {kind.model_name or '-'}")
+    click.echo(f"  refresh:        {kind.refresh_policy}")
+    click.echo(
+        f"  indexed:        {kind.indexed_entities:,} entities, {kind.indexed_records:,} "
+        f"records ({kind.embedded_records:,} embedded)"
+    )
+    if kind.queue_depth:
+        click.echo(
+            f"  queue:          {kind.queue_depth:,} changes to {kind.queued_entities:,} "
+            f"entities ({kind.retrying_changes:,} retrying), lag {age(kind.lag)}"
+        )
+        click.echo(f"  stale since:    {when(kind.stale_since)}")
+    else:
+        click.echo("  queue:          empty (up to date)")
+    click.echo(f"  last embedded:  {when(kind.last_embedded_at)} ({ago(kind.last_embedded_at)})")
+    click.echo(f"  last refresh:   {when(kind.last_refresh_at)}")
+    click.echo(f"  dead letters:   {kind.dead_letters:,}")
+    if kind.last_backfill is not None:
+        job = kind.last_backfill
+        click.echo(
+            f"  last backfill:  job #{job.id} {job.state}, {job_progress(job)}, "
+            f"started {when(job.started_at)}"
+        )
+    click.echo("")
+
+
+@click.command()
+@json_flag("Print the status as one JSON object.")
+@pass_app
+def status(app: AppContext, as_json: bool) -> None:
+    """Per entity kind: what is indexed, what is queued and since when, dead letters; and the
+    live workers.
+
+    Reads the idxr.status view; kinds in the config that the database has not seen yet are
+    listed with zeros. A worker is live when its heartbeat is recent (a few poll intervals).
+    """
+    config = app.config
+    with app.db() as conn:
+        reconcile_abandoned(conn)
+        result = gather_status(conn, config)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    if not result.kinds:
+        click.echo("no entity kinds configured or indexed yet")
+    for kind in result.kinds:
+        _echo_kind(kind)
+    live = f"live within {format_duration(result.live_within_seconds)}"
+    if not result.workers:
+        click.echo(f"workers: none ({live})")
+        return
+    click.echo(f"workers: {len(result.workers)} ({live})")
+    print_table(
+        WORKER_COLUMNS,
+        [
+            [
+                w.worker_id,
+                w.host,
+                w.pid,
+                ",".join(w.entity_kinds) or "all",
+                w.state,
+                f"{w.processed:,}",
+                f"{when(w.heartbeat_at)} ({format_duration(w.heartbeat_age_seconds)} ago)",
+            ]
+            for w in result.workers
+        ],
+    )
+
+
+@click.command()
+@json_flag("Print the stale kinds as a JSON list.")
+@pass_app
+def stale(app: AppContext, as_json: bool) -> None:
+    """Entity kinds with unprocessed changes: how many, since when, and their refresh policy.
+
+    Reads the idxr.stale view. Kinds with refresh 'manual' stay stale until
+    `idxr-pg refresh KIND`; 'every <interval>' kinds are refreshed by the worker at most once
+    per interval.
+    """
+    with app.db() as conn:
+        kinds = gather_stale(conn)
+    if as_json:
+        print_json([kind.as_dict() for kind in kinds])
+        return
+    if not kinds:
+        click.echo("nothing is stale: every queue is empty")
+        return
+    print_table(
+        STALE_COLUMNS,
+        [
+            [
+                k.entity_kind,
+                k.refresh_policy,
+                f"{k.queued_changes:,}",
+                f"{k.queued_entities:,}",
+                f"{k.ready_changes:,}",
+                when(k.stale_since),
+                age(k.lag),
+                when(k.last_refresh_at),
+            ]
+            for k in kinds
+        ],
+    )
+
+
+COMMANDS = [status, stale]
