@@ -16,6 +16,10 @@ from idxr_pg.errors import IdxrError
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_CONFIG_PATH = Path("idxr.yaml")
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+"""The embedding model when none is configured (bundled; `idxr_pg.embedding.resolve` finds it).
+
+Defined here, the one owner, because the settings default needs it and the embedding package
+already imports this module (the other direction would be an import cycle)."""
 DEFAULT_MODEL_DIMENSIONS = 384
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
@@ -113,7 +117,7 @@ class EntityConfig(_Strict):
     @field_validator("key")
     @classmethod
     def _key_column(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        if not is_identifier(value):
             raise ValueError("must be a column name")
         return value
 
@@ -173,9 +177,15 @@ class Settings(BaseSettings):
     config: Path = DEFAULT_CONFIG_PATH
 
 
+def is_identifier(name: str) -> bool:
+    """A plain SQL identifier (letters, digits, ``_``, ``$``; not starting with a digit or
+    ``$``): what config table, key and column names are, and what needs no expression parsing."""
+    return bool(_IDENTIFIER.match(name))
+
+
 def validate_table_name(value: str) -> str:
     parts = value.split(".")
-    if len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
+    if len(parts) > 2 or not all(is_identifier(part) for part in parts):
         raise ValueError("must be 'table' or 'schema.table' (plain identifiers)")
     return value
 

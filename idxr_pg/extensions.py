@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 
+from idxr_pg.db import catalog
 from idxr_pg.errors import IdxrError
 
 REQUIRED_EXTENSIONS = ("vector", "ltree")
@@ -57,15 +58,9 @@ class ServerFacts:
 
 def inspect_server(database_url: str) -> ServerFacts:
     with psycopg.connect(database_url, connect_timeout=10) as conn:
-        version_num = int(conn.execute("SHOW server_version_num").fetchone()[0])
-        version = conn.execute("SHOW server_version").fetchone()[0]
-        rows = conn.execute(
-            "SELECT name, default_version FROM pg_available_extensions WHERE name = ANY(%s)",
-            [list(REQUIRED_EXTENSIONS)],
-        ).fetchall()
+        version_num, version = catalog.server_version(conn)
+        available = catalog.available_extensions(conn, REQUIRED_EXTENSIONS)
         host = conn.info.host or ""
-    available: dict[str, str | None] = dict.fromkeys(REQUIRED_EXTENSIONS)
-    available.update({name: default for name, default in rows})
     return ServerFacts(version_num, version, host, available)
 
 

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from idxr_pg.app_imports import ApplicationImportError, import_application_module
-from idxr_pg.config import DEFAULT_MODEL, validate_table_name
+from idxr_pg.config import DEFAULT_MODEL, is_identifier, validate_table_name
 from idxr_pg.errors import IdxrError
 
 
@@ -31,7 +31,6 @@ _CAMEL_BOUNDARY_1 = re.compile(r"(.)([A-Z][a-z]+)")
 _CAMEL_BOUNDARY_2 = re.compile(r"([a-z0-9])([A-Z])")
 _NON_LABEL = re.compile(r"[^a-z0-9_]+")
 _QUALIFIED = re.compile(r"\b(?:[A-Za-z_][A-Za-z0-9_]*\.)+([A-Za-z_][A-Za-z0-9_]*)")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _KEY_NAMES = ("id", "{name}_id", "uuid", "key")
 
 
@@ -78,7 +77,7 @@ class ScaffoldEntry:
 
 def _column_name(field_name: str, info: Any) -> str:
     alias = getattr(info, "validation_alias", None) or getattr(info, "alias", None)
-    return alias if isinstance(alias, str) and _IDENTIFIER.match(alias) else field_name
+    return alias if isinstance(alias, str) and is_identifier(alias) else field_name
 
 
 def guess_key(name: str, model: type[BaseModel]) -> tuple[str, bool]:

