@@ -1,7 +1,8 @@
 """Content-addressed embedding cache in ``idxr.embedding_cache``: (model, sha256(text)) → vector.
 
 Identical texts, across entities and across time, are embedded once per model. Reads and
-writes are each their own short transaction, never part of a caller's transaction.
+writes are each their own short transaction, never part of a caller's transaction. The two
+statements live in `idxr_pg.db.embedding_cache`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,9 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.pq import TransactionStatus
 
-__all__ = ["EmbeddingCache", "text_hash"]
+from idxr_pg.db import embedding_cache as rows_db
 
-_SELECT = (
-    "SELECT text_hash, embedding FROM idxr.embedding_cache WHERE model = %s AND text_hash = ANY(%s)"
-)
-_INSERT = (
-    "INSERT INTO idxr.embedding_cache (model, text_hash, embedding) VALUES (%s, %s, %s) "
-    "ON CONFLICT (model, text_hash) DO NOTHING"
-)
+__all__ = ["EmbeddingCache", "text_hash"]
 
 
 def text_hash(text: str) -> str:
@@ -51,7 +46,7 @@ class EmbeddingCache:
         if not text_hashes:
             return {}
         with self._connection() as conn, conn.transaction():
-            rows = conn.execute(_SELECT, [model_key, list(text_hashes)]).fetchall()
+            rows = rows_db.select_vectors(conn, model_key, text_hashes)
         # pgvector >= 0.5 loads `vector` values as pgvector.Vector, not numpy arrays.
         return {hash_: vector.to_numpy().astype(np.float32) for hash_, vector in rows}
 
@@ -72,8 +67,8 @@ class EmbeddingCache:
                     "EmbeddingCache.put_many needs a connection outside a transaction: cache "
                     "writes commit on their own so they never hold locks for a caller"
                 )
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
+            with conn.transaction():
+                rows_db.insert_vectors(conn, rows)
 
     def close(self) -> None:
         """Close the connection the cache opened itself (a given connection stays open)."""

@@ -2,7 +2,8 @@
 
 ``idxr_pg.search("text", path="subscription.*", kind="subscription", k=10)`` returns
 `SearchHit`\\ s, nearest first. The SQL functions (``idxr.search``, ``idxr.search_entities``,
-``idxr.similar_to`` in ``idxr_pg/schema/040_search.sql``) do the work; this module validates
+``idxr.similar_to`` in ``idxr_pg/schema/040_search.sql``, called from `idxr_pg.db.search`) do
+the work; this module validates
 the arguments, refuses an index built by another model or vector size, and embeds the query.
 
 Structured filters (``where=``) restrict results to entities with a typed field meeting a
@@ -23,9 +24,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from idxr_pg.config import IdxrConfig, Settings, load_config
+from idxr_pg.db import search as queries
 from idxr_pg.db.connection import DatabaseError, connect, redact
 from idxr_pg.errors import IdxrError
 from idxr_pg.records.record import ValueType
@@ -188,27 +189,7 @@ def _filters_json(where: WhereArg | Iterable[WhereArg] | None) -> list[dict[str,
     return result or None
 
 
-# --------------------------------------------------------------------------- SQL
-
-_CHECK_LQUERY = "SELECT %s::lquery"
-_CHECK_ARGS = "SELECT idxr.check_search_args(NULL, %s, %s)"
-_CHECK_FILTERS = "SELECT idxr.search_filter_sql(%s, 5)"
-_INDEX_MODELS = """
-SELECT idxr.embedding_dimensions(),
-       (SELECT coalesce(json_agg(json_build_array(ek.name, ek.model_name, em.version,
-                                                  em.dimensions) ORDER BY ek.name), '[]')
-          FROM idxr.entity_kinds ek
-          LEFT JOIN idxr.embedding_models em ON em.name = ek.model_name
-         WHERE ek.model_name IS NOT NULL AND (%(kind)s::text IS NULL OR ek.name = %(kind)s))
-"""
-_SEARCH = (
-    "SELECT entity_kind, entity_id, path::text, value, distance"
-    " FROM idxr.{function}(%s, %s::lquery, %s, %s, %s) ORDER BY distance"
-)
-_SIMILAR = (
-    "SELECT entity_kind, entity_id, path::text, value, distance"
-    " FROM idxr.similar_to(%s, %s, %s::ltree, %s, %s::lquery) ORDER BY distance"
-)
+# --------------------------------------------------------------------------- checks
 
 
 def _database_error(exc: psycopg.Error, url: str) -> IdxrError:
@@ -245,7 +226,7 @@ def _validate(
         if not path.strip():
             raise SearchError("the path filter is empty: give an lquery such as 'subscription.*'")
         try:
-            conn.execute(_CHECK_LQUERY, [path])
+            queries.check_lquery(conn, path)
         except psycopg.errors.UndefinedObject as exc:  # no ltree: not set up at all
             raise _database_error(exc, url) from None
         except psycopg.Error as exc:
@@ -254,9 +235,9 @@ def _validate(
                 "(an lquery, e.g. 'subscription.product.*' or '*.description')"
             ) from None
     try:
-        conn.execute(_CHECK_ARGS, [kind, k])
+        queries.check_arguments(conn, kind, k)
         if filters:
-            conn.execute(_CHECK_FILTERS, [Jsonb(filters)])
+            queries.check_filters(conn, filters)
     except psycopg.Error as exc:
         raise _database_error(exc, url) from None
 
@@ -268,7 +249,7 @@ def _check_k(k: int) -> None:
 
 def _check_model(conn: psycopg.Connection, embedder: Any, kind: str | None) -> None:
     """Refuse when the index's vectors come from another model or have another size."""
-    dims, kinds = conn.execute(_INDEX_MODELS, {"kind": kind}).fetchone()
+    dims, kinds = queries.index_models(conn, kind)
     configured = f"{embedder.name!r} ({embedder.dimensions} dimensions)"
     if dims is not None and dims != embedder.dimensions:
         raise ModelMismatchError(
@@ -377,11 +358,11 @@ def similar_to(
     with connect(url, autocommit=True) as conn:
         _validate(conn, url, path_filter, None, k, None)
         try:
-            conn.execute("SELECT %s::ltree", [path])
+            queries.check_ltree(conn, path)
         except psycopg.Error as exc:
             raise SearchError(f"invalid path {path!r}: {exc.diag.message_primary or exc}") from None
         try:
-            rows = conn.execute(_SIMILAR, [kind, str(entity_id), path, k, path_filter]).fetchall()
+            rows = queries.similar_to(conn, kind, str(entity_id), path, k, path_filter)
         except psycopg.Error as exc:
             raise _database_error(exc, url) from None
     return _hits(rows)
@@ -397,11 +378,8 @@ def _run(
     entities: bool,
     filters: list[dict[str, Any]] | None,
 ) -> list[SearchHit]:
-    function = "search_entities" if entities else "search"
-    query = _SEARCH.format(function=function)
-    params = [vector, path, kind, k, Jsonb(filters) if filters else None]
     try:
-        rows = conn.execute(query, params).fetchall()
+        rows = queries.search(conn, vector, path, kind, k, filters, entities=entities)
     except psycopg.Error as exc:
         raise _database_error(exc, url) from None
     return _hits(rows)

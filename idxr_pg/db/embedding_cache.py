@@ -1,0 +1,35 @@
+"""Rows of ``idxr.embedding_cache``: (model key, text hash) → vector.
+
+`idxr_pg.embedding.cache.EmbeddingCache` owns the connection and the transactions; these are
+its two statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+
+__all__ = ["insert_vectors", "select_vectors"]
+
+_SELECT = (
+    "SELECT text_hash, embedding FROM idxr.embedding_cache WHERE model = %s AND text_hash = ANY(%s)"
+)
+_INSERT = (
+    "INSERT INTO idxr.embedding_cache (model, text_hash, embedding) VALUES (%s, %s, %s) "
+    "ON CONFLICT (model, text_hash) DO NOTHING"
+)
+
+
+def select_vectors(
+    conn: psycopg.Connection, model_key: str, text_hashes: Sequence[str]
+) -> list[tuple[str, Any]]:
+    """``(text_hash, vector)`` for the cached ones among ``text_hashes``."""
+    return conn.execute(_SELECT, [model_key, list(text_hashes)]).fetchall()
+
+
+def insert_vectors(conn: psycopg.Connection, rows: Iterable[tuple[str, str, Any]]) -> None:
+    """Insert ``(model_key, text_hash, vector)`` rows, in the order given; cached ones stay."""
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT, rows)
