@@ -35,7 +35,7 @@ $(INSTALL_STAMP): pyproject.toml
 database: venv
 	$(BIN)/idxr-pg doctor --install-missing
 
-LINT_PATHS := $(wildcard idxr_pg tests bench alembic)
+LINT_PATHS := $(wildcard idxr_pg tests bench)
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

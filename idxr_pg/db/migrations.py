@@ -1,4 +1,9 @@
-"""Running the Alembic migrations from Python (`idxr-pg migrate`, `idxr-pg uninstall`)."""
+"""Running the Alembic migrations from Python (`idxr-pg migrate`, `idxr-pg uninstall`).
+
+The Alembic environment and its revisions ship inside the package (idxr_pg/migrations), so
+an installed wheel migrates. `upgrade` also re-applies the schema's functions and views (done
+by the environment itself, see idxr_pg.schema).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,7 @@ from idxr_pg.db.connection import connect
 from idxr_pg.errors import IdxrError
 from idxr_pg.schema import HEAD_REVISION, SCHEMA, VERSION_TABLE, uninstall_script
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC_DIR = PROJECT_ROOT / "alembic"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -29,13 +33,13 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def alembic_config(database_url: str) -> Config:
-    if not (ALEMBIC_DIR / "env.py").exists():
+    if not (MIGRATIONS_DIR / "env.py").exists():
         raise FileNotFoundError(
-            f"Alembic migrations not found at {ALEMBIC_DIR}; install idxr-pg from its source "
-            "tree (pip install -e .) or apply sql/install.sql with psql"
+            f"Alembic migrations not found at {MIGRATIONS_DIR}: this idxr-pg install is "
+            "incomplete; reinstall it, or apply sql/install.sql with psql"
         )
     config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = database_url
     return config
 

@@ -1,6 +1,8 @@
 -- Vector dimensions are handled here and only here: the embedding column is typed vector(N)
 -- so the HNSW (cosine) index can exist. `idxr-pg migrate` calls this with the configured
 -- model's dimensions; DBAs installing by hand call it after install.sql for another model.
+-- Re-applied after every upgrade: the functions are CREATE OR REPLACE, and the call below keeps
+-- the dimensions the column already has (384 on a fresh install).
 
 CREATE OR REPLACE FUNCTION idxr.set_embedding_dimensions(dims integer)
 RETURNS void

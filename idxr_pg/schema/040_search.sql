@@ -26,6 +26,8 @@
 --     query in vector space), the exact search runs instead: a selective filter returns k
 --     rows whenever k rows match it.
 -- The hnsw settings are function-local (SET clauses): a caller's session is never changed.
+-- Re-applied after every upgrade: functions are CREATE OR REPLACE, the result type is created
+-- once (a change to its shape needs a revision that drops it).
 
 -- Load pgvector in this session so the hnsw.* settings of the functions below are validated
 -- now, at install time, rather than at their first call.

@@ -2,14 +2,7 @@
 -- idxr.status: one row per entity kind known to the database (registered, indexed, queued
 -- or dead-lettered). idxr.stale: the kinds whose queue holds unprocessed changes.
 -- Both are plain views over the base tables; they count, so they scan the index once.
-
--- A resumed backfill points at the job it continues; the counts below extend idxr.jobs.
-ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS resumed_from bigint
-    REFERENCES idxr.jobs (id) ON DELETE SET NULL;
-ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS deleted bigint NOT NULL DEFAULT 0;
-ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS skipped bigint NOT NULL DEFAULT 0;
-ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS cache_hits bigint NOT NULL DEFAULT 0;
-ALTER TABLE idxr.jobs ADD COLUMN IF NOT EXISTS records_deleted bigint NOT NULL DEFAULT 0;
+-- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql.
 
 -- 'every 5m' -> 5 minutes; NULL for 'on_change', 'manual' or anything else.
 CREATE OR REPLACE FUNCTION idxr.refresh_interval(policy text)

@@ -1,28 +1,73 @@
 """The idxr schema as plain SQL files: the single source for Alembic and `sql/install.sql`.
 
-Alembic revision 0001 runs SCHEMA_FILES in order; `idxr-pg migrate --sql` (and the committed
-`sql/install.sql`) concatenates the same files. A later schema change gets a new file here and
-a new Alembic revision that runs it.
+The files split the way pgai's vectorizer splits its schema:
+
+- **Revisioned** files hold the tables (with their indexes, the extensions and the
+  `value_type` enum that types a column). Each is run once, by the Alembic revision named
+  beside it in SCHEMA_FILES (`idxr_pg/migrations/versions/`). A later table change is a new
+  file plus a new revision that runs it; a released file is never edited (while at 0.x the
+  jobs columns were folded into 010_tables.sql instead).
+- **Re-applied** files hold what can be replaced in place: functions and views (CREATE OR
+  REPLACE) and types created once if missing. `idxr_pg/migrations/env.py` runs them, in the
+  same transaction, after every `upgrade` that leaves the database at the head revision,
+  whether started by `idxr-pg migrate` or by `alembic upgrade head`, and even when no revision
+  was due, so a new release's functions reach a database whose tables did not change.
+  Downgrades and stamps do not re-apply them.
+
+SCHEMA_FILES is the one ordered list: revisions read their files from it (revision_sql),
+env.py the re-applied part (reapplied_sql), and `idxr-pg migrate --sql` (the committed
+`sql/install.sql`, install_script) all of it, revisioned files first.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
-SCHEMA_FILES: tuple[str, ...] = (
-    "010_base.sql",
-    "020_dimensions.sql",
-    "030_capture.sql",
-    "040_search.sql",
-    "050_status.sql",
-)
 HEAD_REVISION = "0001"
 VERSION_TABLE = "alembic_version"
 SCHEMA = "idxr"
 
 
+@dataclass(frozen=True)
+class SchemaFile:
+    """One SQL file of idxr_pg/schema: run once by `revision`, or re-applied when None."""
+
+    name: str
+    revision: str | None = None
+
+
+SCHEMA_FILES: tuple[SchemaFile, ...] = (
+    SchemaFile("010_tables.sql", revision="0001"),
+    SchemaFile("020_dimensions.sql"),
+    SchemaFile("040_search.sql"),
+    SchemaFile("050_status.sql"),
+)
+
+
 def read_schema_file(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def revisioned_files() -> tuple[str, ...]:
+    return tuple(f.name for f in SCHEMA_FILES if f.revision is not None)
+
+
+def reapplied_files() -> tuple[str, ...]:
+    return tuple(f.name for f in SCHEMA_FILES if f.revision is None)
+
+
+def revision_sql(revision: str) -> str:
+    """The table DDL that Alembic revision `revision` runs (its files, in order)."""
+    names = [f.name for f in SCHEMA_FILES if f.revision == revision]
+    if not names:
+        raise LookupError(f"no schema file is run by revision {revision!r}")
+    return "".join(read_schema_file(name) for name in names)
+
+
+def reapplied_sql() -> str:
+    """Functions, views and types, re-applied after every upgrade (idempotent)."""
+    return "".join(read_schema_file(name) for name in reapplied_files())
 
 
 def version_stamp_sql(revision: str = HEAD_REVISION) -> str:
@@ -45,7 +90,7 @@ def install_script() -> str:
         "-- Same schema as `idxr-pg migrate` (Alembic head); safe to run again.\n",
         "BEGIN;\n",
     ]
-    for name in SCHEMA_FILES:
+    for name in revisioned_files() + reapplied_files():
         parts.append(f"\n-- ==== {name} ====\n")
         parts.append(read_schema_file(name))
     parts.append("\n-- ==== Alembic version stamp ====\n")

@@ -1,4 +1,5 @@
-"""The idxr schema: Alembic and sql/install.sql agree, installs re-run, uninstall is clean."""
+"""The idxr schema: Alembic and sql/install.sql agree, installs re-run, functions are re-applied,
+uninstall is clean."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 
 from idxr_pg.cli import main
 from idxr_pg.db import migrations
-from idxr_pg.schema import HEAD_REVISION, install_script, uninstall_script
+from idxr_pg.schema import (
+    HEAD_REVISION,
+    install_script,
+    read_schema_file,
+    reapplied_files,
+    revisioned_files,
+    uninstall_script,
+)
 from tests.integration.catalog import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +106,34 @@ def test_migrate_twice_is_harmless(empty_database_url):
     assert second.exit_code == 0, second.output
     assert "already up to date" in second.output
     assert snapshot(empty_database_url) == catalog
+
+
+def test_alembic_head_is_the_schema_head_revision():
+    script = ScriptDirectory.from_config(migrations.alembic_config("postgresql://unused"))
+    assert script.get_current_head() == HEAD_REVISION
+
+
+def test_tables_are_revisioned_and_the_rest_is_reapplied():
+    assert revisioned_files() == ("010_tables.sql",)
+    assert {"020_dimensions.sql", "040_search.sql", "050_status.sql"} == set(reapplied_files())
+    for name in reapplied_files():
+        assert "CREATE TABLE" not in read_schema_file(name).upper(), name
+
+
+def test_an_up_to_date_migrate_reapplies_functions_and_views(empty_database_url):
+    url = empty_database_url
+    assert cli(url, "migrate").exit_code == 0
+    catalog = snapshot(url)
+    with psycopg.connect(url) as conn:
+        conn.execute("DROP VIEW idxr.stale")
+        conn.execute(
+            """CREATE OR REPLACE FUNCTION idxr.exact_search_threshold(k integer)
+               RETURNS integer LANGUAGE sql AS $$ SELECT 0 $$"""
+        )
+    again = cli(url, "migrate")
+    assert again.exit_code == 0, again.output
+    assert "already up to date" in again.output
+    assert snapshot(url) == catalog
 
 
 def _make_user_table(url: str) -> None:

@@ -1,4 +1,6 @@
-"""Initial idxr schema: runs the SQL files listed in idxr_pg.schema.SCHEMA_FILES.
+"""Initial idxr schema: the tables (idxr_pg/schema files run by revision 0001).
+
+Functions and views are not revisioned: env.py re-applies them after every upgrade.
 
 Revision ID: 0001
 Revises:
@@ -6,13 +8,7 @@ Revises:
 
 from alembic import op
 
-from idxr_pg.schema import (
-    SCHEMA,
-    SCHEMA_FILES,
-    read_schema_file,
-    uninstall_script,
-    version_stamp_sql,
-)
+from idxr_pg.schema import SCHEMA, revision_sql, uninstall_script, version_stamp_sql
 
 revision = "0001"
 down_revision = None
@@ -21,8 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    for name in SCHEMA_FILES:
-        op.execute(read_schema_file(name))
+    op.execute(revision_sql(revision))
 
 
 def downgrade() -> None:

@@ -7,6 +7,8 @@ Create Date: ${create_date}
 
 from alembic import op
 
+from idxr_pg.schema import revision_sql
+
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
@@ -14,7 +16,9 @@ depends_on = ${repr(depends_on)}
 
 
 def upgrade() -> None:
-    ${upgrades if upgrades else "pass"}
+    # Table changes only: add a file to idxr_pg.schema.SCHEMA_FILES with revision=<this id>.
+    # Functions and views are re-applied by env.py after every upgrade.
+    ${upgrades if upgrades else "op.execute(revision_sql(revision))"}
 
 
 def downgrade() -> None:

@@ -1,5 +1,7 @@
--- idxr-pg base schema: extensions, the value_type enum and every table.
--- Statements are idempotent so the install can be re-run.
+-- idxr-pg tables: extensions, the schema, the value_type enum and every table with its indexes.
+-- Revisioned: Alembic revision 0001 runs this file once (see idxr_pg/schema/__init__.py). A
+-- later table change is a new file run by a new revision, never an edit here once released.
+-- Statements are still idempotent (IF NOT EXISTS) so sql/install.sql can be re-run.
 
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE EXTENSION IF NOT EXISTS ltree;
@@ -124,7 +126,12 @@ CREATE TABLE IF NOT EXISTS idxr.jobs (
     pid             integer,
     started_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
-    finished_at     timestamptz
+    finished_at     timestamptz,
+    resumed_from    bigint REFERENCES idxr.jobs (id) ON DELETE SET NULL,  -- job it continues
+    deleted         bigint NOT NULL DEFAULT 0,
+    skipped         bigint NOT NULL DEFAULT 0,
+    cache_hits      bigint NOT NULL DEFAULT 0,
+    records_deleted bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_kind_started ON idxr.jobs (entity_kind, started_at DESC);
 
@@ -139,3 +146,17 @@ CREATE TABLE IF NOT EXISTS idxr.workers (
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Capture triggers installed by `idxr-pg triggers install` (DDL built by
+-- idxr_pg/capture/triggers.py). One row per (entity kind, source table): the trigger function
+-- in the idxr schema that its four triggers (insert, update, delete, truncate) call.
+-- `idxr-pg triggers drop` drops exactly these functions with CASCADE, which removes their
+-- triggers and nothing else.
+CREATE TABLE IF NOT EXISTS idxr.capture_triggers (
+    function_name text PRIMARY KEY,          -- in schema idxr, takes no arguments
+    entity_kind   text NOT NULL,
+    source_table  text NOT NULL,             -- schema.table, as resolved at install
+    readers       jsonb NOT NULL,            -- [{"origin", "key", "columns"}]: what is captured
+    installed_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS capture_triggers_kind ON idxr.capture_triggers (entity_kind);
