@@ -9,6 +9,8 @@ from datetime import date, timedelta
 
 import psycopg
 
+from idxr_pg.demo.queries import query
+
 PRODUCTS: list[tuple[str, str, str]] = [
     (
         "Fiber Internet 10G",
@@ -182,15 +184,7 @@ def generate(subscriptions: int = 300, seed: int = 7) -> DemoData:
 def load(conn: psycopg.Connection, data: DemoData) -> None:
     """Insert the data with plain SQL, as the application would."""
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO demo.customers VALUES (%s, %s, %s)", data.customers)
-        cur.executemany("INSERT INTO demo.products VALUES (%s, %s, %s, %s)", data.products)
-        cur.executemany(
-            "INSERT INTO demo.subscriptions VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            data.subscriptions,
-        )
-        cur.executemany(
-            """INSERT INTO demo.product_blocks
-               (subscription_id, position, name, description, speed_mbps, location)
-               VALUES (%s, %s, %s, %s, %s, %s)""",
-            data.blocks,
-        )
+        cur.executemany(query("insert_customer"), data.customers)
+        cur.executemany(query("insert_product"), data.products)
+        cur.executemany(query("insert_subscription_row"), data.subscriptions)
+        cur.executemany(query("insert_product_block_row"), data.blocks)

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from idxr_pg.db.connection import connect, redact
 from idxr_pg.demo import data as demo_data
+from idxr_pg.demo.queries import query
 from idxr_pg.errors import IdxrError
 
 DEMO_DATABASE = "idxr_demo"
@@ -80,10 +81,8 @@ def _database_url(server_url: str, name: str) -> str:
 
 def recreate_database(server_url: str, name: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        for statement in ("drop_database", "create_database"):
+            admin.execute(sql.SQL(query(statement)).format(name=sql.Identifier(name)))
     return _database_url(server_url, name)
 
 
@@ -147,11 +146,7 @@ class Demo:
         self.cli("migrate", capture=True)
         self.cli("triggers", "install", capture=True)
         with self.conn() as conn:
-            triggers = conn.execute(
-                """SELECT count(*) FROM pg_trigger
-                    WHERE tgrelid IN ('demo.subscriptions'::regclass, 'demo.product_blocks'::regclass)
-                      AND NOT tgisinternal"""
-            ).fetchone()[0]
+            triggers = conn.execute(query("count_capture_triggers")).fetchone()[0]
         if triggers < 8:
             raise DemoError(
                 f"expected 8 capture triggers on the two watched tables, found {triggers}"
@@ -163,12 +158,8 @@ class Demo:
         self.cli("backfill", KIND)
         elapsed = time.perf_counter() - started
         with self.conn() as conn:
-            entities, records, embedded = conn.execute(
-                """SELECT count(DISTINCT entity_id), count(*), count(embedding)
-                     FROM idxr.search_index WHERE entity_kind = %s""",
-                [KIND],
-            ).fetchone()
-            texts = conn.execute("SELECT count(*) FROM idxr.embedding_cache").fetchone()[0]
+            entities, records, embedded = conn.execute(query("index_counts"), [KIND]).fetchone()
+            texts = conn.execute(query("cached_texts")).fetchone()[0]
         if entities != self.subscriptions:
             raise DemoError(f"backfill indexed {entities} of {self.subscriptions} subscriptions")
         console.print(
@@ -188,10 +179,7 @@ class Demo:
             while time.monotonic() < deadline:
                 if self.worker.poll() is not None:
                     raise DemoError(f"the worker exited early; see {self.worker_log}")
-                live = conn.execute(
-                    "SELECT count(*) FROM idxr.workers WHERE state = 'running' "
-                    "AND heartbeat_at > now() - interval '30 seconds'"
-                ).fetchone()[0]
+                live = conn.execute(query("live_workers")).fetchone()[0]
                 if live:
                     return
                 time.sleep(0.2)
@@ -207,7 +195,7 @@ class Demo:
             with conn.transaction():
                 for statement, params in statements:
                     conn.execute(statement, params)
-                committed_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+                committed_at = conn.execute(query("now")).fetchone()[0]
             started = time.perf_counter()
             deadline = time.monotonic() + 60
             while not done(conn):
@@ -215,12 +203,8 @@ class Demo:
                     raise DemoError(f"{title}: not searchable after 60 s; see {self.worker_log}")
                 time.sleep(0.01)
             seconds = time.perf_counter() - started
-            texts = conn.execute(
-                "SELECT count(*) FROM idxr.embedding_cache WHERE created_at >= %s", [committed_at]
-            ).fetchone()[0]
-            rows = conn.execute(
-                "SELECT count(*) FROM idxr.search_index WHERE updated_at >= %s", [committed_at]
-            ).fetchone()[0]
+            texts = conn.execute(query("texts_cached_since"), [committed_at]).fetchone()[0]
+            rows = conn.execute(query("rows_written_since"), [committed_at]).fetchone()[0]
         change = Change(seconds, texts, rows)
         console.print(
             f"[green]✓[/green] {title}: in the index {change.seconds * 1000:.0f} ms after commit, "
@@ -231,26 +215,15 @@ class Demo:
     def application_writes(self) -> list[Change]:
         new_id = str(uuid.uuid4())
         with self.conn() as conn:
-            customer_id, product_id = conn.execute(
-                "SELECT customer_id, product_id FROM demo.subscriptions ORDER BY subscription_id LIMIT 1"
-            ).fetchone()
-            target = conn.execute(
-                "SELECT subscription_id::text FROM demo.subscriptions ORDER BY subscription_id OFFSET 1 LIMIT 1"
-            ).fetchone()[0]
+            customer_id, product_id = conn.execute(query("first_subscription_refs")).fetchone()
+            target = conn.execute(query("second_subscription_id")).fetchone()[0]
 
         def rows_of(entity_id: str) -> Callable[[psycopg.Connection], int]:
-            return lambda c: c.execute(
-                "SELECT count(*) FROM idxr.search_index WHERE entity_kind = %s AND entity_id = %s",
-                [KIND, entity_id],
-            ).fetchone()[0]
+            return lambda c: c.execute(query("entity_rows"), [KIND, entity_id]).fetchone()[0]
 
         def value_at(entity_id: str, path: str) -> Callable[[psycopg.Connection], str | None]:
             def read(c: psycopg.Connection) -> str | None:
-                row = c.execute(
-                    "SELECT value FROM idxr.search_index "
-                    "WHERE entity_kind = %s AND entity_id = %s AND path = %s::ltree",
-                    [KIND, entity_id, path],
-                ).fetchone()
+                row = c.execute(query("value_at_path"), [KIND, entity_id, path]).fetchone()
                 return row[0] if row else None
 
             return read
@@ -262,15 +235,10 @@ class Demo:
                 "INSERT a subscription and its product block",
                 [
                     (
-                        "INSERT INTO demo.subscriptions VALUES (%s, %s, %s, %s, 'provisioning', %s, true)",
+                        query("insert_subscription"),
                         [new_id, customer_id, product_id, description, datetime.now().date()],
                     ),
-                    (
-                        "INSERT INTO demo.product_blocks (subscription_id, position, name, description, "
-                        "speed_mbps, location) VALUES (%s, 0, 'Quantum Channel', "
-                        "'Entangled photon channel between two quantum labs', 10, 'Delft')",
-                        [new_id],
-                    ),
+                    (query("insert_product_block"), [new_id]),
                 ],
                 lambda c: value_at(new_id, f"{KIND}.blocks.0.location")(c) == "Delft",
             )
@@ -278,12 +246,7 @@ class Demo:
         updated = "Backup fiber route for the hospital's radiology image archive"
         update = self._apply(
             "UPDATE one text field (description)",
-            [
-                (
-                    "UPDATE demo.subscriptions SET description = %s WHERE subscription_id = %s",
-                    [updated, target],
-                )
-            ],
+            [(query("update_description"), [updated, target])],
             lambda c: value_at(target, f"{KIND}.description")(c) == updated,
         )
         if update.texts_embedded != 1 or update.rows_changed != 1:
@@ -296,13 +259,7 @@ class Demo:
         changes.append(
             self._apply(
                 "UPDATE the child table (a product block's description)",
-                [
-                    (
-                        "UPDATE demo.product_blocks SET description = %s "
-                        "WHERE subscription_id = %s AND position = 0",
-                        [block_text, target],
-                    )
-                ],
+                [(query("update_block_description"), [block_text, target])],
                 lambda c: value_at(target, f"{KIND}.blocks.0.description")(c) == block_text,
             )
         )
@@ -310,8 +267,8 @@ class Demo:
             self._apply(
                 "DELETE the new subscription",
                 [
-                    ("DELETE FROM demo.product_blocks WHERE subscription_id = %s", [new_id]),
-                    ("DELETE FROM demo.subscriptions WHERE subscription_id = %s", [new_id]),
+                    (query("delete_product_blocks"), [new_id]),
+                    (query("delete_subscription"), [new_id]),
                 ],
                 lambda c: rows_of(new_id)(c) == 0,
             )
@@ -322,26 +279,15 @@ class Demo:
     def searches(self) -> None:
         self.step(5, "Similarity search with LTree path filters: SQL and the CLI")
         with self.conn() as conn:
-            query = (
-                "SELECT entity_id, path, value, round(distance::numeric, 3) AS distance\n"
-                f"  FROM idxr.similar_to('{KIND}', %s, '{KIND}.description', 3)"
-            )
-            console.print(f"[dim]SQL> {query}[/dim]")
-            rows = conn.execute(query, [self.updated_target]).fetchall()
+            shown = query("similar_descriptions").format(kind=KIND)
+            console.print(f"[dim]SQL> {shown}[/dim]")
+            rows = conn.execute(shown, [self.updated_target]).fetchall()
             self._table(["entity_id", "path", "value", "distance"], rows)
             if not rows:
                 raise DemoError("idxr.similar_to returned nothing")
-            query = (
-                "SELECT entity_id, path, value\n"
-                "  FROM idxr.search_index\n"
-                f" WHERE entity_kind = '{KIND}' AND path ~ '{KIND}.blocks.*.description'\n"
-                "   AND embedding IS NOT NULL\n"
-                " ORDER BY embedding <=> (SELECT embedding FROM idxr.search_index\n"
-                f"                         WHERE entity_id = %s AND path = '{KIND}.description')\n"
-                " LIMIT 3"
-            )
-            console.print(f"[dim]SQL> {query}[/dim]")
-            rows = conn.execute(query, [self.updated_target]).fetchall()
+            shown = query("nearest_block_descriptions").format(kind=KIND)
+            console.print(f"[dim]SQL> {shown}[/dim]")
+            rows = conn.execute(shown, [self.updated_target]).fetchall()
             self._table(["entity_id", "path", "value"], rows)
             if not all(".blocks." in str(row[1]) for row in rows) or not rows:
                 raise DemoError("the path filter let through rows outside subscription.blocks")
