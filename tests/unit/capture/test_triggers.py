@@ -1,0 +1,323 @@
+"""The capture DDL builders, without a database: the SQL text each one builds for a plan."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from idxr_pg.capture import triggers as capture
+from idxr_pg.config import EntityConfig
+from idxr_pg.db import queue
+
+
+def text(statement) -> str:
+    return statement.as_string(None)
+
+
+def plan_for(
+    readers: tuple[capture.Reader, ...] = (capture.Reader("table", "id", None),),
+    *,
+    kind: str = "sub",
+    schema: str = "app",
+    table: str = "subs",
+    columns: tuple[str, ...] = ("id", "a", "b"),
+    tree: tuple[tuple[str, str], ...] | None = None,
+    notify: bool = True,
+) -> capture.PlannedCapture:
+    target = capture.CaptureTarget(kind, f"{schema}.{table}", readers, notify)
+    resolved = capture.ResolvedTable(
+        1234, schema, table, columns, tree if tree is not None else ((schema, table),)
+    )
+    return capture.PlannedCapture(target, resolved, capture.function_name(kind, schema, table))
+
+
+def branch(function_sql: str, operation: str) -> str:
+    """The queue INSERT of one TG_OP branch of a capture function."""
+    match = re.search(
+        rf"INSERT INTO idxr\.queue \(entity_kind, entity_id, source_table, operation\)\n"
+        rf"        SELECT DISTINCT [^\n]*'{operation}'\n.*?WHERE changed\.k IS NOT NULL;",
+        function_sql,
+        re.DOTALL,
+    )
+    assert match, f"no {operation} branch in:\n{function_sql}"
+    return match.group(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+
+def test_function_name_is_kind_schema_table():
+    assert capture.function_name("sub", "app", "subs") == "capture_sub__app__subs"
+
+
+def test_function_names_of_ambiguous_parts_get_a_hash_and_never_collide():
+    one = capture.function_name("a", "b__c", "d")
+    other = capture.function_name("a__b", "c", "d")
+    assert one != other
+    assert re.fullmatch(r"capture_.*_[0-9a-f]{8}", one)
+    assert re.fullmatch(r"capture_.*_[0-9a-f]{8}", other)
+
+
+def test_long_names_are_cut_to_63_characters_with_a_hash():
+    name = capture.function_name("k" * 40, "s" * 40, "t" * 40)
+    assert len(name) == capture.MAX_IDENTIFIER
+    assert re.search(r"_[0-9a-f]{8}$", name)
+    assert name != capture.function_name("k" * 40, "s" * 40, "t" * 39 + "u")
+    trigger = capture.trigger_name("k" * 70, "truncate")
+    assert len(trigger) == capture.MAX_IDENTIFIER and trigger.endswith("_truncate")
+    assert capture.trigger_name("sub", "insert") == "idxr_sub_insert"
+
+
+# ---------------------------------------------------------------------------------------------
+# From config to targets
+
+
+def test_targets_merge_the_readers_of_one_table():
+    entity = EntityConfig(
+        name="node",
+        model="m:Node",
+        table="app.nodes",
+        key="id",
+        columns=["id", "name"],
+        watch=[
+            {"table": "app.nodes", "key": " parent_id ", "columns": ["parent_id"]},
+            {"table": "app.tags", "key": "node_id"},
+        ],
+        notify=False,
+    )
+    targets = capture.capture_targets(entity)
+    assert [t.table for t in targets] == ["app.nodes", "app.tags"]
+    nodes, tags = targets
+    assert nodes.readers == (
+        capture.Reader("table", "id", ("id", "name")),
+        capture.Reader("watch[0]", "parent_id", ("parent_id",)),
+    )
+    assert tags.readers == (capture.Reader("watch[1]", "node_id", None),)
+    assert all(t.kind == "node" and t.notify is False for t in targets)
+
+
+def test_an_empty_watch_key_is_refused_with_kind_and_table():
+    entity = EntityConfig(
+        name="node", model="m:Node", table="app.nodes", key="id",
+        watch=[{"table": "app.tags", "key": "   "}],
+    )  # fmt: skip
+    with pytest.raises(capture.CaptureError, match=r"entity 'node': watch\[0\] \(app.tags\)"):
+        capture.capture_targets(entity)
+
+
+def test_a_key_is_a_column_only_when_it_is_a_plain_identifier():
+    assert capture.Reader("table", "sub_id", None).key_is_column
+    assert capture.Reader("table", "$x", None).key_is_column is False
+    assert capture.Reader("watch[0]", "(payload->>'s')::uuid", None).key_is_column is False
+
+
+# ---------------------------------------------------------------------------------------------
+# The trigger function
+
+
+def test_function_is_security_definer_with_a_safe_search_path():
+    ddl = text(capture.function_ddl(plan_for()))
+    assert ddl.startswith('CREATE OR REPLACE FUNCTION idxr."capture_sub__app__subs"()\n')
+    assert "RETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\n" in ddl
+    assert "SET search_path = pg_catalog, pg_temp\n" in ddl
+    assert "AS $idxr_capture$\n" in ddl and ddl.endswith("END\n$idxr_capture$")
+    assert ddl.count("INSERT INTO idxr.queue") == 4
+    assert "RETURN NULL;" in ddl
+
+
+def test_insert_and_delete_enqueue_the_keys_of_their_transition_table():
+    ddl = text(capture.function_ddl(plan_for()))
+    insert = branch(ddl, "INSERT")
+    assert "SELECT DISTINCT 'sub', changed.k, 'app.subs', 'INSERT'" in insert
+    assert 'SELECT ("subs"."id")::text FROM "idxr_new" AS "subs"' in insert
+    assert "idxr_old" not in insert
+    delete = branch(ddl, "DELETE")
+    assert 'SELECT ("subs"."id")::text FROM "idxr_old" AS "subs"' in delete
+    assert "idxr_new" not in delete
+
+
+def test_update_compares_text_projections_of_the_columns_read():
+    plan = plan_for((capture.Reader("table", "id", ("a", "b")),))
+    update = branch(text(capture.function_ddl(plan)), "UPDATE")
+    projection = 'ROW("subs"."a", "subs"."b")::text COLLATE pg_catalog."C"'
+    assert (
+        f'SELECT ("subs"."id")::text AS k, {projection} AS v, 1 AS s FROM "idxr_new" AS "subs"'
+        in update
+    )
+    assert re.search(
+        rf'SELECT \("subs"\."id"\)::text AS k, {re.escape(projection)} AS v, +-1 AS s '
+        r'FROM "idxr_old" AS "subs"',
+        update,
+    )
+    assert "GROUP BY d.k, d.v HAVING pg_catalog.sum(d.s) <> 0" in update
+
+
+def test_update_of_a_reader_without_columns_compares_the_whole_row():
+    update = branch(text(capture.function_ddl(plan_for())), "UPDATE")
+    assert '("subs".*)::text COLLATE pg_catalog."C" AS v' in update
+    assert "ROW(" not in update
+
+
+def test_several_readers_union_their_keys():
+    readers = (
+        capture.Reader("table", "id", None),
+        capture.Reader("watch[0]", "parent_id", ("parent_id",)),
+    )
+    ddl = text(capture.function_ddl(plan_for(readers)))
+    insert = branch(ddl, "INSERT")
+    assert (
+        'SELECT ("subs"."id")::text FROM "idxr_new" AS "subs"\n'
+        '            UNION ALL SELECT ("subs"."parent_id")::text FROM "idxr_new" AS "subs"'
+    ) in insert
+    update = branch(ddl, "UPDATE")
+    assert update.count("HAVING pg_catalog.sum(d.s) <> 0") == 2
+    assert 'ROW("subs"."parent_id")::text' in update
+
+
+def test_a_key_expression_is_used_verbatim():
+    reader = capture.Reader("watch[0]", "(payload->>'sub')::uuid", None)
+    insert = branch(text(capture.function_ddl(plan_for((reader,)))), "INSERT")
+    assert """SELECT ((payload->>'sub')::uuid)::text FROM "idxr_new" AS "subs\"""" in insert
+
+
+def test_truncate_enqueues_every_indexed_or_leased_entity_of_the_kind():
+    truncate = branch(text(capture.function_ddl(plan_for())), "TRUNCATE")
+    assert (
+        "SELECT entity_id FROM idxr.search_index WHERE entity_kind = 'sub'"
+        " UNION SELECT entity_id FROM idxr.leases WHERE entity_kind = 'sub'"
+    ) in truncate
+
+
+def test_notify_uses_the_queue_channel_and_only_when_something_was_enqueued():
+    assert capture.QUEUE_CHANNEL == queue.CHANNEL
+    ddl = text(capture.function_ddl(plan_for()))
+    assert (
+        "    GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
+        "    IF enqueued > 0 THEN\n"
+        f"        PERFORM pg_catalog.pg_notify('{queue.CHANNEL}', 'sub');\n"
+        "    END IF;\n"
+    ) in ddl
+
+
+def test_notify_false_leaves_the_notify_out():
+    ddl = text(capture.function_ddl(plan_for(notify=False)))
+    assert "pg_notify" not in ddl
+    assert "notify: false in the config" in ddl
+    assert ddl.count("INSERT INTO idxr.queue") == 4
+
+
+def test_odd_identifiers_and_literals_are_quoted():
+    reader = capture.Reader("table", "Id", ('we"ird col', "Upper"))
+    plan = plan_for(
+        (reader,), kind="k", schema="My Schema", table='t"able', columns=("Id", 'we"ird col')
+    )
+    ddl = text(capture.function_ddl(plan))
+    alias = '"t""able"'
+    assert f'SELECT ({alias}."Id")::text FROM "idxr_new" AS {alias}' in ddl
+    assert f'ROW({alias}."we""ird col", {alias}."Upper")::text' in ddl
+    # the source table is a literal of the unquoted qualified name; quotes doubled
+    assert "SELECT DISTINCT 'k', changed.k, 'My Schema.t\"able', 'INSERT'" in ddl
+    triggers = [text(s) for s in capture.trigger_ddl(plan)]
+    assert all('ON "My Schema"."t""able"' in t for t in triggers)
+    kind_literal = text(capture.function_ddl(plan_for(kind="it's")))
+    assert "SELECT DISTINCT 'it''s', changed.k" in kind_literal
+    assert "pg_notify('idxr_queue', 'it''s')" in kind_literal
+
+
+# ---------------------------------------------------------------------------------------------
+# Triggers
+
+
+def test_one_statement_trigger_per_event_with_its_transition_tables():
+    statements = [text(s) for s in capture.trigger_ddl(plan_for())]
+    assert len(statements) == len(capture.EVENTS) == 4
+    clauses = {
+        "insert": 'AFTER INSERT ON "app"."subs" REFERENCING NEW TABLE AS idxr_new\n',
+        "update": 'AFTER UPDATE ON "app"."subs" REFERENCING OLD TABLE AS idxr_old'
+        " NEW TABLE AS idxr_new\n",
+        "delete": 'AFTER DELETE ON "app"."subs" REFERENCING OLD TABLE AS idxr_old\n',
+        "truncate": 'AFTER TRUNCATE ON "app"."subs"\n',
+    }
+    for statement, event in zip(statements, capture.EVENTS, strict=True):
+        assert statement.startswith(f'CREATE OR REPLACE TRIGGER "idxr_sub_{event}"\n    ')
+        assert clauses[event] in statement
+        assert statement.endswith(
+            '\n    FOR EACH STATEMENT EXECUTE FUNCTION idxr."capture_sub__app__subs"()'
+        )
+    assert "REFERENCING" not in statements[3]
+
+
+def test_every_table_of_a_partition_tree_gets_the_four_triggers():
+    tree = (("app", "subs"), ("app", "subs_2024"), ("archive", "subs_old"))
+    statements = [text(s) for s in capture.trigger_ddl(plan_for(tree=tree))]
+    assert len(statements) == 12
+    for schema, name in tree:
+        on_table = [s for s in statements if f'ON "{schema}"."{name}"' in s]
+        assert len(on_table) == 4
+        assert all('idxr."capture_sub__app__subs"()' in s for s in on_table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Install and drop scripts
+
+
+def installed(name: str = "capture_old__app__gone") -> capture.InstalledCapture:
+    return capture.InstalledCapture(name, "old", "app.gone", (), ())
+
+
+def test_install_drops_stale_targets_first_then_creates_and_records_each():
+    plan = plan_for(
+        (capture.Reader("table", "id", ("a",)), capture.Reader("watch[0]", "(x)", None))
+    )
+    statements = [
+        text(s) for s in capture.install_ddl(capture.InstallPlan((plan,), (installed(),)))
+    ]
+    assert statements[0] == 'DROP FUNCTION IF EXISTS idxr."capture_old__app__gone"() CASCADE'
+    assert statements[1] == (
+        "DELETE FROM idxr.capture_triggers WHERE function_name = 'capture_old__app__gone'"
+    )
+    assert statements[2].startswith("CREATE OR REPLACE FUNCTION")
+    assert statements[3] == 'REVOKE ALL ON FUNCTION idxr."capture_sub__app__subs"() FROM PUBLIC'
+    assert all(s.startswith("CREATE OR REPLACE TRIGGER") for s in statements[4:8])
+    record = statements[8]
+    assert len(statements) == 9
+    assert record.startswith(
+        "INSERT INTO idxr.capture_triggers (function_name, entity_kind, source_table, readers)\n"
+        "VALUES ('capture_sub__app__subs', 'sub', 'app.subs', '"
+    )
+    assert "ON CONFLICT (function_name) DO UPDATE" in record
+    readers = json.loads(re.search(r"'(\[.*\])'::jsonb", record).group(1))
+    assert readers == [
+        {"origin": "table", "key": "id", "columns": ["a"]},
+        {"origin": "watch[0]", "key": "(x)", "columns": None},
+    ]
+
+
+def test_drop_removes_each_function_with_its_triggers_and_its_record():
+    statements = [text(s) for s in capture.drop_ddl([installed("f1"), installed("f2")])]
+    assert statements == [
+        'DROP FUNCTION IF EXISTS idxr."f1"() CASCADE',
+        "DELETE FROM idxr.capture_triggers WHERE function_name = 'f1'",
+        'DROP FUNCTION IF EXISTS idxr."f2"() CASCADE',
+        "DELETE FROM idxr.capture_triggers WHERE function_name = 'f2'",
+    ]
+
+
+def test_render_script_is_one_transaction_without_a_connection():
+    statements = capture.drop_ddl([installed("f1")])
+    assert capture.render_script(None, statements) == (
+        "BEGIN;\n\n"
+        'DROP FUNCTION IF EXISTS idxr."f1"() CASCADE;\n\n'
+        "DELETE FROM idxr.capture_triggers WHERE function_name = 'f1';\n\n"
+        "COMMIT;\n"
+    )
+
+
+def test_an_installed_capture_is_complete_with_four_triggers_and_no_uncovered_partition():
+    four = tuple(capture.trigger_name("k", e) for e in capture.EVENTS)
+    assert capture.InstalledCapture("f", "k", "app.t", four, ()).complete
+    assert not capture.InstalledCapture("f", "k", "app.t", four[:3], ()).complete
+    assert not capture.InstalledCapture("f", "k", "app.t", four, ("app.t_2024",)).complete
