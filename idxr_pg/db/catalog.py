@@ -21,6 +21,7 @@ __all__ = [
     "available_extensions",
     "embedding_dimensions",
     "idxr_installed",
+    "index_leads_with",
     "partition_tree",
     "probe_row_expression",
     "resolve_table",
@@ -58,6 +59,13 @@ SELECT n.nspname, c.relname
 _EMBEDDING_DIMENSIONS_SQL = """
 SELECT atttypmod FROM pg_catalog.pg_attribute
  WHERE attrelid = 'idxr.search_index'::regclass AND attname = 'embedding'
+"""
+_INDEX_LEADS_WITH_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = pg_catalog.to_regclass(%(regclass)s) AND a.attname = %(column)s
+)
 """
 _RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
 
@@ -168,3 +176,11 @@ def embedding_dimensions(conn: psycopg.Connection) -> int | None:
     """The declared size of ``idxr.search_index.embedding`` (None: a bare ``vector``)."""
     row = conn.execute(_EMBEDDING_DIMENSIONS_SQL).fetchone()
     return row[0] if row and row[0] > 0 else None
+
+
+def index_leads_with(conn: psycopg.Connection, schema: str, table: str, column: str) -> bool:
+    """Whether some index of ``schema.table`` has ``column`` as its first column (so that key
+    order range scans can use it)."""
+    regclass = sql.Identifier(schema, table).as_string(conn)
+    row = conn.execute(_INDEX_LEADS_WITH_SQL, {"regclass": regclass, "column": column}).fetchone()
+    return bool(row and row[0])
