@@ -22,6 +22,7 @@ from idxr_pg.db.migrations import sqlalchemy_url
 from idxr_pg.schema import SCHEMA, VERSION_TABLE, reapplied_sql, uninstall_script
 
 config = context.config
+MIGRATE_LOCK = "idxr_pg.migrations"  # advisory lock key (hashed), held until the migrate commits
 
 
 def _database_url() -> str:
@@ -77,6 +78,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         _configure(steps, connection=connection, transaction_per_migration=False)
         with context.begin_transaction():
+            # One migrate at a time per database: concurrent re-applies of the same function
+            # fail with "tuple concurrently updated"; the second waits, then finds head.
+            connection.execute(text(f"SELECT pg_advisory_xact_lock(hashtext('{MIGRATE_LOCK}'))"))
             connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
             context.run_migrations()
             heads = context.get_context().get_current_heads()

@@ -24,6 +24,7 @@ from idxr_pg.schema import (
     uninstall_script,
 )
 from tests.integration.catalog import snapshot
+from tests.integration.worker_support import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,6 +135,24 @@ def test_an_up_to_date_migrate_reapplies_functions_and_views(empty_database_url)
     assert again.exit_code == 0, again.output
     assert "already up to date" in again.output
     assert snapshot(url) == catalog
+
+
+def test_concurrent_migrates_all_succeed(empty_database_url):
+    url = empty_database_url
+    code = f"from idxr_pg.db import migrations; migrations.upgrade({url!r})"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, "\n".join(outputs)
+    assert migrations.current_revision(url) == HEAD_REVISION
 
 
 def _make_user_table(url: str) -> None:
