@@ -40,7 +40,8 @@ need no connection) and runs it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -113,22 +114,11 @@ class CaptureTarget:
 
 
 @dataclass(frozen=True)
-class ResolvedTable:
-    """A watched table as the catalog knows it: its columns and its partition tree."""
+class ResolvedTable(catalog.Relation):
+    """A watched table as the catalog knows it, with its columns and its partition tree."""
 
-    oid: int
-    schema: str
-    name: str
     columns: tuple[str, ...]
     tree: tuple[tuple[str, str], ...]  # (schema, name) of the table and all its partitions
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def identifier(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
 
 
 @dataclass(frozen=True)
@@ -246,7 +236,9 @@ def resolve_table(conn: psycopg.Connection, kind: str, table: str) -> ResolvedTa
         )
     columns = tuple(catalog.table_columns(conn, relation.oid))
     tree = catalog.partition_tree(conn, relation)
-    return ResolvedTable(relation.oid, relation.schema, relation.name, columns, tree)
+    return ResolvedTable(
+        relation.oid, relation.schema, relation.name, relation.relkind, columns, tree
+    )
 
 
 def _check_reader(
@@ -529,11 +521,9 @@ def install_triggers(conn: psycopg.Connection, entities: Sequence[EntityConfig])
     Idempotent. Triggers a kind installed earlier on a table it no longer reads are dropped;
     kinds not in ``entities`` are left alone. Nothing changes if any target fails its checks.
     """
-    with conn.transaction():
-        bookkeeping.lock_installs(conn)
+    with _locked_transaction(conn):
         plan = plan_install(conn, entities)
-        for statement in install_ddl(plan):
-            conn.execute(statement)
+        _execute(conn, install_ddl(plan))
     return plan
 
 
@@ -541,9 +531,20 @@ def drop_triggers(
     conn: psycopg.Connection, kinds: Iterable[str] | None = None
 ) -> list[InstalledCapture]:
     """Drop the recorded capture triggers (all, or of ``kinds``), in one transaction."""
+    with _locked_transaction(conn):
+        captures = installed_captures(conn, kinds)
+        _execute(conn, drop_ddl(captures))
+    return captures
+
+
+@contextmanager
+def _locked_transaction(conn: psycopg.Connection) -> Iterator[None]:
+    """One transaction holding the install lock: installs and drops never interleave."""
     with conn.transaction():
         bookkeeping.lock_installs(conn)
-        captures = installed_captures(conn, kinds)
-        for statement in drop_ddl(captures):
-            conn.execute(statement)
-    return captures
+        yield
+
+
+def _execute(conn: psycopg.Connection, statements: Iterable[sql.Composable]) -> None:
+    for statement in statements:
+        conn.execute(statement)

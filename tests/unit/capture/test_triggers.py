@@ -28,7 +28,7 @@ def plan_for(
 ) -> capture.PlannedCapture:
     target = capture.CaptureTarget(kind, f"{schema}.{table}", readers, notify)
     resolved = capture.ResolvedTable(
-        1234, schema, table, columns, tree if tree is not None else ((schema, table),)
+        1234, schema, table, "r", columns, tree if tree is not None else ((schema, table),)
     )
     return capture.PlannedCapture(target, resolved, capture.function_name(kind, schema, table))
 
