@@ -7,7 +7,13 @@ import sys
 import click
 
 from idxr_pg.cli.context import AppContext, pass_app
-from idxr_pg.cli.format import format_duration, job_progress, print_json, print_table, when
+from idxr_pg.cli.format import (
+    format_duration,
+    job_progress,
+    print_json,
+    print_listing,
+    when,
+)
 from idxr_pg.cli.options import batch_size_option, count_option, json_flag
 from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
@@ -31,9 +37,9 @@ def summary(job: Job) -> str:
     c = job.counts
     total = "?" if job.total is None else f"{job.total:,}"
     return (
-        f"job #{job.id}: {c.done:,} of {total} entities "
+        f"job #{job.id}: {c.entities:,} of {total} entities "
         f"({c.unchanged:,} unchanged, {c.deleted:,} deleted, {c.skipped:,} skipped by a "
-        f"worker, {c.failed:,} failed), {c.embedded:,} fields embedded, {c.cache_hits:,} "
+        f"worker, {c.failed:,} failed), {c.texts_embedded:,} fields embedded, {c.cache_hits:,} "
         f"from the cache, {c.records_written:,} records written, {c.records_deleted:,} "
         f"removed, took {format_duration(job.duration_seconds)}"
     )
@@ -68,7 +74,7 @@ def job_row(job: Job) -> list[object]:
         job.job_type,
         job.state,
         job_progress(job),
-        f"{job.counts.embedded:,}",
+        f"{job.counts.texts_embedded:,}",
         f"{job.counts.records_written:,}",
         rate,
         timing,
@@ -172,13 +178,14 @@ def jobs(app: AppContext, as_json: bool, kind: str | None, limit: int) -> None:
     with app.db() as conn:
         reconcile_abandoned(conn)
         found = list_jobs(conn, entity_kind=kind, limit=limit)
-    if as_json:
-        print_json([job.as_dict() for job in found])
-        return
-    if not found:
-        click.echo("no jobs yet" + (f" for kind {kind!r}" if kind else ""))
-        return
-    print_table(JOB_COLUMNS, [job_row(job) for job in found])
+    print_listing(
+        found,
+        as_json=as_json,
+        to_json=Job.as_dict,
+        empty="no jobs yet" + (f" for kind {kind!r}" if kind else ""),
+        columns=JOB_COLUMNS,
+        to_row=job_row,
+    )
 
 
 COMMANDS = [backfill, jobs]

@@ -5,14 +5,33 @@ from __future__ import annotations
 import click
 
 from idxr_pg.cli.context import AppContext, pass_app
-from idxr_pg.cli.format import print_json, print_table, when
+from idxr_pg.cli.format import print_listing, when
 from idxr_pg.cli.options import count_option, json_flag
+from idxr_pg.db.dead_letters import (
+    DeadLetter,
+    get_dead_letter,
+    list_dead_letters,
+    retry_dead_letters,
+)
 from idxr_pg.errors import IdxrError
-from idxr_pg.indexing.failures import get_dead_letter, list_dead_letters, retry_dead_letters
 
 ERROR_WIDTH = 80
 
 LIST_COLUMNS = ("id", "kind", "entity", "stage", "error", "attempts", "last failure", "retried")
+
+
+def _letter_row(letter: DeadLetter) -> list[object]:
+    message = letter.error_message.splitlines()[0] if letter.error_message else ""
+    return [
+        letter.id,
+        letter.entity_kind,
+        letter.entity_id,
+        letter.stage,
+        f"{letter.error_type.rsplit('.', 1)[-1]}: {message}"[:ERROR_WIDTH],
+        letter.attempts,
+        when(letter.last_failed_at),
+        when(letter.retried_at) if letter.retried_at else "",
+    ]
 
 
 @click.group()
@@ -39,28 +58,14 @@ def errors_list(
     """List dead letters, newest first (by default those not yet retried)."""
     with app.db(vector=False) as conn:
         letters = list_dead_letters(conn, kind=kind, include_retried=include_retried, limit=limit)
-    if as_json:
-        print_json([letter.summary() for letter in letters])
-        return
-    if not letters:
-        click.echo("no dead letters")
-        return
-    rows = []
-    for letter in letters:
-        message = letter.error_message.splitlines()[0] if letter.error_message else ""
-        rows.append(
-            [
-                letter.id,
-                letter.entity_kind,
-                letter.entity_id,
-                letter.stage,
-                f"{letter.error_type.rsplit('.', 1)[-1]}: {message}"[:ERROR_WIDTH],
-                letter.attempts,
-                when(letter.last_failed_at),
-                when(letter.retried_at) if letter.retried_at else "",
-            ]
-        )
-    print_table(LIST_COLUMNS, rows)
+    print_listing(
+        letters,
+        as_json=as_json,
+        to_json=DeadLetter.summary,
+        empty="no dead letters",
+        columns=LIST_COLUMNS,
+        to_row=_letter_row,
+    )
 
 
 @errors.command("show")

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from idxr_pg.db.jobs import Job
 from idxr_pg.runtime.progress import format_duration
+
+if TYPE_CHECKING:
+    from idxr_pg.db.jobs import Job
 
 __all__ = [
     "Column",
@@ -25,9 +27,12 @@ __all__ = [
     "format_duration",
     "job_progress",
     "print_json",
+    "print_listing",
     "print_table",
     "when",
 ]
+
+T = TypeVar("T")
 
 
 def print_json(data: Any) -> None:
@@ -58,7 +63,7 @@ def job_progress(job: Job) -> str:
     """``250/1,000 (25.0%)``: a job's entities done of its total."""
     total = "?" if job.total is None else f"{job.total:,}"
     percent = "" if job.percent is None else f" ({job.percent:.1f}%)"
-    return f"{job.counts.done:,}/{total}{percent}"
+    return f"{job.counts.entities:,}/{total}{percent}"
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -114,8 +119,12 @@ def _print_rich(
 ) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left", header_style="bold")
+    # Text(...): cells and title are shown as they are, never read as rich markup ("[x]").
+    table = Table(
+        title=None if title is None else Text(title), title_justify="left", header_style="bold"
+    )
     for column in columns:
         table.add_column(
             column.header,
@@ -125,5 +134,25 @@ def _print_rich(
             max_width=column.max_width,
         )
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     Console(soft_wrap=False).print(table)
+
+
+def print_listing(
+    items: Sequence[T],
+    *,
+    as_json: bool,
+    to_json: Callable[[T], Any],
+    empty: str,
+    columns: Sequence[Column | str],
+    to_row: Callable[[T], Sequence[object]],
+    title: str | None = None,
+) -> None:
+    """What a listing command prints: a JSON list with --json, else ``empty`` when there is
+    nothing, else a table with a row per item."""
+    if as_json:
+        print_json([to_json(item) for item in items])
+    elif not items:
+        click.echo(empty)
+    else:
+        print_table(columns, [to_row(item) for item in items], title=title)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from idxr_pg.cli.context import AppContext, pass_app
-from idxr_pg.cli.format import Column, print_json, print_table
+from idxr_pg.cli.format import Column, print_listing
 from idxr_pg.cli.options import count_option, json_flag
 
 if TYPE_CHECKING:
@@ -33,22 +33,23 @@ RESULT_COLUMNS = (
 )
 
 
+def _hit_row(rank: int, hit: SearchHit) -> list[object]:
+    value = " ".join(hit.value.split())  # one line per result
+    if len(value) > VALUE_WIDTH:
+        value = value[: VALUE_WIDTH - 1] + "…"
+    return [rank, f"{hit.distance:.4f}", f"{hit.entity_kind}/{hit.entity_id}", hit.path, value]
+
+
 def _show(hits: Sequence[SearchHit], as_json: bool, title: str) -> None:
-    if as_json:
-        print_json([hit.to_dict() for hit in hits])
-        return
-    if not hits:
-        click.echo("no results")
-        return
-    rows = []
-    for rank, hit in enumerate(hits, 1):
-        value = " ".join(hit.value.split())  # one line per result
-        if len(value) > VALUE_WIDTH:
-            value = value[: VALUE_WIDTH - 1] + "…"
-        rows.append(
-            [rank, f"{hit.distance:.4f}", f"{hit.entity_kind}/{hit.entity_id}", hit.path, value]
-        )
-    print_table(RESULT_COLUMNS, rows, title=title)
+    print_listing(
+        list(enumerate(hits, 1)),
+        as_json=as_json,
+        to_json=lambda ranked: ranked[1].to_dict(),
+        empty="no results",
+        columns=RESULT_COLUMNS,
+        to_row=lambda ranked: _hit_row(*ranked),
+        title=title,
+    )
 
 
 @click.command("search")

@@ -13,6 +13,7 @@ from idxr_pg.cli.format import (
     format_duration,
     job_progress,
     print_json,
+    print_listing,
     print_table,
     when,
 )
@@ -21,7 +22,7 @@ from idxr_pg.db.jobs import reconcile_abandoned
 from idxr_pg.db.status import gather_stale, gather_status
 
 if TYPE_CHECKING:
-    from idxr_pg.db.status import KindStatus
+    from idxr_pg.db.status import KindStatus, StaleKind
 
 WORKER_COLUMNS = ("WORKER", "HOST", "PID", "KINDS", "STATE", "PROCESSED", "LAST HEARTBEAT")
 STALE_COLUMNS = (
@@ -66,6 +67,19 @@ def _echo_kind(kind: KindStatus) -> None:
             f"started {when(job.started_at)}"
         )
     click.echo("")
+
+
+def _stale_row(k: StaleKind) -> list[object]:
+    return [
+        k.entity_kind,
+        k.refresh_policy,
+        f"{k.queued_changes:,}",
+        f"{k.queued_entities:,}",
+        f"{k.ready_changes:,}",
+        when(k.stale_since),
+        age(k.lag),
+        when(k.last_refresh_at),
+    ]
 
 
 @click.command()
@@ -123,27 +137,13 @@ def stale(app: AppContext, as_json: bool) -> None:
     """
     with app.db() as conn:
         kinds = gather_stale(conn)
-    if as_json:
-        print_json([kind.as_dict() for kind in kinds])
-        return
-    if not kinds:
-        click.echo("nothing is stale: every queue is empty")
-        return
-    print_table(
-        STALE_COLUMNS,
-        [
-            [
-                k.entity_kind,
-                k.refresh_policy,
-                f"{k.queued_changes:,}",
-                f"{k.queued_entities:,}",
-                f"{k.ready_changes:,}",
-                when(k.stale_since),
-                age(k.lag),
-                when(k.last_refresh_at),
-            ]
-            for k in kinds
-        ],
+    print_listing(
+        kinds,
+        as_json=as_json,
+        to_json=lambda kind: kind.as_dict(),
+        empty="nothing is stale: every queue is empty",
+        columns=STALE_COLUMNS,
+        to_row=_stale_row,
     )
 
 
