@@ -1,11 +1,40 @@
-"""Connections to PostgreSQL with the pgvector adapter registered."""
+"""Connections to PostgreSQL: opening them (pgvector registered), naming them, losing them.
+
+`connect` opens one; `conninfo` names it for ``pg_stat_activity``; `is_connection_lost` tells a
+lost or refused connection (retry later) from bad data or a set-up problem; `retry_with_backoff`
+is the one reconnect loop of the long-running processes.
+"""
 
 from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 from pgvector.psycopg import register_vector
 
 from idxr_pg.errors import IdxrError
+
+__all__ = [
+    "RECONNECT_BASE_SECONDS",
+    "RECONNECT_MAX_SECONDS",
+    "DatabaseError",
+    "connect",
+    "conninfo",
+    "is_connection_lost",
+    "redact",
+    "retry_with_backoff",
+]
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BASE_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 30.0
+APPLICATION_NAME_LIMIT = 63  # PostgreSQL's NAMEDATALEN - 1
+
+T = TypeVar("T")
 
 
 class DatabaseError(IdxrError):
@@ -43,3 +72,44 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
         if not autocommit:
             conn.commit()  # end the transaction the type look-up opened
     return conn
+
+
+def conninfo(url: str, application_name: str) -> str:
+    """The URL with an ``application_name`` (cut to PostgreSQL's limit) for pg_stat_activity."""
+    return psycopg.conninfo.make_conninfo(
+        url, application_name=application_name[:APPLICATION_NAME_LIMIT]
+    )
+
+
+def is_connection_lost(exc: BaseException, conn: psycopg.Connection | None = None) -> bool:
+    """Whether ``exc`` means the connection is gone or cannot be made (worth retrying later),
+    rather than bad data or a database that is not set up (``conn``: the one that failed)."""
+    if conn is not None and (conn.broken or conn.closed):
+        return True
+    if isinstance(exc, DatabaseError):  # our connect(): only "cannot connect" is transient
+        return isinstance(exc.__cause__, psycopg.OperationalError)
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def retry_with_backoff(
+    action: Callable[[], T],
+    *,
+    stop: threading.Event,
+    what: str,
+    delay: float = RECONNECT_BASE_SECONDS,
+    max_delay: float = RECONNECT_MAX_SECONDS,
+    retry_if: Callable[[BaseException], bool] = is_connection_lost,
+) -> T:
+    """Run ``action`` until it succeeds, sleeping ``delay`` (doubling up to ``max_delay``)
+    after each failure that ``retry_if`` accepts; any other error is raised at once, and so
+    is the last error once ``stop`` is set. ``what`` starts the warning logged per retry."""
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if not retry_if(exc) or stop.is_set():
+                raise
+            log.warning("%s (%s); retrying in %.1f s", what, str(exc).strip(), delay)
+            if stop.wait(delay):
+                raise
+            delay = min(delay * 2, max_delay)

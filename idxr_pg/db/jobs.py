@@ -16,7 +16,8 @@ old row keeps its state and is shown as "resumed by #new".
 
 Liveness comes from a session-level advisory lock per (backfill, kind) held by the running
 backfill's control connection: PostgreSQL drops it when the process dies, so a `running` row
-whose lock is free is a dead run. All runtime SQL of this area is in the constants below.
+whose lock is free is a dead run. All runtime SQL of this area is in the constants below;
+the count columns are listed once, in `COUNT_COLUMNS`, which maps them to `Counts` fields.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from idxr_pg.errors import IdxrError
+from idxr_pg.records.counts import Counts
 
 BACKFILL = "backfill"
 # First key of the two-int advisory lock: "idxr" in ASCII; the second is hashtext(kind).
@@ -68,39 +70,45 @@ UPDATE idxr.jobs j
 RETURNING j.id
 """
 
-_COLUMNS = """
+COUNT_COLUMNS: dict[str, str] = {
+    "done": "entities",  # entities of the source streamed (the sweep's are not progress)
+    "embedded": "texts_embedded",
+    "cache_hits": "cache_hits",
+    "records_written": "records_written",
+    "records_deleted": "records_deleted",
+    "unchanged": "unchanged",
+    "deleted": "deleted",  # entities removed because their source row is gone
+    "skipped": "skipped",  # leased by a worker at the time: it produces their current state
+    "failed": "failed",  # handed to the retry queue / dead letters
+}
+"""The one map from idxr.jobs count columns to `Counts` fields; the SQL below is built from it."""
+
+_COUNTS = ", ".join(f"j.{column}" for column in COUNT_COLUMNS)
+
+_COLUMNS = f"""
     j.id, j.job_type, j.entity_kind, j.state, j.options, j.checkpoint, j.total,
-    j.done, j.embedded, j.cache_hits, j.records_written, j.records_deleted, j.unchanged,
-    j.deleted, j.skipped, j.failed, j.rate, j.error, j.host, j.pid, j.started_at,
+    {_COUNTS}, j.rate, j.error, j.host, j.pid, j.started_at,
     j.updated_at, j.finished_at, j.resumed_from,
     (SELECT max(n.id) FROM idxr.jobs n WHERE n.resumed_from = j.id) AS resumed_by,
     now() AS observed_at
 """
 
+_CREATE_COLUMNS = ("job_type", "entity_kind", "options", "checkpoint", "total", "resumed_from",
+                   *COUNT_COLUMNS, "host", "pid")  # fmt: skip
+
 CREATE_JOB_SQL = f"""
-INSERT INTO idxr.jobs AS j (job_type, entity_kind, options, checkpoint, total, resumed_from,
-                            done, embedded, cache_hits, records_written, records_deleted,
-                            unchanged, deleted, skipped, failed, host, pid)
-VALUES (%(job_type)s, %(entity_kind)s, %(options)s, %(checkpoint)s, %(total)s,
-        %(resumed_from)s, %(done)s, %(embedded)s, %(cache_hits)s, %(records_written)s,
-        %(records_deleted)s, %(unchanged)s, %(deleted)s, %(skipped)s, %(failed)s,
-        %(host)s, %(pid)s)
+INSERT INTO idxr.jobs AS j ({", ".join(_CREATE_COLUMNS)})
+VALUES ({", ".join(f"%({column})s" for column in _CREATE_COLUMNS)})
 RETURNING {_COLUMNS}
 """
 
+_INCREMENTS = ",\n".join(f"       {column} = {column} + %({column})s" for column in COUNT_COLUMNS)
+
 # Runs inside the pipeline's write transaction: the checkpoint moves with the index rows.
-ADVANCE_JOB_SQL = """
+ADVANCE_JOB_SQL = f"""
 UPDATE idxr.jobs
    SET checkpoint = COALESCE(%(checkpoint)s, checkpoint),
-       done = done + %(done)s,
-       embedded = embedded + %(embedded)s,
-       cache_hits = cache_hits + %(cache_hits)s,
-       records_written = records_written + %(records_written)s,
-       records_deleted = records_deleted + %(records_deleted)s,
-       unchanged = unchanged + %(unchanged)s,
-       deleted = deleted + %(deleted)s,
-       skipped = skipped + %(skipped)s,
-       failed = failed + %(failed)s,
+{_INCREMENTS},
        rate = %(rate)s,
        updated_at = now()
  WHERE id = %(id)s AND state = 'running'
@@ -134,27 +142,14 @@ class JobError(IdxrError):
     """A job cannot start or resume; the message names the kind and job at fault."""
 
 
-@dataclass(frozen=True)
-class JobCounts:
-    """What a run did. ``embedded`` counts texts sent to the model (cache hits are apart)."""
+def job_columns(counts: Counts) -> dict[str, int]:
+    """``counts`` under the idxr.jobs column names (also the keys of a job's JSON and logs)."""
+    return {column: getattr(counts, field) for column, field in COUNT_COLUMNS.items()}
 
-    done: int = 0  # entities whose batch completed (any outcome)
-    embedded: int = 0
-    cache_hits: int = 0
-    records_written: int = 0
-    records_deleted: int = 0
-    unchanged: int = 0
-    deleted: int = 0  # entities removed because their source row is gone
-    skipped: int = 0  # leased by a worker at the time: it produces their current state
-    failed: int = 0  # handed to the retry queue / dead letters
 
-    def __add__(self, other: JobCounts) -> JobCounts:
-        return JobCounts(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
-        )
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+def job_counts(**columns: int) -> Counts:
+    """`Counts` from idxr.jobs column values (a job row, or increments spelled as columns)."""
+    return Counts(**{COUNT_COLUMNS[column]: value for column, value in columns.items()})
 
 
 @dataclass(frozen=True)
@@ -166,7 +161,7 @@ class Job:
     options: dict[str, Any]
     checkpoint: str | None
     total: int | None
-    counts: JobCounts
+    counts: Counts
     rate: float | None
     error: str | None
     host: str | None
@@ -182,14 +177,14 @@ class Job:
     def percent(self) -> float | None:
         if not self.total:
             return 100.0 if self.total == 0 and self.state == SUCCEEDED else None
-        return min(100.0, 100.0 * self.counts.done / self.total)
+        return min(100.0, 100.0 * self.counts.entities / self.total)
 
     @property
     def eta_seconds(self) -> float | None:
         """Seconds left at the current rate, for a running job with a known total."""
         if self.state != RUNNING or not self.rate or self.total is None:
             return None
-        return max(0.0, (self.total - self.counts.done) / self.rate)
+        return max(0.0, (self.total - self.counts.entities) / self.rate)
 
     @property
     def duration_seconds(self) -> float:
@@ -205,7 +200,7 @@ class Job:
             "state": self.state,
             "checkpoint": self.checkpoint,
             "total": self.total,
-            **self.counts.as_dict(),
+            **job_columns(self.counts),
             "percent": None if self.percent is None else round(self.percent, 2),
             "rate": self.rate,
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
@@ -224,7 +219,7 @@ class Job:
 
 
 def _job(row: dict[str, Any]) -> Job:
-    counts = JobCounts(**{f.name: row[f.name] for f in fields(JobCounts)})
+    counts = job_counts(**{column: row[column] for column in COUNT_COLUMNS})
     return Job(
         id=row["id"],
         job_type=row["job_type"],
@@ -275,7 +270,7 @@ def create_job(
     options: dict[str, Any],
     total: int | None,
     checkpoint: str | None = None,
-    counts: JobCounts | None = None,
+    counts: Counts | None = None,
     resumed_from: int | None = None,
     job_type: str = BACKFILL,
 ) -> Job:
@@ -288,7 +283,7 @@ def create_job(
         "resumed_from": resumed_from,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        **(counts or JobCounts()).as_dict(),
+        **job_columns(counts or Counts()),
     }
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(CREATE_JOB_SQL, params).fetchone()
@@ -299,7 +294,7 @@ def create_job(
 def advance_job(
     conn: psycopg.Connection,
     job_id: int,
-    increments: JobCounts,
+    increments: Counts,
     *,
     checkpoint: str | None,
     rate: float | None,
@@ -307,7 +302,7 @@ def advance_job(
     """Add ``increments`` and move the checkpoint; run it in the transaction that wrote the batch."""
     conn.execute(
         ADVANCE_JOB_SQL,
-        {"id": job_id, "checkpoint": checkpoint, "rate": rate, **increments.as_dict()},
+        {"id": job_id, "checkpoint": checkpoint, "rate": rate, **job_columns(increments)},
     )
 
 

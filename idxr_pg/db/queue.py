@@ -1,4 +1,4 @@
-"""The runtime SQL of the queue: claiming, leases, completion, failures, dead letters, workers.
+"""The runtime SQL of ``idxr.queue``: claiming, enqueueing, completion, retry backoff.
 
 Every function runs ONE short statement (or a few inside the caller's short transaction);
 none of them is ever called with a transaction open across model inference.
@@ -6,12 +6,13 @@ none of them is ever called with a transaction open across model inference.
 Claiming (`claim`), in one short transaction:
   1. ready rows of one kind (``not_before <= now()``, entity not under a live lease), oldest
      first, ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait for each other;
-  2. the first ``batch_size`` distinct entities among them get a lease: ``INSERT INTO
-     idxr.leases ... ON CONFLICT DO UPDATE ... WHERE leased_until < now() OR worker_id = me``.
-     The primary key makes a lease exclusive; an expired lease (crashed worker) is taken over;
-  3. the other ready rows of the leased entities are claimed too (one pass serves them all).
+  2. the first ``batch_size`` distinct entities among them (`choose_entities`) get a lease
+     (`idxr_pg.db.leases`; `keep_leased`): an expired lease (crashed worker) is taken over;
+  3. the other ready rows of the leased entities are claimed too (`add_rows`: one pass serves
+     them all).
   The caller remembers the exact row ids per entity: sequence order is not commit order, so
-  "ids <= max" would delete a row committed late by a slow transaction.
+  "ids <= max" would delete a row committed late by a slow transaction. The claim's `Leases`
+  go to `Pipeline.index`, which releases them in its write transaction.
 """
 
 from __future__ import annotations
@@ -21,25 +22,28 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+from psycopg import sql
+
+from idxr_pg.db.leases import Leases, acquire_ids
 
 __all__ = [
     "CHANNEL",
     "Claim",
     "FailureRows",
-    "acquire_leases",
+    "add_rows",
+    "choose_entities",
     "claim",
     "delete_rows",
     "enqueue",
-    "extend_leases",
-    "insert_dead_letter",
+    "keep_leased",
+    "listen",
     "lock_failure_rows",
-    "owned_leases",
     "ready_counts",
-    "release_leases",
     "schedule_retry",
-    "worker_heartbeat",
-    "worker_started",
 ]
+
+CHANNEL = "idxr_queue"
+"""The NOTIFY channel the capture triggers signal (payload: the entity kind)."""
 
 _READY_SQL = """
 SELECT q.id, q.entity_id
@@ -56,18 +60,6 @@ LIMIT %(limit)s
 FOR UPDATE OF q SKIP LOCKED
 """
 
-# Sorted insertion order: two claimers taking overlapping entity sets cannot deadlock.
-_ACQUIRE_SQL = """
-INSERT INTO idxr.leases AS l (entity_kind, entity_id, worker_id, leased_until)
-SELECT %(kind)s, k.id, %(owner)s, now() + make_interval(secs => %(seconds)s)
-FROM unnest(%(ids)s::text[]) AS k(id)
-ORDER BY k.id
-ON CONFLICT (entity_kind, entity_id) DO UPDATE
-    SET worker_id = excluded.worker_id, leased_until = excluded.leased_until
-    WHERE l.leased_until < now() OR l.worker_id = excluded.worker_id
-RETURNING l.entity_id
-"""
-
 _MORE_ROWS_SQL = """
 SELECT q.id, q.entity_id
 FROM idxr.queue AS q
@@ -78,28 +70,9 @@ WHERE q.entity_kind = %(kind)s
 FOR UPDATE OF q SKIP LOCKED
 """
 
-_OWNED_SQL = """
-SELECT entity_id FROM idxr.leases
-WHERE entity_kind = %(kind)s AND entity_id = ANY(%(ids)s::text[]) AND worker_id = %(owner)s
-ORDER BY entity_id
-FOR UPDATE
-"""
-
-_RELEASE_SQL = """
-DELETE FROM idxr.leases
-WHERE entity_kind = %(kind)s AND entity_id = ANY(%(ids)s::text[]) AND worker_id = %(owner)s
-"""
-
-_RELEASE_ALL_SQL = "DELETE FROM idxr.leases WHERE worker_id = %(owner)s"
-
-_EXTEND_SQL = """
-UPDATE idxr.leases SET leased_until = now() + make_interval(secs => %(seconds)s)
-WHERE worker_id = %(owner)s
-"""
-
 _DELETE_ROWS_SQL = "DELETE FROM idxr.queue WHERE id = ANY(%(ids)s::bigint[])"
 
-_NOTIFY_SQL = "SELECT pg_notify('idxr_queue', %s)"
+_NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 
 _ENQUEUE_SQL = """
 INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)
@@ -111,26 +84,61 @@ SELECT entity_kind, count(*) FROM idxr.queue
 WHERE not_before <= now() GROUP BY entity_kind
 """
 
-CHANNEL = "idxr_queue"
-"""The NOTIFY channel the capture triggers signal (payload: the entity kind)."""
+
+# --------------------------------------------------------------------------- claiming
 
 
-@dataclass
+@dataclass(frozen=True)
 class Claim:
-    """Entities leased by one claim and the exact queue row ids claimed for each."""
+    """Entities leased to ``owner`` by one claim and the exact queue row ids claimed for each."""
 
     kind: str
+    owner: str
     rows: dict[str, list[int]]
 
     @property
     def entity_ids(self) -> list[str]:
         return list(self.rows)
 
+    @property
+    def leases(self) -> Leases:
+        """The claimed entities' leases, for `Pipeline.index`."""
+        return Leases.of(self.kind, self.owner, self.entity_ids, self.entity_ids)
+
     def row_ids(self, entity_ids: Iterable[str]) -> list[int]:
         return [row for entity in entity_ids for row in self.rows.get(entity, ())]
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def choose_entities(ready: Iterable[tuple[int, str]], batch_size: int) -> dict[str, list[int]]:
+    """The first ``batch_size`` distinct entities of the ready ``(row id, entity id)`` rows,
+    in row order, each with all of its ready row ids."""
+    chosen: dict[str, list[int]] = {}
+    for row_id, entity_id in ready:
+        if entity_id in chosen:
+            chosen[entity_id].append(row_id)
+        elif len(chosen) < batch_size:
+            chosen[entity_id] = [row_id]
+    return chosen
+
+
+def keep_leased(chosen: Mapping[str, list[int]], held: Iterable[str]) -> dict[str, list[int]]:
+    """The chosen entities the claimer now leases (another claimer may have won some)."""
+    leased = set(held)
+    return {entity: list(ids) for entity, ids in chosen.items() if entity in leased}
+
+
+def add_rows(
+    rows: Mapping[str, list[int]], more: Iterable[tuple[int, str]]
+) -> dict[str, list[int]]:
+    """``rows`` plus the ``(row id, entity id)`` rows of ``more`` for entities already in it."""
+    out = {entity: list(ids) for entity, ids in rows.items()}
+    for row_id, entity_id in more:
+        if entity_id in out:
+            out[entity_id].append(row_id)
+    return out
 
 
 def claim(
@@ -147,63 +155,20 @@ def claim(
         ready = conn.execute(
             _READY_SQL, {"kind": kind, "owner": owner, "limit": batch_size * scan_factor}
         ).fetchall()
-        chosen: dict[str, list[int]] = {}
-        for row_id, entity_id in ready:
-            if entity_id in chosen:
-                chosen[entity_id].append(row_id)
-            elif len(chosen) < batch_size:
-                chosen[entity_id] = [row_id]
+        chosen = choose_entities(ready, batch_size)
         if not chosen:
-            return Claim(kind, {})
-        leased = set(_acquire(conn, kind, list(chosen), owner, lease_seconds))
-        rows = {entity: ids for entity, ids in chosen.items() if entity in leased}
+            return Claim(kind, owner, {})
+        rows = keep_leased(chosen, acquire_ids(conn, kind, list(chosen), owner, lease_seconds))
         if rows:
+            claimed = [i for ids in rows.values() for i in ids]
             more = conn.execute(
-                _MORE_ROWS_SQL,
-                {"kind": kind, "ids": list(rows), "claimed": [i for v in rows.values() for i in v]},
+                _MORE_ROWS_SQL, {"kind": kind, "ids": list(rows), "claimed": claimed}
             ).fetchall()
-            for row_id, entity_id in more:
-                rows[entity_id].append(row_id)
-        return Claim(kind, rows)
+            rows = add_rows(rows, more)
+        return Claim(kind, owner, rows)
 
 
-def _acquire(
-    conn: psycopg.Connection, kind: str, ids: Sequence[str], owner: str, seconds: float
-) -> list[str]:
-    params = {"kind": kind, "ids": list(ids), "owner": owner, "seconds": float(seconds)}
-    return [row[0] for row in conn.execute(_ACQUIRE_SQL, params).fetchall()]
-
-
-def acquire_leases(
-    conn: psycopg.Connection, kind: str, ids: Sequence[str], owner: str, seconds: float
-) -> set[str]:
-    """Lease the ids to ``owner`` (renewing its own leases); returns the ids it now holds."""
-    if not ids:
-        return set()
-    with conn.transaction():
-        return set(_acquire(conn, kind, ids, owner, seconds))
-
-
-def owned_leases(conn: psycopg.Connection, kind: str, ids: Sequence[str], owner: str) -> set[str]:
-    """Inside the caller's write transaction: lock and return the ids still leased to owner."""
-    params = {"kind": kind, "ids": list(ids), "owner": owner}
-    return {row[0] for row in conn.execute(_OWNED_SQL, params).fetchall()}
-
-
-def release_leases(
-    conn: psycopg.Connection, kind: str | None, ids: Sequence[str] | None, owner: str
-) -> int:
-    """Drop owner's leases on ids (all its leases when ``kind``/``ids`` are None)."""
-    if kind is None or ids is None:
-        return conn.execute(_RELEASE_ALL_SQL, {"owner": owner}).rowcount
-    if not ids:
-        return 0
-    return conn.execute(_RELEASE_SQL, {"kind": kind, "ids": list(ids), "owner": owner}).rowcount
-
-
-def extend_leases(conn: psycopg.Connection, owner: str, seconds: float) -> int:
-    """Push all of owner's leases ``seconds`` into the future (a live worker keeps its leases)."""
-    return conn.execute(_EXTEND_SQL, {"owner": owner, "seconds": float(seconds)}).rowcount
+# --------------------------------------------------------------------------- rows
 
 
 def delete_rows(conn: psycopg.Connection, ids: Sequence[int]) -> int:
@@ -228,8 +193,13 @@ def enqueue(
         _ENQUEUE_SQL,
         {"kind": kind, "ids": list(ids), "source": source_table, "operation": operation},
     ).rowcount
-    conn.execute(_NOTIFY_SQL, [kind])
+    conn.execute(_NOTIFY_SQL, [CHANNEL, kind])
     return count
+
+
+def listen(conn: psycopg.Connection) -> None:
+    """LISTEN on `CHANNEL` (an autocommit connection of its own receives the wake-ups)."""
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
 
 
 def ready_counts(conn: psycopg.Connection) -> Mapping[str, int]:
@@ -264,13 +234,6 @@ INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation, not_bef
                         first_failed_at, last_error)
 VALUES (%(kind)s, %(entity_id)s, %(source)s, 'retry', now() + make_interval(secs => %(delay)s),
         %(attempts)s, %(first_failed_at)s, %(error)s)
-"""
-_DEAD_LETTER_SQL = """
-INSERT INTO idxr.dead_letters (entity_kind, entity_id, stage, error_type, error_message,
-                               attempts, first_failed_at, last_failed_at, payload)
-VALUES (%(kind)s, %(entity_id)s, %(stage)s, %(error_type)s, %(error_message)s, %(attempts)s,
-        %(first_failed_at)s, %(last_failed_at)s, %(payload)s)
-RETURNING id
 """
 
 
@@ -323,37 +286,3 @@ def schedule_retry(
         "source": source_table,
     }
     conn.execute(_BACKOFF_SQL if rows.ids else _INSERT_RETRY_SQL, params)
-
-
-def insert_dead_letter(conn: psycopg.Connection, **values: object) -> int:
-    """Insert one dead letter (columns as in idxr.dead_letters); returns its id."""
-    return conn.execute(_DEAD_LETTER_SQL, values).fetchone()[0]
-
-
-# --------------------------------------------------------------------------- workers
-
-_WORKER_START_SQL = """
-INSERT INTO idxr.workers (worker_id, host, pid, entity_kinds, state)
-VALUES (%(worker_id)s, %(host)s, %(pid)s, %(kinds)s, 'running')
-ON CONFLICT (worker_id) DO UPDATE
-    SET host = excluded.host, pid = excluded.pid, entity_kinds = excluded.entity_kinds,
-        state = 'running', started_at = now(), heartbeat_at = now()
-"""
-_WORKER_BEAT_SQL = """
-UPDATE idxr.workers SET heartbeat_at = now(), processed = %(processed)s, state = %(state)s
-WHERE worker_id = %(worker_id)s
-"""
-
-
-def worker_started(
-    conn: psycopg.Connection, worker_id: str, host: str, pid: int, kinds: Sequence[str]
-) -> None:
-    conn.execute(
-        _WORKER_START_SQL, {"worker_id": worker_id, "host": host, "pid": pid, "kinds": list(kinds)}
-    )
-
-
-def worker_heartbeat(
-    conn: psycopg.Connection, worker_id: str, processed: int, state: str = "running"
-) -> None:
-    conn.execute(_WORKER_BEAT_SQL, {"worker_id": worker_id, "processed": processed, "state": state})

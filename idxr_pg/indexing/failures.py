@@ -1,13 +1,15 @@
 """Failed entities: retry with exponential backoff, then park them as readable YAML dead letters.
 
-`record_failure` is the one failure recorder for the worker and the backfill; call it inside the
-short write transaction, while the entity's lease is still held. `list_dead_letters`,
-`get_dead_letter` and `retry_dead_letters` back `idxr-pg errors list|show|retry`.
+`record_failures` (one batch's failures, logged) and `record_failure` (one entity) are the
+failure recorder of the worker and the backfill; call them inside the short write transaction,
+while the entity's lease is still held. The dead letters' own SQL (and `idxr-pg errors
+list|show|retry`'s functions) live in `idxr_pg.db.dead_letters`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,19 +20,24 @@ import psycopg
 import yaml
 
 from idxr_pg.db import queue
+from idxr_pg.db.dead_letters import insert_dead_letter
 
 __all__ = [
     "DOCUMENT_LIMIT",
+    "STAGES",
     "Backoff",
-    "DeadLetter",
+    "EntityFailure",
     "FailureOutcome",
     "build_payload",
     "dump_yaml",
-    "get_dead_letter",
-    "list_dead_letters",
     "record_failure",
-    "retry_dead_letters",
+    "record_failures",
 ]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("load", "validate", "flatten", "embed", "write")
+"""Where in the pipeline an entity can fail."""
 
 DOCUMENT_LIMIT = 16_000
 """Characters of the offending document (as JSON) kept in a payload; longer ones are cut."""
@@ -50,6 +57,19 @@ class Backoff:
             return 0.0
         # Cap the exponent so huge attempt counts cannot overflow a float.
         return min(self.max_seconds, self.base_seconds * 2.0 ** min(attempt - 1, 60))
+
+
+@dataclass
+class EntityFailure:
+    """One entity that could not be indexed in a batch; nothing of it was written."""
+
+    entity_id: str
+    stage: str
+    exception: BaseException
+    document: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.entity_id} ({self.stage}): {type(self.exception).__name__}: {self.exception}"
 
 
 @dataclass(frozen=True)
@@ -191,7 +211,7 @@ def record_failure(
         last_failed_at=now,
         document=document,
     )
-    dead_id = queue.insert_dead_letter(
+    dead_id = insert_dead_letter(
         conn,
         kind=kind,
         entity_id=entity_id,
@@ -207,104 +227,55 @@ def record_failure(
     return FailureOutcome("dead", attempts, dead_letter_id=dead_id)
 
 
-# --------------------------------------------------------------------------- operator side
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    id: int
-    entity_kind: str
-    entity_id: str
-    stage: str
-    error_type: str
-    error_message: str
-    attempts: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-    created_at: datetime
-    retried_at: datetime | None
-    payload: str
-
-    def summary(self) -> Mapping[str, Any]:
-        """Everything but the payload, JSON-friendly."""
-        return {
-            "id": self.id,
-            "entity_kind": self.entity_kind,
-            "entity_id": self.entity_id,
-            "stage": self.stage,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-            "attempts": self.attempts,
-            "first_failed_at": self.first_failed_at.isoformat(),
-            "last_failed_at": self.last_failed_at.isoformat(),
-            "created_at": self.created_at.isoformat(),
-            "retried_at": self.retried_at.isoformat() if self.retried_at else None,
-        }
-
-
-_COLUMNS = (
-    "id, entity_kind, entity_id, stage, error_type, error_message, attempts, first_failed_at, "
-    "last_failed_at, created_at, retried_at, payload"
-)
-_LIST_SQL = f"""
-SELECT {_COLUMNS} FROM idxr.dead_letters
-WHERE (%(kind)s::text IS NULL OR entity_kind = %(kind)s)
-  AND (%(all)s OR retried_at IS NULL)
-ORDER BY id DESC
-LIMIT %(limit)s
-"""
-_GET_SQL = f"SELECT {_COLUMNS} FROM idxr.dead_letters WHERE id = %s"
-_PENDING_SQL = f"""
-SELECT {_COLUMNS} FROM idxr.dead_letters
-WHERE retried_at IS NULL AND (%(kind)s::text IS NULL OR entity_kind = %(kind)s)
-ORDER BY id
-FOR UPDATE
-"""
-_BY_IDS_SQL = f"""
-SELECT {_COLUMNS} FROM idxr.dead_letters WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE
-"""
-_MARK_RETRIED_SQL = "UPDATE idxr.dead_letters SET retried_at = now() WHERE id = ANY(%s::bigint[])"
-
-
-def list_dead_letters(
+def record_failures(
     conn: psycopg.Connection,
+    kind: str,
+    failures: Sequence[EntityFailure],
     *,
-    kind: str | None = None,
-    include_retried: bool = False,
-    limit: int = 100,
-) -> list[DeadLetter]:
-    """Newest first; by default only those not yet retried."""
-    rows = conn.execute(
-        _LIST_SQL, {"kind": kind, "all": include_retried, "limit": limit}
-    ).fetchall()
-    return [DeadLetter(*row) for row in rows]
+    max_attempts: int,
+    backoff: Backoff,
+    queue_ids: Mapping[str, Sequence[int]] | None = None,
+    source_table: str | None = None,
+) -> list[FailureOutcome]:
+    """`record_failure` for each of a batch's failures, each logged; in the write transaction.
 
-
-def get_dead_letter(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter | None:
-    row = conn.execute(_GET_SQL, [dead_letter_id]).fetchone()
-    return DeadLetter(*row) if row else None
-
-
-def retry_dead_letters(
-    conn: psycopg.Connection,
-    ids: Sequence[int] | None = None,
-    *,
-    kind: str | None = None,
-) -> list[DeadLetter]:
-    """Re-queue the given dead letters (None: all not yet retried, optionally of one kind).
-
-    Each entity gets a fresh queue row (attempts start again) and a NOTIFY; the dead letters
-    are kept, marked ``retried_at``. Returns the dead letters re-queued; one transaction.
+    ``queue_ids``: the queue rows a worker claimed, per entity (None for the backfill, whose
+    entities have no claimed rows: see `record_failure`).
     """
-    with conn.transaction():
-        if ids is None:
-            letters = [DeadLetter(*r) for r in conn.execute(_PENDING_SQL, {"kind": kind})]
+    outcomes = []
+    for failure in failures:
+        outcome = record_failure(
+            conn,
+            kind,
+            failure.entity_id,
+            failure.stage,
+            failure.exception,
+            failure.document,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            queue_ids=None if queue_ids is None else queue_ids.get(failure.entity_id, []),
+            source_table=source_table,
+        )
+        extra = {"entity_kind": kind, "entity_id": failure.entity_id}
+        if outcome.action == "dead":
+            log.error(
+                "entity %s:%s dead-lettered after %d attempts (dead letter %s): %s",
+                kind,
+                failure.entity_id,
+                outcome.attempts,
+                outcome.dead_letter_id,
+                failure,
+                extra=extra,
+            )
         else:
-            letters = [DeadLetter(*r) for r in conn.execute(_BY_IDS_SQL, {"ids": list(ids)})]
-        by_kind: dict[str, list[str]] = {}
-        for letter in letters:
-            by_kind.setdefault(letter.entity_kind, []).append(letter.entity_id)
-        for entity_kind, entity_ids in by_kind.items():
-            queue.enqueue(conn, entity_kind, list(dict.fromkeys(entity_ids)), operation="retry")
-        conn.execute(_MARK_RETRIED_SQL, [[letter.id for letter in letters]])
-    return letters
+            log.warning(
+                "entity %s:%s attempt %d failed; retrying in %.1f s: %s",
+                kind,
+                failure.entity_id,
+                outcome.attempts,
+                outcome.delay or 0.0,
+                failure,
+                extra=extra,
+            )
+        outcomes.append(outcome)
+    return outcomes

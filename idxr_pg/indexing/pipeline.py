@@ -1,29 +1,28 @@
-"""The indexing pipeline for a batch of entity keys: load → validate → flatten → diff → embed → write.
+"""The indexing pipeline for a batch of leased entity keys: load → validate → flatten → diff →
+embed → write.
 
-One `Pipeline` per entity kind serves both callers, the worker (queue rows) and the backfill
-(streamed keys)::
+One `Pipeline` per entity kind serves both callers, the worker (claimed queue rows) and the
+backfill (streamed keys); `idxr_pg.runtime.assembly` builds them::
 
-    kinds = registry.resolve_kinds(conn, config, ["article"])
-    registry.register(conn, kinds.values(), embedder)
-    service = EmbeddingService(embedder, config.embedding, EmbeddingCache(database_url))
-    pipeline = Pipeline(kinds["article"], service, lease_seconds=config.worker.lease_seconds)
+    leased = leases.acquire(conn, "article", ["1", "2", "3"], "backfill:article", 300)
+    result = pipeline.index(conn, leased, finalize=checkpoint)
 
-    result = pipeline.index(conn, ["1", "2", "3"], owner="backfill:17", finalize=checkpoint)
-
-``Pipeline.index(conn, entity_ids, *, owner, force=False, finalize=None) -> BatchResult``
+``Pipeline.index(conn, leased, *, force=False, finalize=None) -> BatchResult``
 
 - ``conn``: an open connection that is NOT inside a transaction (autocommit recommended). The
   pipeline opens only short transactions on it and none across model inference (invariant 2).
-- Leases: the ids are leased to ``owner`` (``idxr.leases``; the owner's own leases are renewed,
-  expired ones taken over). Ids leased by someone else are not touched: ``skipped_ids``.
+- Leases: the caller leases the entities (`idxr_pg.db.queue.claim` for the worker,
+  `idxr_pg.db.leases.acquire` for the backfill) and hands the `Leases` over; the pipeline
+  releases them. Ids the caller asked for but another owner holds are not touched:
+  ``skipped_ids``.
 - Processing holds no transaction: documents are loaded in one query (a loader error falls back
   to loading key by key, so one bad key fails alone), validated into the kind's Pydantic model,
   flattened, diffed against the stored hashes (one query), and only new/changed embeddable
   texts are embedded (``force`` re-writes and re-embeds every record; the cache still applies).
 - One short write transaction: the leases still held are locked (``FOR UPDATE``; an entity
-  whose lease was lost is skipped, its new owner does the work), changed rows upserted
-  (``updated_at = now()`` only for them), stale paths deleted, every row of an entity whose
-  document no longer exists deleted, then ``finalize(conn, result)`` runs INSIDE that
+  whose lease was lost is skipped, its new owner does the work: invariant 3), changed rows
+  upserted (``updated_at = now()`` only for them), stale paths deleted, every row of an entity
+  whose document no longer exists deleted, then ``finalize(conn, result)`` runs INSIDE that
   transaction (the worker deletes exactly its claimed queue rows and records failures there,
   the backfill moves its checkpoint), the leases are released and the kind is stamped
   (``last_refresh_at``, ``last_embedded_at``). If that transaction fails on data (not on a lost
@@ -32,85 +31,74 @@ One `Pipeline` per entity kind serves both callers, the worker (queue rows) and 
 - Re-processing an unchanged entity makes no embedding call and writes no row (invariant 4).
 - Failures never raise: they are in ``result.failures`` as `EntityFailure` (entity id, stage
   ``load|validate|flatten|embed|write``, the exception, the document). Record them with
-  `idxr_pg.indexing.failures.record_failure` in ``finalize`` (while the lease is held). A lost
-  database connection does raise (``psycopg.OperationalError``); the leases then simply expire.
+  `idxr_pg.indexing.failures.record_failures` in ``finalize`` (while the lease is held). A lost
+  database connection does raise (``psycopg.OperationalError``); the leases are released if
+  the connection still works, else they simply expire.
+
+The decisions that need no database are pure functions here: `embedding_requests` (what is
+embedded), `plan_writes` (what is written, unchanged or deleted) and `settle` (what counts as
+done, skipped and failed once the leases still held are known).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from idxr_pg.db import queue, search_index
+from idxr_pg.db import leases as lease_sql
+from idxr_pg.db import search_index, source
+from idxr_pg.db.connection import is_connection_lost
+from idxr_pg.db.leases import Leases
 from idxr_pg.embedding import EmbeddedText, EmbeddingError, EmbeddingService, EmbedRequest
+from idxr_pg.indexing.failures import STAGES, EntityFailure
 from idxr_pg.indexing.registry import RegisteredKind
+from idxr_pg.records.counts import Counts
 from idxr_pg.records.diff import Diff, diff
 from idxr_pg.records.record import FieldRecord
 from idxr_pg.records.traverse import flatten
 
-__all__ = ["STAGES", "BatchResult", "EntityFailure", "Finalizer", "Pipeline"]
+__all__ = [
+    "STAGES",
+    "BatchResult",
+    "EntityFailure",
+    "EntityWork",
+    "Finalizer",
+    "Pipeline",
+    "WritePlan",
+    "embedding_requests",
+    "plan_writes",
+    "settle",
+]
 
 log = logging.getLogger(__name__)
 
-STAGES = ("load", "validate", "flatten", "embed", "write")
+_COUNT_NAMES = frozenset(f.name for f in fields(Counts))
 
 
-@dataclass
-class EntityFailure:
-    """One entity that could not be indexed in this batch; nothing of it was written."""
-
-    entity_id: str
-    stage: str
-    exception: BaseException
-    document: Any = None
-
-    def __str__(self) -> str:
-        return f"{self.entity_id} ({self.stage}): {type(self.exception).__name__}: {self.exception}"
-
-
-@dataclass
+@dataclass(frozen=True)
 class BatchResult:
-    """What one `Pipeline.index` call did. Entity counts add up to ``entities``:
-    indexed + unchanged + deleted + skipped + failed."""
+    """What one `Pipeline.index` call did. ``counts`` add up: entities = indexed + unchanged +
+    deleted + skipped + failed; each count also reads as an attribute (``result.indexed``)."""
 
     kind: str
-    entities: int = 0
-    indexed: int = 0  # entities with at least one row written or removed
-    unchanged: int = 0  # entities that needed no write at all
-    deleted: int = 0  # entities whose document no longer exists (their rows removed)
-    skipped: int = 0  # leased by another owner, before or during processing
-    failed: int = 0
-    texts_embedded: int = 0  # distinct texts the model embedded (cache misses)
-    cache_hits: int = 0
-    records_written: int = 0
-    records_deleted: int = 0
-    failures: list[EntityFailure] = field(default_factory=list)
+    counts: Counts
     done_ids: list[str] = field(default_factory=list)  # indexed, unchanged or deleted
     skipped_ids: list[str] = field(default_factory=list)
+    failures: list[EntityFailure] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _COUNT_NAMES:
+            return getattr(object.__getattribute__(self, "counts"), name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def wrote(self) -> bool:
-        return bool(self.records_written or self.records_deleted)
-
-    def counts(self) -> dict[str, int]:
-        names = (
-            "entities",
-            "indexed",
-            "unchanged",
-            "deleted",
-            "skipped",
-            "failed",
-            "texts_embedded",
-            "cache_hits",
-            "records_written",
-            "records_deleted",
-        )
-        return {name: getattr(self, name) for name in names}
+        return self.counts.wrote
 
 
 Finalizer = Callable[[psycopg.Connection, BatchResult], None]
@@ -118,7 +106,9 @@ Finalizer = Callable[[psycopg.Connection, BatchResult], None]
 
 
 @dataclass
-class _Entity:
+class EntityWork:
+    """One entity on its way through the pipeline."""
+
     id: str
     document: dict[str, Any] | None = None
     records: list[FieldRecord] = field(default_factory=list)
@@ -130,6 +120,95 @@ class _Entity:
         return self.document is None
 
 
+# --------------------------------------------------------------------------- pure decisions
+
+
+def embedding_requests(
+    entities: Iterable[EntityWork], failed: Iterable[str] = ()
+) -> dict[str, list[FieldRecord]]:
+    """Per entity, the records whose text must be embedded: the new or changed embeddable
+    ones of entities that are still in the batch (not failed, not gone)."""
+    out_of_batch = set(failed)
+    pending = {
+        e.id: [r for r in e.change.upserts if r.embeddable]
+        for e in entities
+        if e.change is not None and e.id not in out_of_batch
+    }
+    return {entity_id: records for entity_id, records in pending.items() if records}
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """What one write of some entities does (see `plan_writes`)."""
+
+    rows: list[tuple[Any, ...]]  # search_index rows to upsert
+    stale: list[tuple[str, str]]  # (entity_id, path) rows to delete
+    gone: list[str]  # entities whose every row goes
+    done_ids: list[str]
+    counts: Counts  # indexed, unchanged, deleted
+
+
+def plan_writes(kind: str, entities: Iterable[EntityWork]) -> WritePlan:
+    """The rows to upsert and delete for these prepared entities, and how each one counts:
+    gone → deleted; no upsert and no stale path → unchanged; otherwise indexed."""
+    rows: list[tuple[Any, ...]] = []
+    stale: list[tuple[str, str]] = []
+    gone: list[str] = []
+    done: list[str] = []
+    indexed = unchanged = 0
+    for entity in entities:
+        done.append(entity.id)
+        if entity.gone:
+            gone.append(entity.id)
+            continue
+        change = entity.change
+        assert change is not None
+        for record in change.upserts:
+            embedded = entity.vectors.get(record.path)
+            rows.append(
+                (
+                    kind,
+                    entity.id,
+                    record.path,
+                    record.value,
+                    record.value_type.value,
+                    record.content_hash,
+                    embedded.vector if embedded is not None else None,
+                    embedded.truncation if embedded is not None else None,
+                )
+            )
+        stale.extend((entity.id, path) for path in change.deletes)
+        if change.is_noop:
+            unchanged += 1
+        else:
+            indexed += 1
+    counts = Counts(indexed=indexed, unchanged=unchanged, deleted=len(gone))
+    return WritePlan(rows, stale, gone, done, counts)
+
+
+def settle(
+    kind: str,
+    leased: Leases,
+    held: Iterable[str],
+    *,
+    done_ids: Sequence[str],
+    failures: Sequence[EntityFailure],
+    counts: Counts,
+) -> BatchResult:
+    """The batch's result once the leases still ``held`` at write time are known: entities
+    refused or lost are skipped (their failures dropped: their new owner does the work)."""
+    still = set(held)
+    skipped = leased.refused + [i for i in leased.ids if i not in still]
+    kept = [f for f in failures if f.entity_id in still]
+    total = counts + Counts(
+        batches=1, entities=len(leased.requested), skipped=len(skipped), failed=len(kept)
+    )
+    return BatchResult(leased.kind, total, list(done_ids), skipped, kept)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
 class _WritesFailed(Exception):
     """The batch's writes hit bad data (not a lost connection): retry entity by entity."""
 
@@ -137,53 +216,45 @@ class _WritesFailed(Exception):
 class Pipeline:
     """Indexes batches of one entity kind; see the module docstring for the contract."""
 
-    def __init__(
-        self,
-        kind: RegisteredKind,
-        service: EmbeddingService,
-        *,
-        lease_seconds: float = 300.0,
-    ) -> None:
+    def __init__(self, kind: RegisteredKind, service: EmbeddingService) -> None:
         self.kind = kind
         self.service = service
-        self.lease_seconds = lease_seconds
 
     # ----------------------------------------------------------------------------- public
 
     def index(
         self,
         conn: psycopg.Connection,
-        entity_ids: Sequence[str],
+        leased: Leases,
         *,
-        owner: str,
         force: bool = False,
         finalize: Finalizer | None = None,
     ) -> BatchResult:
-        """Index these entities (see module docstring); returns what happened."""
+        """Index the leased entities (see module docstring); returns what happened."""
         if conn.info.transaction_status != TransactionStatus.IDLE:
             raise RuntimeError(
                 "Pipeline.index needs a connection outside a transaction: it opens only short "
                 "transactions of its own, so that no lock is held across embedding"
             )
-        ids = list(dict.fromkeys(str(i) for i in entity_ids))
-        result = BatchResult(kind=self.kind.name, entities=len(ids))
-        leased = queue.acquire_leases(conn, self.kind.name, ids, owner, self.lease_seconds)
-        result.skipped_ids = [i for i in ids if i not in leased]
-        entities = [_Entity(i) for i in ids if i in leased]
+        if leased.kind != self.kind.name:
+            raise ValueError(
+                f"leases of kind {leased.kind!r} given to the {self.kind.name} pipeline"
+            )
+        entities = [EntityWork(i) for i in leased.ids]
+        failures: list[EntityFailure] = []
         try:
-            self._prepare(conn, entities, force, result)
-            self._embed(entities, result)
-            self._write(conn, entities, owner, result, finalize)
+            self._prepare(conn, entities, force, failures)
+            embedded = self._embed(entities, failures)
+            return self._write(conn, leased, entities, failures, embedded, finalize)
         except BaseException:
-            self._release_quietly(conn, [e.id for e in entities], owner)
+            self._release_quietly(conn, leased)
             raise
-        result.skipped = len(result.skipped_ids)
-        result.failed = len(result.failures)
-        return result
 
     # ----------------------------------------------------------------------------- stages
 
-    def _fail(self, result: BatchResult, entity: _Entity, stage: str, exc: BaseException) -> None:
+    def _fail(
+        self, failures: list[EntityFailure], entity: EntityWork, stage: str, exc: BaseException
+    ) -> None:
         log.warning(
             "entity %s:%s failed at %s: %s: %s",
             self.kind.name,
@@ -192,19 +263,20 @@ class Pipeline:
             type(exc).__name__,
             exc,
         )
-        result.failures.append(EntityFailure(entity.id, stage, exc, entity.document))
-
-    def _failed_ids(self, result: BatchResult) -> set[str]:
-        return {f.entity_id for f in result.failures}
+        failures.append(EntityFailure(entity.id, stage, exc, entity.document))
 
     def _prepare(
-        self, conn: psycopg.Connection, entities: list[_Entity], force: bool, result: BatchResult
+        self,
+        conn: psycopg.Connection,
+        entities: list[EntityWork],
+        force: bool,
+        failures: list[EntityFailure],
     ) -> None:
         """Load, validate, flatten and diff (reads only, each its own short transaction)."""
         if not entities:
             return
-        documents = self._load(conn, entities, result)
-        failed = self._failed_ids(result)
+        documents = self._load(conn, entities, failures)
+        failed = {f.entity_id for f in failures}
         with conn.transaction():
             stored = search_index.stored_hashes(conn, self.kind.name, [e.id for e in entities])
         for entity in entities:
@@ -216,7 +288,7 @@ class Pipeline:
             try:
                 instance = self.kind.validate(entity.document)  # type: ignore[arg-type]
             except Exception as exc:
-                self._fail(result, entity, "validate", exc)
+                self._fail(failures, entity, "validate", exc)
                 continue
             try:
                 entity.records = flatten(
@@ -227,17 +299,17 @@ class Pipeline:
                 )
                 entity.change = diff(entity.records, stored.get(entity.id, {}), force=force)
             except Exception as exc:
-                self._fail(result, entity, "flatten", exc)
+                self._fail(failures, entity, "flatten", exc)
 
     def _load(
-        self, conn: psycopg.Connection, entities: list[_Entity], result: BatchResult
+        self, conn: psycopg.Connection, entities: list[EntityWork], failures: list[EntityFailure]
     ) -> dict[str, dict[str, Any]]:
         keys = [e.id for e in entities]
         try:
             with conn.transaction():
-                return self.kind.load_documents(conn, keys)
+                return source.load_documents(conn, self.kind, keys)
         except psycopg.Error as exc:
-            if _connection_lost(conn, exc):
+            if is_connection_lost(exc, conn):
                 raise
             log.warning(
                 "loading %d %s documents failed (%s); loading them one by one",
@@ -249,199 +321,157 @@ class Pipeline:
         for entity in entities:
             try:
                 with conn.transaction():
-                    documents.update(self.kind.load_documents(conn, [entity.id]))
+                    documents.update(source.load_documents(conn, self.kind, [entity.id]))
             except psycopg.Error as exc:
-                if _connection_lost(conn, exc):
+                if is_connection_lost(exc, conn):
                     raise
-                self._fail(result, entity, "load", exc)
+                self._fail(failures, entity, "load", exc)
         return documents
 
-    def _embed(self, entities: list[_Entity], result: BatchResult) -> None:
-        """Embed the new/changed embeddable texts; an entity whose texts fail fails alone."""
-        pending = {
-            e.id: [r for r in e.change.upserts if r.embeddable]
-            for e in entities
-            if e.change is not None and e.id not in self._failed_ids(result)
-        }
-        pending = {k: v for k, v in pending.items() if v}
+    def _embed(self, entities: list[EntityWork], failures: list[EntityFailure]) -> Counts:
+        """Embed the new/changed embeddable texts; an entity whose texts fail fails alone.
+        Returns the model's and the cache's share (``texts_embedded``, ``cache_hits``)."""
+        before = self.service.stats.snapshot()
+        pending = embedding_requests(entities, (f.entity_id for f in failures))
         by_id = {e.id: e for e in entities}
         while pending:
             order = [(entity_id, r) for entity_id, records in pending.items() for r in records]
             requests = [
                 EmbedRequest(key=entity_id, text=r.embedding_text) for entity_id, r in order
             ]
-            before = self.service.stats.snapshot()
             try:
                 embedded = self.service.embed(requests)
             except EmbeddingError as exc:
-                self._count_embedding(before, result)
                 culprits = [k for k in exc.keys if k in pending] or list(pending)
                 for entity_id in culprits:
-                    self._fail(result, by_id[entity_id], "embed", exc)
+                    self._fail(failures, by_id[entity_id], "embed", exc)
                     del pending[entity_id]
                 continue
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise  # the cache's connection is gone: the caller reconnects and retries
             except Exception as exc:  # anything else cannot be pinned on one entity
-                self._count_embedding(before, result)
                 for entity_id in pending:
-                    self._fail(result, by_id[entity_id], "embed", exc)
-                return
-            self._count_embedding(before, result)
+                    self._fail(failures, by_id[entity_id], "embed", exc)
+                break
             for (entity_id, record), vector in zip(order, embedded, strict=True):
                 by_id[entity_id].vectors[record.path] = vector
-            return
-
-    def _count_embedding(self, before: Any, result: BatchResult) -> None:
+            break
         after = self.service.stats
-        result.texts_embedded += after.texts_embedded - before.texts_embedded
-        result.cache_hits += after.cache_hits - before.cache_hits
+        return Counts(
+            texts_embedded=after.texts_embedded - before.texts_embedded,
+            cache_hits=after.cache_hits - before.cache_hits,
+        )
 
     # ----------------------------------------------------------------------------- write
 
     def _write(
         self,
         conn: psycopg.Connection,
-        entities: list[_Entity],
-        owner: str,
-        result: BatchResult,
+        leased: Leases,
+        entities: list[EntityWork],
+        failures: list[EntityFailure],
+        embedded: Counts,
         finalize: Finalizer | None,
-    ) -> None:
-        leased = [e.id for e in entities]
-        ready = [e for e in entities if e.id not in self._failed_ids(result)]
+    ) -> BatchResult:
+        failed = {f.entity_id for f in failures}
+        ready = [e for e in entities if e.id not in failed]
         try:
             with conn.transaction():
-                owned = queue.owned_leases(conn, self.kind.name, leased, owner)
-                self._lose(result, [i for i in leased if i not in owned])
+                held = self._lock_held(conn, leased)
                 try:
-                    self._write_entities(conn, [e for e in ready if e.id in owned], result)
+                    plan, written = self._write_entities(conn, [e for e in ready if e.id in held])
                 except psycopg.Error as exc:
-                    if _connection_lost(conn, exc):
+                    if is_connection_lost(exc, conn):
                         raise
                     raise _WritesFailed(exc) from exc
-                self._finish(conn, owned, owner, result, finalize)
-            return
-        except _WritesFailed as failed:
+                result = settle(
+                    self.kind.name,
+                    leased,
+                    held,
+                    done_ids=plan.done_ids,
+                    failures=failures,
+                    counts=embedded + written,
+                )
+                self._finish(conn, held, leased, result, finalize)
+            return result
+        except _WritesFailed as failure:
             log.warning(
                 "writing a batch of %d %s entities failed (%s); writing them one by one",
                 len(ready),
                 self.kind.name,
-                failed.__cause__,
+                failure.__cause__,
             )
-        self._reset_counts(result)
+        # One transaction per entity: what a rolled-back batch write counted is forgotten.
+        done: list[str] = []
+        written = Counts()
         for entity in ready:
-            alone = BatchResult(kind=self.kind.name)
             try:
                 with conn.transaction():
-                    if not queue.owned_leases(conn, self.kind.name, [entity.id], owner):
+                    if not lease_sql.lock_held(conn, self.kind.name, [entity.id], leased.owner):
                         continue
-                    self._write_entities(conn, [entity], alone)
+                    plan, alone = self._write_entities(conn, [entity])
             except psycopg.Error as exc:
-                if _connection_lost(conn, exc):
+                if is_connection_lost(exc, conn):
                     raise
-                self._fail(result, entity, "write", exc)
+                self._fail(failures, entity, "write", exc)
             else:
-                self._merge_counts(result, alone)
+                done.extend(plan.done_ids)
+                written = written + alone
         with conn.transaction():
-            owned = queue.owned_leases(conn, self.kind.name, leased, owner)
-            self._lose(result, [i for i in leased if i not in owned])
-            self._finish(conn, owned, owner, result, finalize)
+            held = self._lock_held(conn, leased)
+            result = settle(
+                self.kind.name,
+                leased,
+                held,
+                done_ids=done,
+                failures=failures,
+                counts=embedded + written,
+            )
+            self._finish(conn, held, leased, result, finalize)
+        return result
+
+    def _lock_held(self, conn: psycopg.Connection, leased: Leases) -> set[str]:
+        """In the write transaction: lock the leases still held; log the ones lost."""
+        held = lease_sql.lock_held(conn, self.kind.name, leased.ids, leased.owner)
+        for entity_id in leased.ids:
+            if entity_id not in held:
+                log.info(
+                    "entity %s:%s: lease lost to another owner; skipped", self.kind.name, entity_id
+                )
+        return held
 
     def _write_entities(
-        self, conn: psycopg.Connection, entities: list[_Entity], result: BatchResult
-    ) -> None:
+        self, conn: psycopg.Connection, entities: list[EntityWork]
+    ) -> tuple[WritePlan, Counts]:
         """Write these entities' changes in the caller's transaction: one upsert for all their
         changed rows, one delete for their stale paths, one for the entities that are gone."""
         kind = self.kind.name
-        rows: list[tuple[Any, ...]] = []
-        stale: list[tuple[str, str]] = []
-        gone: list[str] = []
-        for entity in entities:
-            if entity.gone:
-                gone.append(entity.id)
-                result.deleted += 1
-                result.done_ids.append(entity.id)
-                continue
-            change = entity.change
-            assert change is not None
-            for record in change.upserts:
-                embedded = entity.vectors.get(record.path)
-                rows.append(
-                    (
-                        kind,
-                        entity.id,
-                        record.path,
-                        record.value,
-                        record.value_type.value,
-                        record.content_hash,
-                        embedded.vector if embedded is not None else None,
-                        embedded.truncation if embedded is not None else None,
-                    )
-                )
-            stale.extend((entity.id, path) for path in change.deletes)
-            if change.is_noop:
-                result.unchanged += 1
-            else:
-                result.indexed += 1
-            result.done_ids.append(entity.id)
-        result.records_written += search_index.upsert_records(conn, rows)
-        result.records_deleted += search_index.delete_paths(conn, kind, stale)
-        result.records_deleted += search_index.delete_entities(conn, kind, gone)
-
-    @staticmethod
-    def _merge_counts(result: BatchResult, part: BatchResult) -> None:
-        for name in ("indexed", "unchanged", "deleted", "records_written", "records_deleted"):
-            setattr(result, name, getattr(result, name) + getattr(part, name))
-        result.done_ids.extend(part.done_ids)
-
-    @staticmethod
-    def _reset_counts(result: BatchResult) -> None:
-        """Forget what a rolled-back batch write counted."""
-        result.indexed = result.unchanged = result.deleted = 0
-        result.records_written = result.records_deleted = 0
-        result.done_ids = []
+        plan = plan_writes(kind, entities)
+        written = search_index.upsert_records(conn, plan.rows)
+        removed = search_index.delete_paths(conn, kind, plan.stale)
+        removed += search_index.delete_entities(conn, kind, plan.gone)
+        return plan, plan.counts + Counts(records_written=written, records_deleted=removed)
 
     def _finish(
         self,
         conn: psycopg.Connection,
-        owned: set[str],
-        owner: str,
+        held: set[str],
+        leased: Leases,
         result: BatchResult,
         finalize: Finalizer | None,
     ) -> None:
-        result.failures = [f for f in result.failures if f.entity_id in owned]
-        result.failed = len(result.failures)
-        result.skipped = len(result.skipped_ids)
         if finalize is not None:
             finalize(conn, result)
-        queue.release_leases(conn, self.kind.name, sorted(owned), owner)
+        lease_sql.release(conn, self.kind.name, sorted(held), leased.owner)
         search_index.stamp_kind(conn, self.kind.name, wrote=result.wrote)
 
-    def _lose(self, result: BatchResult, lost: list[str]) -> None:
-        """Entities whose lease went to another owner: skipped, their failures dropped."""
-        for entity_id in lost:
-            if entity_id not in result.skipped_ids:
-                log.info(
-                    "entity %s:%s: lease lost to another owner; skipped", self.kind.name, entity_id
-                )
-                result.skipped_ids.append(entity_id)
-
-    def _release_quietly(self, conn: psycopg.Connection, ids: list[str], owner: str) -> None:
+    def _release_quietly(self, conn: psycopg.Connection, leased: Leases) -> None:
         if conn.closed or conn.broken:
             return
         try:
             if conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.rollback()
             with conn.transaction():
-                queue.release_leases(conn, self.kind.name, ids, owner)
+                lease_sql.release(conn, self.kind.name, leased.ids, leased.owner)
         except psycopg.Error:
             log.debug("could not release leases after an error; they will expire", exc_info=True)
-
-
-def _connection_lost(conn: psycopg.Connection, exc: BaseException) -> bool:
-    """Whether an error means the connection is gone (retry later) rather than bad data."""
-    return (
-        conn.broken
-        or conn.closed
-        or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-    )

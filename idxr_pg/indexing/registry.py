@@ -1,25 +1,21 @@
-"""Entity kinds as the pipeline uses them: model class, source table, key and document loader.
+"""Entity kinds as the pipeline uses them: model class, source table, key and key type.
 
 `resolve_kinds` turns the YAML `EntityConfig`\\ s into `RegisteredKind`\\ s (the Pydantic model
 imported, the key column's SQL type read from the catalog); `register` records the kinds and
 the embedding model in ``idxr.entity_kinds`` / ``idxr.embedding_models``.
 
-The document of an entity is a JSON object validated into its model. By default it is the row
-itself (``to_jsonb``; only the configured ``columns`` when given, so the document depends on
-nothing the capture triggers ignore); a configured ``document`` SQL replaces it. Either way the
-loader returns ``{entity key as text: document}`` for the keys asked; a key without a row is
-absent (its entity was deleted).
+The document of an entity is a JSON object validated into its model (`RegisteredKind.validate`);
+loading it from the source table is `idxr_pg.db.source.load_documents`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from pydantic import BaseModel
 
 from idxr_pg.app_imports import ApplicationImportError, import_application_module
@@ -76,36 +72,6 @@ class RegisteredKind:
     @property
     def refresh_interval(self) -> int | None:
         return self.config.refresh_interval
-
-    def document_query(self) -> sql.Composed:
-        """SQL returning ``(key text, document jsonb)`` for the keys in ``%(keys)s`` (text[])."""
-        if self.config.document:
-            custom = self.config.document.strip().rstrip(";")
-            # The user's SQL is trusted config (like a view definition); we only normalise its
-            # two output columns to text and jsonb.
-            return sql.SQL("SELECT d.k::text, d.doc::jsonb FROM ({}) AS d(k, doc)").format(
-                sql.SQL(custom)
-            )
-        table = sql.Identifier(self.schema, self.table)
-        key = sql.Identifier(self.key)
-        if self.config.columns:
-            picked = sql.SQL(", ").join(sql.Identifier("t", c) for c in self.config.columns)
-            document = sql.SQL("(SELECT to_jsonb(s) FROM (SELECT {}) AS s)").format(picked)
-        else:
-            document = sql.SQL("to_jsonb(t)")
-        return sql.SQL(
-            "SELECT t.{key}::text, {document} FROM {table} AS t "
-            "WHERE t.{key} = ANY(%(keys)s::{key_type}[])"
-        ).format(key=key, document=document, table=table, key_type=sql.SQL(self.key_type))
-
-    def load_documents(
-        self, conn: psycopg.Connection, keys: Sequence[str]
-    ) -> dict[str, dict[str, Any]]:
-        """``{key: document}`` for the keys that have a row now; one query."""
-        if not keys:
-            return {}
-        rows = conn.execute(self.document_query(), {"keys": list(keys)}).fetchall()
-        return {key: doc for key, doc in rows if key is not None}
 
     def validate(self, document: Mapping[str, Any]) -> BaseModel:
         return self.model.model_validate(document)

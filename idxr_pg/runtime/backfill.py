@@ -5,10 +5,12 @@ How it runs (one process, one job row in idxr.jobs):
 1. Take the per-kind backfill lock (session advisory lock on a control connection; a second
    backfill of the same kind is refused) and mark dead runs of the kind interrupted.
 2. Stream the source table's keys in key order, one page per query
-   (``WHERE key > last ORDER BY key LIMIT page``: an index range scan, its own short
-   statement, so no transaction or snapshot stays open for the length of the backfill and
-   memory stays constant whatever the table size).
-3. Each batch of keys goes through the pipeline exactly as the worker's batches do; the job's
+   (`idxr_pg.db.source.iter_key_pages`: an index range scan, its own short statement, so no
+   transaction or snapshot stays open for the length of the backfill and memory stays
+   constant whatever the table size).
+3. Each batch of keys is leased to ``backfill:<kind>`` (`idxr_pg.db.leases.acquire`) and goes
+   through the pipeline exactly as the worker's batches do (both built by
+   `idxr_pg.runtime.assembly`); the job's
    checkpoint (the batch's last key) and counts are advanced by the pipeline's ``finalize``
    hook INSIDE the transaction that writes the batch's rows, so a kill at any moment leaves
    checkpoint and index consistent. ``--resume`` restarts after that checkpoint.
@@ -28,105 +30,24 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg import sql
 
 from idxr_pg.config import IdxrConfig
-from idxr_pg.db import jobs
-from idxr_pg.db.connection import connect
-from idxr_pg.db.jobs import Job, JobCounts
-from idxr_pg.embedding import Embedder, EmbeddingCache, EmbeddingService, load_embedder
+from idxr_pg.db import jobs, leases, source
+from idxr_pg.db.catalog import index_leads_with
+from idxr_pg.db.connection import connect, conninfo
+from idxr_pg.db.jobs import Job
+from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
-from idxr_pg.indexing.failures import Backoff, record_failure
 from idxr_pg.indexing.pipeline import BatchResult, Pipeline
-from idxr_pg.indexing.registry import RegisteredKind, register, resolve_kind
+from idxr_pg.indexing.registry import RegisteredKind
+from idxr_pg.records.counts import Counts
+from idxr_pg.runtime.assembly import Assembly, assemble
 from idxr_pg.runtime.progress import ProgressReporter, make_progress
 
 log = logging.getLogger(__name__)
 
 MIN_PAGE_SIZE = 500
 """Keys fetched per query at least (pages are split into pipeline batches)."""
-
-# ---- SQL (identifiers come from the registry and are always quoted) ---------------------------
-
-
-def _first_page_sql(kind: RegisteredKind) -> sql.Composed:
-    return sql.SQL(
-        "SELECT t.{key}::text FROM {table} AS t WHERE t.{key} IS NOT NULL "
-        "ORDER BY t.{key} LIMIT %(limit)s"
-    ).format(key=sql.Identifier(kind.key), table=sql.Identifier(kind.schema, kind.table))
-
-
-def _next_page_sql(kind: RegisteredKind) -> sql.Composed:
-    return sql.SQL(
-        "SELECT t.{key}::text FROM {table} AS t WHERE t.{key} > %(after)s::{key_type} "
-        "ORDER BY t.{key} LIMIT %(limit)s"
-    ).format(
-        key=sql.Identifier(kind.key),
-        table=sql.Identifier(kind.schema, kind.table),
-        key_type=sql.SQL(kind.key_type),
-    )
-
-
-def _count_sql(kind: RegisteredKind) -> sql.Composed:
-    return sql.SQL("SELECT count(*) FROM {table} AS t WHERE t.{key} IS NOT NULL").format(
-        key=sql.Identifier(kind.key), table=sql.Identifier(kind.schema, kind.table)
-    )
-
-
-def _orphans_sql(kind: RegisteredKind) -> sql.Composed:
-    """Indexed entity ids of the kind without a source row (a hash anti-join on the key text)."""
-    return sql.SQL(
-        "SELECT DISTINCT s.entity_id FROM idxr.search_index AS s "
-        "WHERE s.entity_kind = %(kind)s AND NOT EXISTS ("
-        "SELECT 1 FROM {table} AS t WHERE t.{key}::text = s.entity_id) "
-        "ORDER BY s.entity_id"
-    ).format(key=sql.Identifier(kind.key), table=sql.Identifier(kind.schema, kind.table))
-
-
-_KEY_INDEXED_SQL = """
-SELECT EXISTS (
-    SELECT 1 FROM pg_index i
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-    WHERE i.indrelid = to_regclass(%(regclass)s) AND a.attname = %(key)s
-)
-"""
-
-# ---- streaming ---------------------------------------------------------------------------------
-
-
-def iter_key_pages(
-    conn: psycopg.Connection, kind: RegisteredKind, *, after: str | None, page_size: int
-) -> Iterator[list[str]]:
-    """Pages of keys (as text) in key order, strictly after ``after``; one statement per page."""
-    first, rest = _first_page_sql(kind), _next_page_sql(kind)
-    while True:
-        if after is None:
-            rows = conn.execute(first, {"limit": page_size}).fetchall()
-        else:
-            rows = conn.execute(rest, {"after": after, "limit": page_size}).fetchall()
-        if not rows:
-            return
-        keys = [row[0] for row in rows]
-        yield keys
-        if len(keys) < page_size:
-            return
-        after = keys[-1]
-
-
-def iter_orphan_batches(
-    database_url: str, kind: RegisteredKind, batch_size: int
-) -> Iterator[list[str]]:
-    """Batches of indexed ids whose source row is gone, from a server-side cursor."""
-    with connect(database_url, vector=False) as conn:
-        with conn.cursor(name="idxr_backfill_orphans") as cur:
-            cur.itersize = batch_size
-            cur.execute(_orphans_sql(kind), {"kind": kind.name})
-            while True:
-                rows = cur.fetchmany(batch_size)
-                if not rows:
-                    break
-                yield [row[0] for row in rows]
-        conn.rollback()
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -156,7 +77,7 @@ class BackfillInterrupted(IdxrError):
         self.job = job
         super().__init__(
             f"backfill of {job.entity_kind!r} interrupted at checkpoint {job.checkpoint!r} "
-            f"(job #{job.id}, {job.counts.done} entities done); resume with "
+            f"(job #{job.id}, {job.counts.entities} entities done); resume with "
             f"`idxr-pg backfill {job.entity_kind} --resume`"
         )
 
@@ -171,31 +92,22 @@ class BackfillOptions:
     tty: bool | None = None
 
 
-def counts_of(result: BatchResult, *, streamed: bool) -> JobCounts:
-    """Job count increments for one pipeline BatchResult (``streamed``: counts toward done)."""
-    return JobCounts(
-        done=result.entities if streamed else 0,
-        embedded=result.texts_embedded,
-        cache_hits=result.cache_hits,
-        records_written=result.records_written,
-        records_deleted=result.records_deleted,
-        unchanged=result.unchanged,
-        deleted=result.deleted,
-        skipped=result.skipped,
-        failed=result.failed,
-    )
+def job_increment(result: BatchResult, *, streamed: bool) -> Counts:
+    """What one batch adds to its job: its counts, whose entities count toward ``done``
+    only when ``streamed`` (the sweep's entities are not source rows)."""
+    return result.counts if streamed else result.counts.replace(entities=0)
 
 
 @dataclass
 class _RunState:
     job: Job
-    base: JobCounts
-    counts: JobCounts
+    base: Counts
+    counts: Counts
     started: float = field(default_factory=time.monotonic)
 
     def rate(self) -> float | None:
         elapsed = time.monotonic() - self.started
-        done = self.counts.done - self.base.done
+        done = self.counts.entities - self.base.entities
         return done / elapsed if elapsed > 0 and done > 0 else None
 
 
@@ -222,20 +134,14 @@ class Backfill:
         # per kind: a resumed run renews the leases a killed run left behind instead of
         # skipping those entities until the leases expire.
         self.owner = f"backfill:{kind_name}"
-        settings = config.worker
-        self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
 
     # -- pieces --
 
     def _conninfo(self, role: str) -> str:
         """The URL with an application_name that shows in pg_stat_activity."""
-        return psycopg.conninfo.make_conninfo(
-            self.database_url, application_name=f"idxr-backfill {self.entity.name} {role}"[:63]
-        )
+        return conninfo(self.database_url, f"idxr-backfill {self.entity.name} {role}")
 
-    def _resume_point(
-        self, control: psycopg.Connection
-    ) -> tuple[Job | None, str | None, JobCounts]:
+    def _resume_point(self, control: psycopg.Connection) -> tuple[Job | None, str | None, Counts]:
         if not self.options.resume:
             previous = jobs.latest_job(control, self.entity.name)
             if previous is not None and previous.state in jobs.RESUMABLE_STATES:
@@ -248,7 +154,7 @@ class Backfill:
                     previous.checkpoint,
                     extra={"entity_kind": self.entity.name, "job_id": previous.id},
                 )
-            return None, None, JobCounts()
+            return None, None, Counts()
         previous = jobs.resumable_job(control, self.entity.name)
         if self.options.force and not previous.options.get("force"):
             raise BackfillError(
@@ -258,9 +164,7 @@ class Backfill:
         return previous, previous.checkpoint, previous.counts
 
     def _warn_unindexed_key(self, control: psycopg.Connection, kind: RegisteredKind) -> None:
-        regclass = sql.Identifier(kind.schema, kind.table).as_string(control)
-        row = control.execute(_KEY_INDEXED_SQL, {"regclass": regclass, "key": kind.key}).fetchone()
-        if not (row and row[0]):
+        if not index_leads_with(control, kind.schema, kind.table, kind.key):
             log.warning(
                 "%s: no index starts with key column %s of %s; every page of keys scans the "
                 "table (add an index or primary key on it)",
@@ -286,112 +190,121 @@ class Backfill:
                     f"another backfill of {name!r} is running{detail}; wait for it or stop it"
                 )
             jobs.reconcile_abandoned(control)
-            kind = resolve_kind(control, self.entity)
-            embedder = self._embedder or load_embedder(self.config.embedding)
-            register(control, [kind], embedder)
-            self._warn_unindexed_key(control, kind)
-            previous, checkpoint, base = self._resume_point(control)
-            total = control.execute(_count_sql(kind)).fetchone()[0]
-            force = bool(previous.options.get("force")) if previous else self.options.force
-            job = jobs.create_job(
+            assembly = assemble(
                 control,
-                name,
-                options={
-                    "force": force,
-                    "batch_size": self.options.batch_size,
-                    "resume": previous is not None,
-                },
-                total=total,
-                checkpoint=checkpoint,
-                counts=base,
-                resumed_from=previous.id if previous else None,
+                self.config,
+                [name],
+                cache_conninfo=self._conninfo("cache"),
+                embedder=self._embedder,
             )
-            state = _RunState(job=job, base=base, counts=base)
-            log.info(
-                "backfill of %s started: job #%d, %d rows in %s%s%s",
-                name,
-                job.id,
-                total,
-                kind.source_table,
-                f", resuming job #{previous.id} after key {checkpoint!r}" if previous else "",
-                ", forced re-embedding" if force else "",
-                extra={
-                    "entity_kind": name,
-                    "job_id": job.id,
-                    "total": total,
-                    "checkpoint": checkpoint,
-                    "resumed_from": previous.id if previous else None,
-                    "force": force,
-                },
-            )
-            progress = make_progress(
-                f"backfill {name}",
-                total=total,
-                done=base.done,
-                extra={"entity_kind": name, "job_id": job.id},
-                tty=self.options.tty,
-                interval=self.options.progress_interval,
-            )
-            cache = EmbeddingCache(self._conninfo("cache"))
-            service = EmbeddingService(embedder, self.config.embedding, cache)
-            pipeline = Pipeline(kind, service, lease_seconds=self.config.worker.lease_seconds)
             try:
-                with connect(self._conninfo("work"), autocommit=True) as work:
-                    stopped = self._stream(work, kind, pipeline, state, checkpoint, force, progress)
-                    if not stopped:
-                        stopped = self._sweep(work, kind, pipeline, state, progress)
-            except BaseException as exc:
-                progress.close()
-                self._fail(control, state, exc)
-                if isinstance(exc, psycopg.Error):
-                    raise BackfillError(
-                        f"backfill of {name!r} failed (job #{job.id}, checkpoint "
-                        f"{state_checkpoint(control, job.id)!r}): {type(exc).__name__}: "
-                        f"{str(exc).strip()}; resume with `idxr-pg backfill {name} --resume`"
-                    ) from exc
-                raise
+                return self._run(control, assembly)
             finally:
-                cache.close()
-            progress.close()
-            if stopped:
-                jobs.finish_job(control, job.id, jobs.INTERRUPTED, rate=state.rate())
-                final = jobs.get_job(control, job.id)
-                assert final is not None
-                log.warning(
-                    "backfill of %s interrupted: job #%d, %d entities done, checkpoint %r; "
-                    "resume with `idxr-pg backfill %s --resume`",
-                    name,
-                    job.id,
-                    final.counts.done,
-                    final.checkpoint,
-                    name,
-                    extra={"entity_kind": name, "job_id": job.id, **final.counts.as_dict()},
-                )
-                raise BackfillInterrupted(final)
-            jobs.finish_job(control, job.id, jobs.SUCCEEDED, rate=state.rate())
-            final = jobs.get_job(control, job.id)
-            assert final is not None
-            log.info(
-                "backfill of %s finished: job #%d, %d entities (%d unchanged, %d deleted, "
-                "%d skipped, %d failed), %d fields embedded, %d cache hits, %d records "
-                "written, %d deleted, in %.1fs",
-                name,
-                job.id,
-                final.counts.done,
-                final.counts.unchanged,
-                final.counts.deleted,
-                final.counts.skipped,
-                final.counts.failed,
-                final.counts.embedded,
-                final.counts.cache_hits,
-                final.counts.records_written,
-                final.counts.records_deleted,
-                final.duration_seconds,
-                extra={"entity_kind": name, "job_id": job.id, **final.counts.as_dict()},
-            )
-            return final
+                assembly.close()
         finally:
             control.close()  # also releases the kind lock
+
+    def _run(self, control: psycopg.Connection, assembly: Assembly) -> Job:
+        name = self.entity.name
+        kind, pipeline = assembly.kinds[name], assembly.pipelines[name]
+        self._warn_unindexed_key(control, kind)
+        previous, checkpoint, base = self._resume_point(control)
+        total = source.count_keys(control, kind)
+        force = bool(previous.options.get("force")) if previous else self.options.force
+        job = jobs.create_job(
+            control,
+            name,
+            options={
+                "force": force,
+                "batch_size": self.options.batch_size,
+                "resume": previous is not None,
+            },
+            total=total,
+            checkpoint=checkpoint,
+            counts=base,
+            resumed_from=previous.id if previous else None,
+        )
+        state = _RunState(job=job, base=base, counts=base)
+        log.info(
+            "backfill of %s started: job #%d, %d rows in %s%s%s",
+            name,
+            job.id,
+            total,
+            kind.source_table,
+            f", resuming job #{previous.id} after key {checkpoint!r}" if previous else "",
+            ", forced re-embedding" if force else "",
+            extra={
+                "entity_kind": name,
+                "job_id": job.id,
+                "total": total,
+                "checkpoint": checkpoint,
+                "resumed_from": previous.id if previous else None,
+                "force": force,
+            },
+        )
+        progress = make_progress(
+            f"backfill {name}",
+            total=total,
+            done=base.entities,
+            extra={"entity_kind": name, "job_id": job.id},
+            tty=self.options.tty,
+            interval=self.options.progress_interval,
+        )
+        run = _Run(assembly, pipeline, state, progress)
+        try:
+            with connect(self._conninfo("work"), autocommit=True) as work:
+                stopped = self._stream(work, run, checkpoint, force)
+                if not stopped:
+                    stopped = self._sweep(work, run)
+        except BaseException as exc:
+            progress.close()
+            self._fail(control, state, exc)
+            if isinstance(exc, psycopg.Error):
+                raise BackfillError(
+                    f"backfill of {name!r} failed (job #{job.id}, checkpoint "
+                    f"{state_checkpoint(control, job.id)!r}): {type(exc).__name__}: "
+                    f"{str(exc).strip()}; resume with `idxr-pg backfill {name} --resume`"
+                ) from exc
+            raise
+        progress.close()
+        if stopped:
+            jobs.finish_job(control, job.id, jobs.INTERRUPTED, rate=state.rate())
+            final = jobs.get_job(control, job.id)
+            assert final is not None
+            log.warning(
+                "backfill of %s interrupted: job #%d, %d entities done, checkpoint %r; "
+                "resume with `idxr-pg backfill %s --resume`",
+                name,
+                job.id,
+                final.counts.entities,
+                final.checkpoint,
+                name,
+                extra={"entity_kind": name, "job_id": job.id, **jobs.job_columns(final.counts)},
+            )
+            raise BackfillInterrupted(final)
+        jobs.finish_job(control, job.id, jobs.SUCCEEDED, rate=state.rate())
+        final = jobs.get_job(control, job.id)
+        assert final is not None
+        counts = final.counts
+        log.info(
+            "backfill of %s finished: job #%d, %d entities (%d unchanged, %d deleted, "
+            "%d skipped, %d failed), %d fields embedded, %d cache hits, %d records "
+            "written, %d deleted, in %.1fs",
+            name,
+            job.id,
+            counts.entities,
+            counts.unchanged,
+            counts.deleted,
+            counts.skipped,
+            counts.failed,
+            counts.texts_embedded,
+            counts.cache_hits,
+            counts.records_written,
+            counts.records_deleted,
+            final.duration_seconds,
+            extra={"entity_kind": name, "job_id": job.id, **jobs.job_columns(counts)},
+        )
+        return final
 
     def _fail(self, control: psycopg.Connection, state: _RunState, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
@@ -415,105 +328,83 @@ class Backfill:
     def _index(
         self,
         work: psycopg.Connection,
-        pipeline: Pipeline,
-        state: _RunState,
+        run: _Run,
         ids: list[str],
         *,
         checkpoint: str | None,
         force: bool,
     ) -> BatchResult:
-        """One batch through the pipeline; job counts and checkpoint move in its write."""
+        """Lease one batch and index it; job counts and checkpoint move in its write."""
         streamed = checkpoint is not None
-        rate = state.rate()
-        kind = pipeline.kind
+        rate = run.state.rate()
+        kind = run.pipeline.kind
 
         def finalize(conn: psycopg.Connection, result: BatchResult) -> None:
-            for failure in result.failures:
-                outcome = record_failure(
-                    conn,
-                    kind.name,
-                    failure.entity_id,
-                    failure.stage,
-                    failure.exception,
-                    failure.document,
-                    max_attempts=self.config.worker.max_attempts,
-                    backoff=self.backoff,
-                    source_table=kind.source_table,
-                )
-                log.warning(
-                    "entity %s:%s failed at %s (%s); %s",
-                    kind.name,
-                    failure.entity_id,
-                    failure.stage,
-                    failure,
-                    "queued for retry by the worker"
-                    if outcome.action == "retry"
-                    else f"dead-lettered (dead letter {outcome.dead_letter_id})",
-                    extra={"entity_kind": kind.name, "entity_id": failure.entity_id},
-                )
+            run.assembly.record_failures(conn, result)
             jobs.advance_job(
                 conn,
-                state.job.id,
-                counts_of(result, streamed=streamed),
+                run.state.job.id,
+                job_increment(result, streamed=streamed),
                 checkpoint=checkpoint,
                 rate=rate,
             )
 
-        result = pipeline.index(work, ids, owner=self.owner, force=force, finalize=finalize)
-        state.counts = state.counts + counts_of(result, streamed=streamed)
+        leased = leases.acquire(
+            work, kind.name, ids, self.owner, run.assembly.settings.lease_seconds
+        )
+        result = run.pipeline.index(work, leased, force=force, finalize=finalize)
+        run.state.counts = run.state.counts + job_increment(result, streamed=streamed)
         log.debug(
             "%s: batch of %d up to %r: %s",
             kind.name,
             len(ids),
             checkpoint,
-            result.counts(),
-            extra={"entity_kind": kind.name, "job_id": state.job.id, **result.counts()},
+            result.counts.as_dict(),
+            extra={"entity_kind": kind.name, "job_id": run.state.job.id, **result.counts.as_dict()},
         )
+        run.progress.update(run.state.counts, run.state.job.total, run.state.rate())
         return result
 
     def _stream(
-        self,
-        work: psycopg.Connection,
-        kind: RegisteredKind,
-        pipeline: Pipeline,
-        state: _RunState,
-        checkpoint: str | None,
-        force: bool,
-        progress: ProgressReporter,
+        self, work: psycopg.Connection, run: _Run, checkpoint: str | None, force: bool
     ) -> bool:
         """Returns True when stopped on request before the end."""
         page_size = self.options.page_size or max(self.options.batch_size, MIN_PAGE_SIZE)
+        kind = run.pipeline.kind
         with connect(self._conninfo("keys"), autocommit=True, vector=False) as keys_conn:
-            for page in iter_key_pages(keys_conn, kind, after=checkpoint, page_size=page_size):
+            pages = source.iter_key_pages(keys_conn, kind, after=checkpoint, page_size=page_size)
+            for page in pages:
                 for batch in chunks(page, self.options.batch_size):
                     if self.should_stop():
                         return True
-                    self._index(work, pipeline, state, batch, checkpoint=batch[-1], force=force)
-                    progress.update(state.counts, state.job.total, state.rate())
+                    self._index(work, run, batch, checkpoint=batch[-1], force=force)
         return False
 
-    def _sweep(
-        self,
-        work: psycopg.Connection,
-        kind: RegisteredKind,
-        pipeline: Pipeline,
-        state: _RunState,
-        progress: ProgressReporter,
-    ) -> bool:
+    def _sweep(self, work: psycopg.Connection, run: _Run) -> bool:
         """Remove indexed entities whose source row is gone; True when stopped on request."""
+        kind = run.pipeline.kind
         removed = 0
-        sweep = iter_orphan_batches(self._conninfo("sweep"), kind, self.options.batch_size)
-        for batch in sweep:
-            if self.should_stop():
-                return True
-            result = self._index(work, pipeline, state, batch, checkpoint=None, force=False)
-            removed += result.deleted
-            progress.update(state.counts, state.job.total, state.rate())
+        with connect(self._conninfo("sweep"), vector=False) as sweep_conn:
+            for batch in source.iter_orphan_batches(sweep_conn, kind, self.options.batch_size):
+                if self.should_stop():
+                    return True
+                result = self._index(work, run, batch, checkpoint=None, force=False)
+                removed += result.deleted
         if removed:
             log.info(
                 "%s: removed %d indexed entities whose source row no longer exists",
                 kind.name,
                 removed,
-                extra={"entity_kind": kind.name, "job_id": state.job.id, "deleted": removed},
+                extra={"entity_kind": kind.name, "job_id": run.state.job.id, "deleted": removed},
             )
         return False
+
+
+@dataclass
+class _Run:
+    """What the batches of one run share."""
+
+    assembly: Assembly
+    pipeline: Pipeline
+    state: _RunState
+    progress: ProgressReporter

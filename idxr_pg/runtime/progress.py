@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Protocol
 
-from idxr_pg.db.jobs import JobCounts
+from idxr_pg.db.jobs import job_columns
+from idxr_pg.records.counts import Counts
 
 log = logging.getLogger("idxr_pg.progress")
 
@@ -42,7 +43,7 @@ def eta_seconds(total: int | None, done: int, rate: float | None) -> float | Non
 
 
 class ProgressReporter(Protocol):
-    def update(self, counts: JobCounts, total: int | None, rate: float | None) -> None: ...
+    def update(self, counts: Counts, total: int | None, rate: float | None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -58,27 +59,27 @@ class LogProgress:
         self.interval = interval
         self._last = time.monotonic()
 
-    def update(self, counts: JobCounts, total: int | None, rate: float | None) -> None:
+    def update(self, counts: Counts, total: int | None, rate: float | None) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             return
         self._last = now
-        eta = eta_seconds(total, counts.done, rate)
+        eta = eta_seconds(total, counts.entities, rate)
         shown_total = "?" if total is None else str(total)
-        percent = f" ({100.0 * counts.done / total:.1f}%)" if total else ""
+        percent = f" ({100.0 * counts.entities / total:.1f}%)" if total else ""
         log.info(
             "%s: %d/%s entities%s, %d fields embedded (%d from the cache), %.1f entities/s, ETA %s",
             self.label,
-            counts.done,
+            counts.entities,
             shown_total,
             percent,
-            counts.embedded,
+            counts.texts_embedded,
             counts.cache_hits,
             rate or 0.0,
             format_duration(eta),
             extra={
                 **self.extra,
-                **counts.as_dict(),
+                **job_columns(counts),
                 "total": total,
                 "rate": None if rate is None else round(rate, 2),
                 "eta_seconds": None if eta is None else round(eta, 1),
@@ -120,15 +121,15 @@ class RichProgress:
         self._progress.start()
         self._handlers = _point_log_handlers_at(sys.stderr)
 
-    def update(self, counts: JobCounts, total: int | None, rate: float | None) -> None:
+    def update(self, counts: Counts, total: int | None, rate: float | None) -> None:
         self._progress.update(
             self._task,
             total=total,
-            completed=counts.done,
-            embedded=counts.embedded,
+            completed=counts.entities,
+            embedded=counts.texts_embedded,
             cached=counts.cache_hits,
             rate="-" if rate is None else f"{rate:.1f}",
-            eta=format_duration(eta_seconds(total, counts.done, rate)),
+            eta=format_duration(eta_seconds(total, counts.entities, rate)),
         )
 
     def close(self) -> None:

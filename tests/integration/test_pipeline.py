@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 from idxr_pg.config import EmbeddingSettings
-from idxr_pg.db import queue
+from idxr_pg.db import leases as db_leases
+from idxr_pg.db import source
 from idxr_pg.db.connection import connect
 from idxr_pg.embedding import EmbeddingCache, EmbeddingService, load_embedder
 from idxr_pg.indexing.pipeline import BatchResult, Pipeline
@@ -27,6 +28,14 @@ from tests.integration.worker_support import (
 )
 
 pytestmark = pytest.mark.model
+
+LEASE_SECONDS = 30
+
+
+def index(pipeline: Pipeline, conn: psycopg.Connection, ids: list[str], *, owner: str, **kwargs):
+    """Lease ``ids`` to ``owner`` (what the worker's claim or the backfill does), then index."""
+    leased = db_leases.acquire(conn, pipeline.kind.name, ids, owner, LEASE_SECONDS)
+    return pipeline.index(conn, leased, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,7 @@ def setup(isolated_database_url, tmp_path, embedder):
     register(conn, kinds.values(), embedder)
     cache = EmbeddingCache(url)
     service = EmbeddingService(embedder, config.embedding, cache)
-    pipeline = Pipeline(kinds["article"], service, lease_seconds=30)
+    pipeline = Pipeline(kinds["article"], service)
     yield url, conn, pipeline
     cache.close()
     conn.close()
@@ -61,7 +70,7 @@ def setup(isolated_database_url, tmp_path, embedder):
 
 def test_new_entities_are_flattened_embedded_and_written(setup):
     url, conn, pipeline = setup
-    result = pipeline.index(conn, ["1", "2", "3"], owner="test")
+    result = index(pipeline, conn, ["1", "2", "3"], owner="test")
 
     assert (result.entities, result.indexed, result.failed, result.skipped) == (3, 3, 0, 0)
     assert sorted(result.done_ids) == ["1", "2", "3"]
@@ -93,11 +102,11 @@ def test_new_entities_are_flattened_embedded_and_written(setup):
 
 def test_unchanged_entity_costs_no_embedding_and_no_write(setup):
     url, conn, pipeline = setup
-    pipeline.index(conn, ["1", "2", "3"], owner="test")
+    index(pipeline, conn, ["1", "2", "3"], owner="test")
     before = fetch_index(url, "article")
     calls = pipeline.service.stats.model_calls
 
-    result = pipeline.index(conn, ["1", "2", "3"], owner="test")
+    result = index(pipeline, conn, ["1", "2", "3"], owner="test")
 
     assert (result.unchanged, result.indexed, result.texts_embedded, result.cache_hits) == (
         3,
@@ -115,11 +124,11 @@ def test_unchanged_entity_costs_no_embedding_and_no_write(setup):
 
 def test_one_changed_field_rewrites_and_embeds_only_that_path(setup):
     url, conn, pipeline = setup
-    pipeline.index(conn, ["1", "2"], owner="test")
+    index(pipeline, conn, ["1", "2"], owner="test")
     before = fetch_index(url, "article")
     execute(url, "UPDATE articles SET body = 'Now with a battery too.' WHERE id = 1")
 
-    result = pipeline.index(conn, ["1", "2"], owner="test")
+    result = index(pipeline, conn, ["1", "2"], owner="test")
 
     assert (result.indexed, result.unchanged, result.texts_embedded) == (1, 1, 1)
     assert result.records_written == 1
@@ -135,13 +144,13 @@ def test_one_changed_field_rewrites_and_embeds_only_that_path(setup):
 
 def test_removed_fields_and_deleted_entities_lose_their_rows(setup):
     url, conn, pipeline = setup
-    pipeline.index(conn, ["1", "2", "3"], owner="test")
+    index(pipeline, conn, ["1", "2", "3"], owner="test")
     execute(
         url, "DELETE FROM tags WHERE name = 'home'; UPDATE articles SET body = NULL WHERE id = 2"
     )
     execute(url, "DELETE FROM articles WHERE id = 3")
 
-    result = pipeline.index(conn, ["1", "2", "3"], owner="test")
+    result = index(pipeline, conn, ["1", "2", "3"], owner="test")
 
     assert (result.indexed, result.deleted) == (2, 1)
     keys = set(fetch_index(url, "article"))
@@ -153,10 +162,10 @@ def test_removed_fields_and_deleted_entities_lose_their_rows(setup):
 
 def test_force_rewrites_every_record_from_the_cache(setup):
     url, conn, pipeline = setup
-    pipeline.index(conn, ["1"], owner="test")
+    index(pipeline, conn, ["1"], owner="test")
     before = fetch_index(url, "article")
 
-    result = pipeline.index(conn, ["1"], owner="test", force=True)
+    result = index(pipeline, conn, ["1"], owner="test", force=True)
 
     after = fetch_index(url, "article")
     assert result.records_written == len(before)
@@ -166,9 +175,9 @@ def test_force_rewrites_every_record_from_the_cache(setup):
 
 def test_entities_leased_by_another_owner_are_skipped_untouched(setup):
     url, conn, pipeline = setup
-    assert queue.acquire_leases(conn, "article", ["2"], "someone-else", 60) == {"2"}
+    assert db_leases.acquire(conn, "article", ["2"], "someone-else", 60).held == {"2"}
 
-    result = pipeline.index(conn, ["1", "2"], owner="test")
+    result = index(pipeline, conn, ["1", "2"], owner="test")
 
     assert result.skipped_ids == ["2"] and result.skipped == 1 and result.done_ids == ["1"]
     assert {entity for entity, _ in fetch_index(url, "article")} == {"1"}
@@ -183,7 +192,7 @@ def test_an_expired_lease_is_taken_over(setup):
         url,
         "INSERT INTO idxr.leases VALUES ('article', '2', 'crashed', now() - interval '1 second')",
     )
-    result = pipeline.index(conn, ["2"], owner="test")
+    result = index(pipeline, conn, ["2"], owner="test")
     assert result.done_ids == ["2"] and result.skipped == 0
 
 
@@ -204,7 +213,7 @@ class StealingEmbedder:
     def embed(self, texts):
         with connect(self.url, autocommit=True) as other:
             other.execute("UPDATE idxr.leases SET leased_until = now() - interval '1 second'")
-            assert queue.acquire_leases(other, "article", ["1"], "newcomer", 60) == {"1"}
+            assert db_leases.acquire(other, "article", ["1"], "newcomer", 60).held == {"1"}
         return self.inner.embed(texts)
 
 
@@ -213,12 +222,15 @@ def test_an_entity_whose_lease_is_lost_while_embedding_is_not_written(setup, emb
     stealing = Pipeline(
         pipeline.kind,
         EmbeddingService(StealingEmbedder(embedder, url), pipeline.service.settings),
-        lease_seconds=30,
     )
     finalized: list[list[str]] = []
 
-    result = stealing.index(
-        conn, ["1"], owner="test", finalize=lambda c, r: finalized.append(list(r.done_ids))
+    result = index(
+        stealing,
+        conn,
+        ["1"],
+        owner="test",
+        finalize=lambda c, r: finalized.append(list(r.done_ids)),
     )
 
     assert result.skipped_ids == ["1"] and result.done_ids == [] and finalized == [[]]
@@ -239,7 +251,7 @@ def test_finalize_runs_inside_the_write_transaction(setup):
         raise psycopg.errors.RaiseException("finalize refused")
 
     with pytest.raises(psycopg.errors.RaiseException):
-        pipeline.index(conn, ["1"], owner="test", finalize=finalize)
+        index(pipeline, conn, ["1"], owner="test", finalize=finalize)
     # ...and gone with it when finalize fails; the lease was released anyway.
     assert fetch_index(url, "article") == {}
     assert seen and seen[-1].done_ids == ["1"]
@@ -249,12 +261,12 @@ def test_finalize_runs_inside_the_write_transaction(setup):
 
 def test_validation_failure_is_isolated_and_keeps_what_was_indexed(setup):
     url, conn, pipeline = setup
-    pipeline.index(conn, ["1", "2"], owner="test")
+    index(pipeline, conn, ["1", "2"], owner="test")
     before = fetch_index(url, "article")
     execute(url, "UPDATE articles SET title = 'SHOUTING TITLE' WHERE id = 1")
     execute(url, "UPDATE articles SET body = 'Peppers too.' WHERE id = 2")
 
-    result = pipeline.index(conn, ["1", "2"], owner="test")
+    result = index(pipeline, conn, ["1", "2"], owner="test")
 
     assert result.failed == 1 and result.indexed == 1
     (failure,) = result.failures
@@ -272,7 +284,7 @@ def test_write_failure_of_one_entity_does_not_block_the_batch(setup):
     url, conn, pipeline = setup
     execute(url, "UPDATE articles SET title = 'Broken <NUL> title' WHERE id = 2")
 
-    result = pipeline.index(conn, ["1", "2", "3"], owner="test")
+    result = index(pipeline, conn, ["1", "2", "3"], owner="test")
 
     assert sorted(result.done_ids) == ["1", "3"]
     (failure,) = result.failures
@@ -295,7 +307,7 @@ def test_loader_error_of_one_key_fails_that_key_only(isolated_database_url, tmp_
     with connect(url, autocommit=True) as conn:
         kinds = resolve_kinds(conn, config)
         pipeline = Pipeline(kinds["article"], EmbeddingService(embedder, config.embedding))
-        result = pipeline.index(conn, ["1", "13"], owner="test")
+        result = index(pipeline, conn, ["1", "13"], owner="test")
     assert result.done_ids == ["1"]
     (failure,) = result.failures
     assert (failure.entity_id, failure.stage) == ("13", "load")
@@ -305,7 +317,7 @@ def test_loader_error_of_one_key_fails_that_key_only(isolated_database_url, tmp_
 def test_pipeline_refuses_a_connection_inside_a_transaction(setup):
     _, conn, pipeline = setup
     with conn.transaction(), pytest.raises(RuntimeError, match="outside a transaction"):
-        pipeline.index(conn, ["1"], owner="test")
+        index(pipeline, conn, ["1"], owner="test")
 
 
 # --------------------------------------------------------------------------- registry
@@ -321,8 +333,10 @@ def test_default_loader_reads_the_row_and_only_the_listed_columns(isolated_datab
     config = make_config(tmp_path, [item_entity(table="items", columns=["id", "title", "n"])])
     with connect(url, autocommit=True) as conn:
         kind = resolve_kinds(conn, config)["item"]
-        docs = kind.load_documents(
-            conn, ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"]
+        docs = source.load_documents(
+            conn,
+            kind,
+            ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"],
         )
     assert kind.key_type == "uuid" and kind.source_table == "public.items"
     assert docs == {

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from idxr_pg.cli import main
 from idxr_pg.db import jobs
 from idxr_pg.db.connection import connect
-from idxr_pg.db.jobs import JobCounts
+from idxr_pg.db.jobs import job_counts as JobCounts
 
 CONFIG = """
 embedding:

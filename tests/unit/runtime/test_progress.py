@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from idxr_pg.db.jobs import JobCounts
+from idxr_pg.db.jobs import job_counts
 from idxr_pg.runtime.progress import LogProgress, RichProgress, format_duration, make_progress
 
 
@@ -24,7 +24,7 @@ def test_format_duration(seconds: float | None, text: str):
 def test_log_progress_logs_at_most_once_per_interval(caplog: pytest.LogCaptureFixture):
     progress = LogProgress("backfill doc", {"entity_kind": "doc", "job_id": 7}, interval=0.0)
     with caplog.at_level(logging.INFO, logger="idxr_pg.progress"):
-        progress.update(JobCounts(done=50, embedded=120, cache_hits=3), total=200, rate=25.0)
+        progress.update(job_counts(done=50, embedded=120, cache_hits=3), total=200, rate=25.0)
     (record,) = caplog.records
     assert record.getMessage() == (
         "backfill doc: 50/200 entities (25.0%), 120 fields embedded (3 from the cache), "
@@ -37,7 +37,7 @@ def test_log_progress_logs_at_most_once_per_interval(caplog: pytest.LogCaptureFi
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="idxr_pg.progress"):
         for done in range(10):
-            quiet.update(JobCounts(done=done), total=10, rate=1.0)
+            quiet.update(job_counts(done=done), total=10, rate=1.0)
     assert caplog.records == []
 
 
@@ -54,7 +54,7 @@ def test_rich_bar_renders_and_gives_the_log_handlers_back(monkeypatch: pytest.Mo
     try:
         bar = make_progress("backfill doc", total=100, tty=True)
         assert isinstance(bar, RichProgress)
-        bar.update(JobCounts(done=40, embedded=99, cache_hits=5), total=100, rate=20.0)
+        bar.update(job_counts(done=40, embedded=99, cache_hits=5), total=100, rate=20.0)
         bar.close()
     finally:
         root.removeHandler(handler)

@@ -1,0 +1,159 @@
+"""Reads of the application's own source tables: entity documents, key pages, orphans.
+
+Identifiers come from the resolved entity kind (`idxr_pg.indexing.registry.RegisteredKind`)
+and are always quoted. The document of an entity is a JSON object: by default the row itself
+(``to_jsonb``; only the configured ``columns`` when given, so the document depends on nothing
+the capture triggers ignore); a configured ``document`` SQL replaces it. Either way
+`load_documents` returns ``{entity key as text: document}`` for the keys asked; a key
+without a row is absent (its entity was deleted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from idxr_pg.config import EntityConfig
+
+__all__ = [
+    "SourceKind",
+    "count_keys",
+    "document_query",
+    "iter_key_pages",
+    "iter_orphan_batches",
+    "load_documents",
+]
+
+
+class SourceKind(Protocol):
+    """What these reads need of an entity kind (a `RegisteredKind` has it)."""
+
+    @property
+    def config(self) -> EntityConfig: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def key_type(self) -> str: ...
+
+
+def _table(kind: SourceKind) -> sql.Identifier:
+    return sql.Identifier(kind.schema, kind.table)
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def document_query(kind: SourceKind) -> sql.Composed:
+    """SQL returning ``(key text, document jsonb)`` for the keys in ``%(keys)s`` (text[])."""
+    config = kind.config
+    if config.document:
+        custom = config.document.strip().rstrip(";")
+        # The user's SQL is trusted config (like a view definition); we only normalise its
+        # two output columns to text and jsonb.
+        return sql.SQL("SELECT d.k::text, d.doc::jsonb FROM ({}) AS d(k, doc)").format(
+            sql.SQL(custom)
+        )
+    key = sql.Identifier(kind.key)
+    if config.columns:
+        picked = sql.SQL(", ").join(sql.Identifier("t", c) for c in config.columns)
+        document = sql.SQL("(SELECT to_jsonb(s) FROM (SELECT {}) AS s)").format(picked)
+    else:
+        document = sql.SQL("to_jsonb(t)")
+    return sql.SQL(
+        "SELECT t.{key}::text, {document} FROM {table} AS t "
+        "WHERE t.{key} = ANY(%(keys)s::{key_type}[])"
+    ).format(key=key, document=document, table=_table(kind), key_type=sql.SQL(kind.key_type))
+
+
+def load_documents(
+    conn: psycopg.Connection, kind: SourceKind, keys: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``{key: document}`` for the keys that have a row now; one query."""
+    if not keys:
+        return {}
+    rows = conn.execute(document_query(kind), {"keys": list(keys)}).fetchall()
+    return {key: doc for key, doc in rows if key is not None}
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _first_page_sql(kind: SourceKind) -> sql.Composed:
+    return sql.SQL(
+        "SELECT t.{key}::text FROM {table} AS t WHERE t.{key} IS NOT NULL "
+        "ORDER BY t.{key} LIMIT %(limit)s"
+    ).format(key=sql.Identifier(kind.key), table=_table(kind))
+
+
+def _next_page_sql(kind: SourceKind) -> sql.Composed:
+    return sql.SQL(
+        "SELECT t.{key}::text FROM {table} AS t WHERE t.{key} > %(after)s::{key_type} "
+        "ORDER BY t.{key} LIMIT %(limit)s"
+    ).format(key=sql.Identifier(kind.key), table=_table(kind), key_type=sql.SQL(kind.key_type))
+
+
+def _count_sql(kind: SourceKind) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM {table} AS t WHERE t.{key} IS NOT NULL").format(
+        key=sql.Identifier(kind.key), table=_table(kind)
+    )
+
+
+def _orphans_sql(kind: SourceKind) -> sql.Composed:
+    """Indexed entity ids of the kind without a source row (a hash anti-join on the key text)."""
+    return sql.SQL(
+        "SELECT DISTINCT s.entity_id FROM idxr.search_index AS s "
+        "WHERE s.entity_kind = %(kind)s AND NOT EXISTS ("
+        "SELECT 1 FROM {table} AS t WHERE t.{key}::text = s.entity_id) "
+        "ORDER BY s.entity_id"
+    ).format(key=sql.Identifier(kind.key), table=_table(kind))
+
+
+def count_keys(conn: psycopg.Connection, kind: SourceKind) -> int:
+    """Rows of the source table with a key."""
+    return conn.execute(_count_sql(kind)).fetchone()[0]
+
+
+def iter_key_pages(
+    conn: psycopg.Connection, kind: SourceKind, *, after: str | None, page_size: int
+) -> Iterator[list[str]]:
+    """Pages of keys (as text) in key order, strictly after ``after``; one statement per page
+    (an index range scan, so no transaction or snapshot stays open between pages)."""
+    first, rest = _first_page_sql(kind), _next_page_sql(kind)
+    while True:
+        if after is None:
+            rows = conn.execute(first, {"limit": page_size}).fetchall()
+        else:
+            rows = conn.execute(rest, {"after": after, "limit": page_size}).fetchall()
+        if not rows:
+            return
+        keys = [row[0] for row in rows]
+        yield keys
+        if len(keys) < page_size:
+            return
+        after = keys[-1]
+
+
+def iter_orphan_batches(
+    conn: psycopg.Connection, kind: SourceKind, batch_size: int
+) -> Iterator[list[str]]:
+    """Batches of indexed ids whose source row is gone, from a server-side cursor on ``conn``
+    (a connection of its own, not in autocommit: the cursor lives in its transaction, which
+    is rolled back at the end)."""
+    with conn.cursor(name="idxr_backfill_orphans") as cur:
+        cur.itersize = batch_size
+        cur.execute(_orphans_sql(kind), {"kind": kind.name})
+        while True:
+            rows = cur.fetchmany(batch_size)
+            if not rows:
+                break
+            yield [row[0] for row in rows]
+    conn.rollback()

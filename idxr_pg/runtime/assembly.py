@@ -1,0 +1,89 @@
+"""Assembly: the one place that builds what indexing runs on, for the worker and the backfill.
+
+`assemble` resolves and registers the entity kinds, loads the embedding model (unless one is
+given), opens the embedding cache and the `EmbeddingService`, and makes one `Pipeline` per
+kind. The failure policy (``max_attempts`` and `Backoff` from the worker settings) comes with
+it, so both callers record failures the same way (`Assembly.record_failures`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from idxr_pg.config import IdxrConfig, WorkerSettings
+from idxr_pg.embedding import Embedder, EmbeddingCache, EmbeddingService, load_embedder
+from idxr_pg.indexing import failures
+from idxr_pg.indexing.failures import Backoff, FailureOutcome
+from idxr_pg.indexing.pipeline import BatchResult, Pipeline
+from idxr_pg.indexing.registry import RegisteredKind, register, resolve_kinds
+
+__all__ = ["Assembly", "assemble"]
+
+
+@dataclass
+class Assembly:
+    """The embedder, kinds, cache, service and pipelines of one worker or backfill run."""
+
+    embedder: Embedder
+    kinds: dict[str, RegisteredKind]
+    cache: EmbeddingCache
+    service: EmbeddingService
+    pipelines: dict[str, Pipeline]
+    settings: WorkerSettings
+    backoff: Backoff
+
+    def record_failures(
+        self,
+        conn: psycopg.Connection,
+        result: BatchResult,
+        queue_ids: Mapping[str, Sequence[int]] | None = None,
+    ) -> list[FailureOutcome]:
+        """Record a batch's failures (retry with backoff, then dead letter) in its write
+        transaction; ``queue_ids``: the worker's claimed rows per entity."""
+        kind = self.kinds[result.kind]
+        return failures.record_failures(
+            conn,
+            kind.name,
+            result.failures,
+            max_attempts=self.settings.max_attempts,
+            backoff=self.backoff,
+            queue_ids=queue_ids,
+            source_table=kind.source_table,
+        )
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def assemble(
+    conn: psycopg.Connection,
+    config: IdxrConfig,
+    kind_names: Iterable[str],
+    *,
+    cache_conninfo: str,
+    settings: WorkerSettings | None = None,
+    embedder: Embedder | None = None,
+) -> Assembly:
+    """Resolve and register ``kind_names`` on ``conn``, then build the rest (see module doc).
+
+    The kinds are resolved before the model loads, so a wrong table or key fails fast. The
+    cache keeps a connection of its own (``cache_conninfo``); `Assembly.close` closes it.
+    """
+    settings = settings or config.worker
+    kinds = resolve_kinds(conn, config, kind_names)
+    embedder = embedder or load_embedder(config.embedding)
+    register(conn, kinds.values(), embedder)
+    cache = EmbeddingCache(cache_conninfo)
+    service = EmbeddingService(embedder, config.embedding, cache)
+    return Assembly(
+        embedder=embedder,
+        kinds=kinds,
+        cache=cache,
+        service=service,
+        pipelines={name: Pipeline(kind, service) for name, kind in kinds.items()},
+        settings=settings,
+        backoff=Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds),
+    )
