@@ -1,0 +1,77 @@
+"""One predicate for "the connection is lost" and one retry-with-backoff loop."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from idxr_pg.db.connection import (
+    DatabaseError,
+    conninfo,
+    is_connection_lost,
+    retry_with_backoff,
+)
+
+
+class FakeConn:
+    def __init__(self, *, broken: bool = False, closed: bool = False) -> None:
+        self.broken, self.closed = broken, closed
+
+
+def test_lost_connections_are_told_from_bad_data_and_set_up_problems():
+    assert is_connection_lost(psycopg.OperationalError("server closed the connection"))
+    assert is_connection_lost(psycopg.InterfaceError("connection already closed"))
+    assert not is_connection_lost(psycopg.errors.DivisionByZero("1/0"))
+    assert not is_connection_lost(ValueError("no"))
+    # Our connect(): "cannot connect" is transient, "vector is not installed" is not.
+    cannot = DatabaseError("cannot connect")
+    cannot.__cause__ = psycopg.OperationalError("refused")
+    missing = DatabaseError("the vector extension is not installed")
+    missing.__cause__ = psycopg.ProgrammingError("no type vector")
+    assert is_connection_lost(cannot) and not is_connection_lost(missing)
+    # A data error on a connection that broke meanwhile is a lost connection.
+    error = psycopg.errors.DivisionByZero("1/0")
+    assert is_connection_lost(error, FakeConn(broken=True))  # type: ignore[arg-type]
+    assert is_connection_lost(error, FakeConn(closed=True))  # type: ignore[arg-type]
+    assert not is_connection_lost(error, FakeConn())  # type: ignore[arg-type]
+
+
+def test_retry_backs_off_exponentially_until_the_action_succeeds(monkeypatch):
+    stop = threading.Event()
+    waits: list[float] = []
+    monkeypatch.setattr(stop, "wait", lambda seconds: waits.append(seconds) or False)
+    failures = iter([psycopg.OperationalError("down")] * 4)
+
+    def action() -> str:
+        for exc in failures:
+            raise exc
+        return "up"
+
+    assert retry_with_backoff(action, stop=stop, what="db", delay=1.0, max_delay=5.0) == "up"
+    assert waits == [1.0, 2.0, 4.0, 5.0]
+
+
+def test_retry_raises_other_errors_at_once_and_the_last_one_when_stopped():
+    stop = threading.Event()
+    calls = []
+
+    def bad_data() -> None:
+        calls.append(1)
+        raise psycopg.errors.DivisionByZero("1/0")
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        retry_with_backoff(bad_data, stop=stop, what="db")
+    assert calls == [1]
+
+    stop.set()
+    with pytest.raises(psycopg.OperationalError):
+        retry_with_backoff(
+            lambda: (_ for _ in ()).throw(psycopg.OperationalError("down")), stop=stop, what="db"
+        )
+
+
+def test_conninfo_names_the_connection_within_postgres_limit():
+    info = psycopg.conninfo.conninfo_to_dict(conninfo("postgresql://u@h/db", "x" * 100))
+    assert info["application_name"] == "x" * 63 and info["dbname"] == "db"
