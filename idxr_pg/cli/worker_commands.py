@@ -14,7 +14,8 @@ from idxr_pg.errors import IdxrError
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
 
 if TYPE_CHECKING:
-    from idxr_pg.runtime.worker import Totals, Worker
+    from idxr_pg.records.counts import Counts
+    from idxr_pg.runtime.worker import Worker
 
 BATCH_SIZE_HELP = "Entities per batch [default: worker.batch_size from the config, 64]."
 
@@ -31,7 +32,7 @@ def _worker(app: AppContext, kinds: tuple[str, ...], **overrides: object) -> Wor
     return Worker(app.database_url, config, kinds=list(kinds) or None, settings=settings)
 
 
-def _summary(totals: Totals) -> str:
+def _summary(totals: Counts) -> str:
     return (
         f"{totals.entities} entities: {totals.indexed} indexed, {totals.unchanged} unchanged, "
         f"{totals.deleted} deleted, {totals.failed} failed ({totals.dead_lettered} dead-lettered), "
@@ -40,7 +41,7 @@ def _summary(totals: Totals) -> str:
     )
 
 
-def _run_until_signalled(w: Worker, work: Callable[[], Totals]) -> Totals:
+def _run_until_signalled(w: Worker, work: Callable[[], Counts]) -> Counts:
     """Run ``work``; the first SIGINT/SIGTERM stops it after the current batch, a second one
     at once (the leases are released on the way out, else they expire): exit 128 + signum."""
     stop = StopRequest(on_stop=w.stop)

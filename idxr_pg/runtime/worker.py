@@ -52,14 +52,11 @@ from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
 from idxr_pg.runtime.assembly import Assembly, assemble
 
-__all__ = ["Totals", "Worker", "WorkerSetupError", "make_worker_id"]
+__all__ = ["Worker", "WorkerSetupError", "make_worker_id"]
 
 log = logging.getLogger(__name__)
 
 WAIT_SLICE_SECONDS = 0.5  # how often a waiting worker checks its stop flag
-
-Totals = Counts
-"""A worker's totals over all its batches (or one drain) are `Counts`."""
 
 
 def make_worker_id() -> str:
