@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,8 @@ from idxr_pg.config import EmbeddingSettings
 from idxr_pg.db import jobs
 from idxr_pg.db.connection import connect
 from idxr_pg.records.traverse import flatten
-from tests.integration.worker_support import subprocess_env
+from tests.integration.worker_support import IDXR, ROOT, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[2]
-IDXR = str(Path(sys.executable).with_name("idxr-pg"))
 KIND = "doc"
 
 

@@ -17,8 +17,8 @@ import pytest
 from psycopg import sql
 
 from idxr_pg.demo.run import Demo
+from tests.integration.worker_support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(
     r"(?P<marker><!-- readme-test: [^\n]*-->\n)?```(?P<lang>sql|sh|python)\n(?P<body>.*?)```", re.S
 )

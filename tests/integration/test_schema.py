@@ -24,9 +24,7 @@ from idxr_pg.schema import (
     uninstall_script,
 )
 from tests.integration.catalog import snapshot
-from tests.integration.worker_support import subprocess_env
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.worker_support import ROOT, subprocess_env
 
 
 def run_psql(url: str, path: Path) -> None:
