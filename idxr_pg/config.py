@@ -25,6 +25,8 @@ DEFAULT_MODEL_DIMENSIONS = 384
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _KIND_NAME = re.compile(r"^[A-Za-z0-9_]{1,63}$")
 _INTERVAL = re.compile(r"^every\s+(\d+)\s*(s|m|h|d)$")
+MIN_REFRESH_INTERVAL = 1
+"""Shortest 'every <interval>' refresh policy, in seconds (0 would refresh in a busy loop)."""
 _INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -197,7 +199,13 @@ def refresh_interval_seconds(policy: str) -> int | None:
     match = _INTERVAL.match(policy.strip())
     if not match:
         raise ValueError("must be 'on_change', 'manual' or 'every <N><s|m|h|d>' (e.g. 'every 5m')")
-    return int(match.group(1)) * _INTERVAL_UNITS[match.group(2)]
+    seconds = int(match.group(1)) * _INTERVAL_UNITS[match.group(2)]
+    if seconds < MIN_REFRESH_INTERVAL:
+        raise ValueError(
+            f"{policy.strip()!r}: the interval must be at least {MIN_REFRESH_INTERVAL} second "
+            "(e.g. 'every 30s'); an interval of 0 would refresh continuously"
+        )
+    return seconds
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:

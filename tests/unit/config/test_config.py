@@ -99,3 +99,15 @@ def test_duplicate_kind_names_are_rejected(tmp_path):
 )
 def test_refresh_policies(policy, seconds):
     assert refresh_interval_seconds(policy) == seconds
+
+
+@pytest.mark.parametrize("policy", ["every 0s", "every 0m", "every 0 h"])
+def test_refresh_interval_below_one_second_is_refused(tmp_path, policy):
+    with pytest.raises(ValueError, match="at least 1 second"):
+        refresh_interval_seconds(policy)
+    path = write(tmp_path, VALID.replace("every 5m", policy))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    message = str(excinfo.value)
+    assert "entities[0].refresh" in message and "at least 1 second" in message
+    assert len(message.strip().splitlines()) <= 2
