@@ -51,10 +51,13 @@ RESUMABLE_STATES = (FAILED, INTERRUPTED)
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(%(ns)s, hashtext(%(kind)s))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(%(ns)s, hashtext(%(kind)s))"
 
-# A running job whose kind lock nobody holds has lost its process.
+# A running job whose kind lock nobody ELSE holds has lost its process: the calling session's
+# own lock does not count (a backfill reconciles right after taking its kind's lock, so a
+# `running` row of that kind can only belong to a dead run).
 _LOCK_HELD = """
     EXISTS (SELECT 1 FROM pg_locks l
              WHERE l.locktype = 'advisory' AND l.granted
+               AND l.pid <> pg_backend_pid()
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND l.classid = %(ns)s::oid AND l.objid = hashtext(j.entity_kind)::oid
                AND l.objsubid = 2)

@@ -25,6 +25,8 @@ interrupted and can be resumed.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,23 @@ log = logging.getLogger(__name__)
 
 MIN_PAGE_SIZE = 500
 """Keys fetched per query at least (pages are split into pipeline batches)."""
+
+
+DEAD_HOLDER_WAIT_SECONDS = 10.0
+"""How long a new backfill waits for the session of a killed run of its kind to end."""
+
+
+def _process_is_gone(job: Job) -> bool:
+    """True when ``job`` is marked running by a process of this host that no longer exists."""
+    if job.state != jobs.RUNNING or job.pid is None or job.host != socket.gethostname():
+        return False
+    try:
+        os.kill(job.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -174,6 +193,19 @@ class Backfill:
                 extra={"entity_kind": kind.name},
             )
 
+    def _take_kind_lock(self, control: psycopg.Connection) -> bool:
+        """Take the kind's backfill lock. Right after a SIGKILL, PostgreSQL may not yet have
+        noticed the dead run's closed socket: when the lock holder is a job of this host
+        whose process no longer exists, wait for its session to end (a few seconds at most)."""
+        name = self.entity.name
+        deadline = time.monotonic() + DEAD_HOLDER_WAIT_SECONDS
+        while not jobs.try_lock_kind(control, name):
+            holder = jobs.latest_job(control, name)
+            if holder is None or not _process_is_gone(holder) or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     # -- run --
 
     def run(self) -> Job:
@@ -181,7 +213,7 @@ class Backfill:
         name = self.entity.name
         control = connect(self._conninfo("control"), autocommit=True)
         try:
-            if not jobs.try_lock_kind(control, name):
+            if not self._take_kind_lock(control):
                 running = jobs.latest_job(control, name)
                 detail = (
                     f" (job #{running.id}, pid {running.pid} on {running.host})" if running else ""
