@@ -80,7 +80,17 @@ def load_documents(
     """``{key: document}`` for the keys that have a row now; one query."""
     if not keys:
         return {}
-    rows = conn.execute(document_query(kind), {"keys": list(keys)}).fetchall()
+    # JSON numbers as Decimal (integers stay int): a float would turn numeric 29.90 into 29.9
+    # and 12345678901234567.89 into 12345678901234568. Registered on this cursor only.
+    import json
+    from decimal import Decimal
+    from functools import partial
+
+    from psycopg.types.json import set_json_loads
+
+    with conn.cursor() as cur:
+        set_json_loads(partial(json.loads, parse_float=Decimal), cur)
+        rows = cur.execute(document_query(kind), {"keys": list(keys)}).fetchall()
     return {key: doc for key, doc in rows if key is not None}
 
 

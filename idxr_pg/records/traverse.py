@@ -13,6 +13,13 @@ Types come from the declared annotations, compiled once per annotation into a sm
   ``bytes``…) become non-embeddable strings. Secret types, lazy iterators and objects with
   only the default ``object`` repr (which would embed a memory address) emit nothing.
 
+Numbers keep their exact text: a ``Decimal`` renders in positional notation with its own
+scale (``Decimal("29.90")`` → ``"29.90"``, as PostgreSQL writes a numeric) and an ``int`` of
+any size as its digits. Documents are loaded with JSON numbers as ``Decimal``
+(`idxr_pg.db.source.load_documents`), so precision survives up to the model; a field declared
+``float`` is converted by Pydantic to the float the user declared (``29.90`` → ``"29.9"``,
+value type ``float``), so declare ``Decimal`` (or ``int``) where the exact text matters.
+
 Paths are ``root.field.0.key``; labels are sanitised by `idxr_pg.records.labels`. ``None`` and
 empty collections emit nothing. Sets are emitted in a canonical sorted order.
 The walk is iterative, so deep data cannot hit Python's recursion limit, and plans for
@@ -270,9 +277,27 @@ _FLOAT = _Scalar(
     lambda v: isinstance(v, float),
     lambda v: isinstance(v, float) or _is_int(v),
 )
+# PostgreSQL numeric's range: 131072 digits before the point, 16383 after.
+_NUMERIC_MAX_ADJUSTED = 131_071
+_NUMERIC_MIN_EXPONENT = -16_383
+
+
+def _render_decimal(v: Decimal) -> str:
+    """The exact text of a Decimal in positional notation, as PostgreSQL writes a numeric
+    (``Decimal('29.90')`` → ``"29.90"``, ``Decimal('1E-10')`` → ``"0.0000000001"``); values
+    beyond numeric's range (and NaN/Infinity) keep ``str``'s form."""
+    if not isinstance(v, Decimal):  # an int where a Decimal is declared
+        return str(v)
+    if v.is_finite() and (
+        v.adjusted() <= _NUMERIC_MAX_ADJUSTED and v.as_tuple().exponent >= _NUMERIC_MIN_EXPONENT
+    ):
+        return format(v, "f")
+    return str(v)
+
+
 _DECIMAL = _Scalar(
     ValueType.DECIMAL,
-    str,
+    _render_decimal,
     lambda v: isinstance(v, Decimal),
     lambda v: isinstance(v, Decimal) or _is_int(v),
 )

@@ -719,3 +719,59 @@ def test_schema_fingerprint_of_recursive_and_non_json_models():
         thing: Opaque
 
     assert re.fullmatch(r"[0-9a-f]{64}", schema_fingerprint(Arbitrary))
+
+
+# --------------------------------------------------------------------------- exact numbers (issue 12, item 2)
+
+
+class _Amounts(BaseModel):
+    price: Decimal
+    fine: Decimal
+    count: int
+    approx: float
+    anything: Any = None
+
+
+class _DecimalHolder(TypedDict):
+    d: Decimal
+
+
+class _DecimalWrap(BaseModel):
+    h: _DecimalHolder
+
+
+def test_numbers_keep_their_exact_text() -> None:
+    import json
+
+    document = json.loads(
+        '{"price": 29.90, "fine": 0.0000000001, "count": 123456789012345678901234567890,'
+        ' "approx": 29.90, "anything": 12345678901234567.89}',
+        parse_float=Decimal,
+    )
+    records = {r.path: r for r in flatten(_Amounts.model_validate(document), "a")}
+    assert (records["a.price"].value, records["a.price"].value_type) == ("29.90", ValueType.DECIMAL)
+    assert records["a.fine"].value == "0.0000000001"
+    assert records["a.count"].value == "123456789012345678901234567890"
+    assert (records["a.anything"].value, records["a.anything"].value_type) == (
+        "12345678901234567.89",
+        ValueType.DECIMAL,
+    )
+    # float is the declared type: Pydantic converts the Decimal, and the float's text is kept.
+    assert (records["a.approx"].value, records["a.approx"].value_type) == ("29.9", ValueType.FLOAT)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (Decimal("1234567890123456789.0123456789"), "1234567890123456789.0123456789"),
+        (Decimal("1E+2"), "100"),
+        (Decimal("-0.00"), "-0.00"),
+        (Decimal("NaN"), "NaN"),
+        (Decimal("Infinity"), "Infinity"),
+        (Decimal("1E-20000"), "1E-20000"),  # beyond numeric's scale: str's form, still exact
+        (2**64 + 1, str(2**64 + 1)),  # an int under a Decimal annotation (TypedDict)
+    ],
+)
+def test_decimal_text(value: Any, text: str) -> None:
+    (record,) = flatten(_DecimalWrap.model_construct(h=_DecimalHolder(d=value)), "w")
+    assert (record.path, record.value, record.value_type) == ("w.h.d", text, ValueType.DECIMAL)

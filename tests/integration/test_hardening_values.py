@@ -1,0 +1,119 @@
+"""Hardening (issue 12) of values and texts through the real pipeline: numbers keep their
+precision, excluded fields stay out of the index, NUL characters, huge texts."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel
+
+from idxr_pg.db import leases as db_leases
+from idxr_pg.db.connection import connect
+from idxr_pg.embedding import DeterministicEmbedder, EmbeddingService
+from idxr_pg.indexing.pipeline import Pipeline
+from idxr_pg.indexing.registry import register, resolve_kinds
+from tests.integration.worker_support import execute, fetch_index, make_config
+
+# --------------------------------------------------------------------------- models
+
+
+class Price(BaseModel):
+    id: int
+    big: Decimal
+    money: Decimal
+    fine: Decimal
+    huge_int: int
+    approx: float
+    anything: Any = None
+
+
+PRICES_DDL = """
+CREATE TABLE public.prices (
+    id       integer PRIMARY KEY,
+    big      numeric NOT NULL,
+    money    numeric(12, 2) NOT NULL,
+    fine     numeric(38, 10) NOT NULL,
+    huge_int numeric NOT NULL,
+    approx   numeric NOT NULL,
+    anything numeric
+);
+"""
+
+
+def price_entity(**overrides: Any) -> dict[str, Any]:
+    entity = {
+        "name": "price",
+        "model": "tests.integration.test_hardening_values:Price",
+        "table": "public.prices",
+        "key": "id",
+    }
+    entity.update(overrides)
+    return entity
+
+
+def run_pipeline(url: str, tmp_path, entity: dict[str, Any], ids: list[str], **embedder_kw):
+    """Index ``ids`` of the one configured kind with the deterministic embedder."""
+    config = make_config(tmp_path, [entity])
+    embedder = DeterministicEmbedder(**embedder_kw)
+    with connect(url, autocommit=True) as conn:
+        kinds = resolve_kinds(conn, config)
+        register(conn, kinds.values(), embedder)
+        kind = kinds[entity["name"]]
+        pipeline = Pipeline(kind, EmbeddingService(embedder, config.embedding))
+        leased = db_leases.acquire(conn, kind.name, ids, "test", 30)
+        return pipeline.index(conn, leased)
+
+
+# --------------------------------------------------------------------------- item 2
+
+
+def test_numbers_keep_their_precision_through_the_pipeline(isolated_database_url, tmp_path):
+    url = isolated_database_url
+    execute(url, PRICES_DDL)
+    execute(
+        url,
+        "INSERT INTO prices VALUES (1, 12345678901234567.89, 29.90, 1234567890123456789.0123456789,"
+        " 123456789012345678901234567890, 0.1, 98765432109876543.21),"
+        " (2, 0.0000000001, 0.00, 0.0000000001, 9007199254740993, 2.50, NULL)",
+    )
+    result = run_pipeline(url, tmp_path, price_entity(), ["1", "2"])
+    assert result.failed == 0, result.failures
+    values = {
+        key: (row["value"], row["value_type"]) for key, row in fetch_index(url, "price").items()
+    }
+
+    assert values[("1", "price.big")] == ("12345678901234567.89", "decimal")
+    assert values[("1", "price.money")] == ("29.90", "decimal")
+    assert values[("1", "price.fine")] == ("1234567890123456789.0123456789", "decimal")
+    assert values[("1", "price.huge_int")] == ("123456789012345678901234567890", "integer")
+    assert values[("1", "price.anything")] == ("98765432109876543.21", "decimal")
+    assert values[("2", "price.big")] == ("0.0000000001", "decimal")
+    assert values[("2", "price.money")] == ("0.00", "decimal")
+    assert values[("2", "price.fine")] == ("0.0000000001", "decimal")
+    assert values[("2", "price.huge_int")] == ("9007199254740993", "integer")
+    # A field declared float gets a float: the user's declared type decides.
+    assert values[("1", "price.approx")] == ("0.1", "float")
+    assert values[("2", "price.approx")] == ("2.5", "float")
+    # The stored text is exactly the source's numeric text.
+    with psycopg.connect(url) as conn:
+        source = dict(conn.execute("SELECT id::text, big::text FROM prices").fetchall())
+    assert values[("1", "price.big")][0] == source["1"]
+
+
+def test_document_sql_numbers_keep_their_precision(isolated_database_url, tmp_path):
+    url = isolated_database_url
+    execute(url, PRICES_DDL)
+    execute(url, "INSERT INTO prices VALUES (1, 12345678901234567.89, 29.90, 0.5, 1, 1.0, 7.10)")
+    document = (
+        "SELECT p.id, jsonb_build_object('id', p.id, 'big', p.big, 'money', p.money, 'fine',"
+        " p.fine, 'huge_int', p.huge_int, 'approx', p.approx, 'anything', p.anything)"
+        " FROM public.prices p WHERE p.id = ANY(%(keys)s::int[])"
+    )
+    result = run_pipeline(url, tmp_path, price_entity(document=document), ["1"])
+    assert result.failed == 0, result.failures
+    rows = fetch_index(url, "price")
+    assert rows[("1", "price.big")]["value"] == "12345678901234567.89"
+    assert rows[("1", "price.money")]["value"] == "29.90"
+    assert rows[("1", "price.anything")]["value"] == "7.10"
