@@ -41,8 +41,13 @@ STAGES = ("load", "validate", "flatten", "embed", "write")
 
 DOCUMENT_LIMIT = 16_000
 """Characters of the offending document (as JSON) kept in a payload; longer ones are cut."""
+DOCUMENT_DEPTH_LIMIT = 32
+"""Nesting levels of a document kept as YAML structure; a deeper one is kept as JSON text
+(PyYAML recurses per level and fails from about 320 levels)."""
 TRACEBACK_LIMIT = 8_000
 MESSAGE_LIMIT = 4_000
+PAYLOAD_LIMIT = 64_000
+"""Characters of a whole payload at most (the document is cut to an excerpt to fit)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,12 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _error_message(exc: BaseException) -> str:
-    return str(exc).strip() or type(exc).__name__
+    try:
+        text = str(exc).strip()
+    except Exception:  # an exception whose __str__ fails
+        text = ""
+    # PostgreSQL text cannot hold NUL: show it instead of failing the dead letter's insert.
+    return text.replace("\x00", "\\x00") or type(exc).__name__
 
 
 def _error_type(exc: BaseException) -> str:
@@ -116,17 +126,77 @@ def _error_type(exc: BaseException) -> str:
     return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """Whether ``document`` nests deeper than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class _Literal(str):
+    """A piece of JSON text already encoded (on `_json_text_iteratively`'s stack)."""
+
+
+def _json_text_iteratively(document: Any, budget: int) -> str:
+    """JSON text of ``document`` without recursion, cut after about ``budget`` characters
+    (for documents too deep for `json.dumps`, or circular ones)."""
+    out: list[str] = []
+    size = 0
+    stack: list[Any] = [document]
+    while stack and size <= budget:
+        item = stack.pop()
+        if isinstance(item, _Literal):
+            piece = str(item)
+        elif isinstance(item, dict):
+            pieces: list[Any] = [_Literal("{")]
+            for i, (key, value) in enumerate(item.items()):
+                sep = ", " if i else ""
+                pieces += [_Literal(sep + json.dumps(str(key), ensure_ascii=False) + ": "), value]
+            stack.extend(reversed([*pieces, _Literal("}")]))
+            continue
+        elif isinstance(item, list | tuple):
+            pieces = [_Literal("[")]
+            for i, value in enumerate(item):
+                pieces += [_Literal(", "), value] if i else [value]
+            stack.extend(reversed([*pieces, _Literal("]")]))
+            continue
+        else:
+            piece = json.dumps(item, default=str, ensure_ascii=False)
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def _document_text(document: Any) -> str:
+    try:
+        return json.dumps(document, default=str, ensure_ascii=False, sort_keys=False)
+    except (RecursionError, ValueError, TypeError):  # too deep for json, or circular
+        return _json_text_iteratively(document, DOCUMENT_LIMIT * 2)
+
+
 def _document_fields(document: Any, limit: int) -> dict[str, Any]:
+    """The document as YAML structure when small and shallow; else an excerpt of its JSON."""
     if document is None:
         return {"document": None}
-    text = json.dumps(document, default=str, ensure_ascii=False, sort_keys=False)
-    if len(text) <= limit:
+    too_deep = _depth_exceeds(document, DOCUMENT_DEPTH_LIMIT)
+    text = _document_text(document)
+    if len(text) <= limit and not too_deep:
         return {"document": json.loads(text)}
-    return {
-        "document_truncated": True,
-        "document_size": len(text),
-        "document_excerpt": text[:limit],
-    }
+    fields: dict[str, Any] = {"document_truncated": True, "document_size": len(text)}
+    if too_deep:
+        fields["document_depth_over"] = DOCUMENT_DEPTH_LIMIT
+    fields["document_excerpt"] = text[:limit]
+    return fields
 
 
 def build_payload(
@@ -154,8 +224,16 @@ def build_payload(
         "last_failed_at": last_failed_at.isoformat(),
         "traceback": _cut(tb.rstrip(), TRACEBACK_LIMIT),
     }
-    data.update(_document_fields(document, document_limit))
-    return dump_yaml(data)
+    try:
+        payload = dump_yaml({**data, **_document_fields(document, document_limit)})
+    except Exception:  # always writable: fall back to the document's JSON text, cut
+        payload = None
+    if payload is None or len(payload) > PAYLOAD_LIMIT:
+        text = _document_text(document)
+        data.update(document_truncated=True, document_size=len(text))
+        data["document_excerpt"] = text[: document_limit // 4]
+        payload = dump_yaml(data)
+    return payload
 
 
 # --------------------------------------------------------------------------- recording

@@ -29,7 +29,9 @@ backfill (streamed keys); `idxr_pg.runtime.assembly` builds them::
   connection), each entity is written in its own transaction so a bad one fails alone
   (stage ``write``), then finalize runs in a last short transaction.
 - Re-processing an unchanged entity makes no embedding call and writes no row (invariant 4).
-- Failures never raise: they are in ``result.failures`` as `EntityFailure` (entity id, stage
+- Failures never raise: any error of one entity (not only SQL errors: a RecursionError while
+  decoding deep JSON, an exception of a validator or of adapting a value) isolates it; they
+  are in ``result.failures`` as `EntityFailure` (entity id, stage
   ``load|validate|flatten|embed|write``, the exception, the document). Record them with
   `idxr_pg.indexing.failures.record_failures` in ``finalize`` (while the lease is held). A lost
   database connection does raise (``psycopg.OperationalError``); the leases are released if
@@ -209,6 +211,11 @@ def settle(
 # --------------------------------------------------------------------------- the pipeline
 
 
+def _connection_lost(exc: BaseException, conn: psycopg.Connection) -> bool:
+    """Only a lost connection ends the batch; any other error is the entity's own."""
+    return isinstance(exc, psycopg.Error) and is_connection_lost(exc, conn)
+
+
 class _WritesFailed(Exception):
     """The batch's writes hit bad data (not a lost connection): retry entity by entity."""
 
@@ -308,8 +315,8 @@ class Pipeline:
         try:
             with conn.transaction():
                 return source.load_documents(conn, self.kind, keys)
-        except psycopg.Error as exc:
-            if is_connection_lost(exc, conn):
+        except Exception as exc:  # a SQL error, or a document Python cannot decode (deep JSON)
+            if _connection_lost(exc, conn):
                 raise
             log.warning(
                 "loading %d %s documents failed (%s); loading them one by one",
@@ -322,8 +329,8 @@ class Pipeline:
             try:
                 with conn.transaction():
                     documents.update(source.load_documents(conn, self.kind, [entity.id]))
-            except psycopg.Error as exc:
-                if is_connection_lost(exc, conn):
+            except Exception as exc:
+                if _connection_lost(exc, conn):
                     raise
                 self._fail(failures, entity, "load", exc)
         return documents
@@ -380,8 +387,8 @@ class Pipeline:
                 held = self._lock_held(conn, leased)
                 try:
                     plan, written = self._write_entities(conn, [e for e in ready if e.id in held])
-                except psycopg.Error as exc:
-                    if is_connection_lost(exc, conn):
+                except Exception as exc:  # bad data of some entity (SQL or adapting a value)
+                    if _connection_lost(exc, conn):
                         raise
                     raise _WritesFailed(exc) from exc
                 result = settle(
@@ -410,8 +417,8 @@ class Pipeline:
                     if not lease_sql.lock_held(conn, self.kind.name, [entity.id], leased.owner):
                         continue
                     plan, alone = self._write_entities(conn, [entity])
-            except psycopg.Error as exc:
-                if is_connection_lost(exc, conn):
+            except Exception as exc:
+                if _connection_lost(exc, conn):
                     raise
                 self._fail(failures, entity, "write", exc)
             else:

@@ -101,3 +101,45 @@ def test_missing_or_non_json_documents_still_make_a_payload(document):
         )
     )
     assert data["document"] == (None if document is None else {"when": "2024-01-01 00:00:00"})
+
+
+def _nested(levels: int) -> dict:
+    document: dict = {"leaf": "x"}
+    for _ in range(levels):
+        document = {"a": document}
+    return document
+
+
+@pytest.mark.parametrize("levels", [500, 1200, 5000])
+def test_a_deep_document_still_gives_a_readable_bounded_payload(levels):
+    payload = build_payload(
+        entity_kind="nest",
+        entity_id="4",
+        stage="flatten",
+        exc=RecursionError("maximum recursion depth exceeded"),
+        attempts=2,
+        first_failed_at=FIRST,
+        last_failed_at=LAST,
+        document={"id": 4, "data": _nested(levels)},
+    )
+    data = yaml.safe_load(payload)
+    assert data["entity_id"] == "4" and data["document_truncated"] is True
+    assert data["document_excerpt"].startswith('{"id": 4, "data": {"a": {"a":')
+    assert len(payload) < 64_000
+
+
+def test_a_wide_document_is_cut_to_fit_and_nul_is_shown_not_stored():
+    document = {f"k{i}": [{"v": "x" * 40}] * 3 for i in range(2000)}
+    payload = build_payload(
+        entity_kind="nest",
+        entity_id="5",
+        stage="write",
+        exc=ValueError("bad \x00 byte"),
+        attempts=2,
+        first_failed_at=FIRST,
+        last_failed_at=LAST,
+        document=document,
+    )
+    assert len(payload) < 64_000 and "\x00" not in payload
+    data = yaml.safe_load(payload)
+    assert data["document_truncated"] is True and "\\x00" in data["error_message"]
