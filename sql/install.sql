@@ -852,6 +852,71 @@ SELECT q.entity_kind,
 COMMENT ON VIEW idxr.stale IS
     'Entity kinds with unprocessed changes: how many, since when, and their refresh policy.';
 
+-- Privileges (re-applied after every upgrade, so they also cover functions added since).
+-- PostgreSQL grants EXECUTE on every new function to PUBLIC: take it back for everything in
+-- idxr, also for functions this role creates later (the capture functions of
+-- `idxr-pg triggers install` revoke it themselves too). Two group roles (NOLOGIN, cluster-wide,
+-- created once and left in place by uninstall) carry exactly what each side needs:
+--   idxr_reader: USAGE on the schema, SELECT on idxr.search_index, the kind and model
+--     registry (entity_kinds, embedding_models) and the idxr.status / idxr.stale views, EXECUTE on the search functions and their helpers (every function of
+--     idxr that is SECURITY INVOKER and not a trigger function, except set_embedding_dimensions).
+--     Whoever can SELECT idxr.search_index can read every indexed value of every kind.
+--   idxr_worker: idxr_reader, plus SELECT/INSERT/UPDATE/DELETE on the idxr tables and USAGE on
+--     their sequences. It gets no right on application tables: grant SELECT on the watched
+--     tables to the worker's login role yourself.
+-- Never granted to either: set_embedding_dimensions (the installer's, via `idxr-pg migrate`),
+-- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA idxr FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA idxr REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+
+DO $$
+DECLARE
+    role_name text;
+    fn regprocedure;
+BEGIN
+    FOREACH role_name IN ARRAY ARRAY['idxr_reader', 'idxr_worker'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+            EXCEPTION
+                WHEN duplicate_object THEN NULL;  -- created meanwhile by a concurrent install
+                WHEN insufficient_privilege THEN
+                    RAISE WARNING 'idxr: cannot create role % (no CREATEROLE): its grants are skipped',
+                        role_name;
+            END;
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader') THEN
+        GRANT USAGE ON SCHEMA idxr TO idxr_reader;
+        GRANT SELECT ON idxr.search_index, idxr.entity_kinds, idxr.embedding_models,
+                         idxr.status, idxr.stale TO idxr_reader;
+        FOR fn IN
+            SELECT p.oid::regprocedure
+              FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'idxr'::regnamespace
+               AND NOT p.prosecdef
+               AND p.prorettype <> 'pg_catalog.trigger'::regtype
+               AND p.proname <> 'set_embedding_dimensions'
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
+        END LOOP;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_worker') THEN
+        GRANT USAGE ON SCHEMA idxr TO idxr_worker;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA idxr TO idxr_worker;
+        GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA idxr TO idxr_worker;
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader')
+           AND NOT pg_catalog.pg_has_role('idxr_worker', 'idxr_reader', 'MEMBER') THEN
+            BEGIN
+                GRANT idxr_reader TO idxr_worker;
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE WARNING 'idxr: cannot grant role idxr_reader to idxr_worker (no CREATEROLE)';
+            END;
+        END IF;
+    END IF;
+END
+$$;
+
 -- ==== Alembic version stamp ====
 CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     version_num varchar(32) NOT NULL,

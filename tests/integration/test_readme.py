@@ -22,7 +22,7 @@ from tests.integration.worker_support import ROOT
 BLOCK = re.compile(
     r"(?P<marker><!-- readme-test: [^\n]*-->\n)?```(?P<lang>sql|sh|python)\n(?P<body>.*?)```", re.S
 )
-ROLES = ("idxr_worker", "idxr_reader")
+ROLES = ("idxr_indexer", "idxr_analyst")  # the README's login roles; the group roles stay
 
 
 def readme_blocks() -> list[tuple[str, str, str]]:

@@ -1,0 +1,321 @@
+"""The privilege audit (issue 12): who can execute what in schema idxr, and what an
+application role, a reader and the worker can and cannot do.
+
+Roles are cluster-wide: the group roles ``idxr_reader`` / ``idxr_worker`` are created by the
+schema and left in place; the login roles made here get random names and are dropped after.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import BaseModel
+
+from idxr_pg.capture import triggers as capture
+from idxr_pg.config import parse_config
+
+GROUP_ROLES = ("idxr_reader", "idxr_worker")
+
+
+class Note(BaseModel):
+    id: int
+    title: str
+
+
+NOTE_ENTITY = {
+    "name": "note",
+    "model": "tests.integration.test_privileges:Note",
+    "table": "app.notes",
+    "key": "id",
+    "columns": ["id", "title"],
+}
+
+# What each known function of schema idxr is, and who may execute it (besides its owner).
+# Anything not meant for everyone is revoked from PUBLIC; readers get the search functions
+# and their SECURITY INVOKER helpers (they read only what the caller may read anyway).
+READER = frozenset({"idxr_reader"})
+NOBODY: frozenset[str] = frozenset()
+KNOWN_FUNCTIONS: dict[str, tuple[bool, frozenset[str]]] = {
+    # name: (SECURITY DEFINER, roles with EXECUTE granted directly)
+    "set_embedding_dimensions": (False, NOBODY),
+    "embedding_dimensions": (False, READER),
+    "value_as_numeric": (False, READER),
+    "value_as_timestamptz": (False, READER),
+    "value_as_time": (False, READER),
+    "value_as_boolean": (False, READER),
+    "exact_search_threshold": (False, READER),
+    "search_filter_sql": (False, READER),
+    "check_search_args": (False, READER),
+    "knn_search": (False, READER),
+    "search": (False, READER),
+    "search_entities": (False, READER),
+    "similar_to": (False, READER),
+    "refresh_interval": (False, READER),
+    "index_counts": (False, READER),
+}
+
+_FUNCTIONS_SQL = """
+SELECT p.oid, p.proname, p.prosecdef, p.prorettype = 'pg_catalog.trigger'::regtype,
+       p.proacl IS NULL OR EXISTS (
+           SELECT 1 FROM pg_catalog.aclexplode(p.proacl) a
+            WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),
+       ARRAY(SELECT r.rolname FROM pg_catalog.aclexplode(p.proacl) a
+               JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+              ORDER BY 1)
+  FROM pg_catalog.pg_proc p
+ WHERE p.pronamespace = 'idxr'::regnamespace
+ ORDER BY p.proname
+"""
+
+
+@dataclass(frozen=True)
+class FunctionPrivileges:
+    oid: int
+    name: str
+    security_definer: bool
+    trigger: bool
+    public: bool
+    grantees: frozenset[str]
+
+
+def audit(conn: psycopg.Connection) -> list[FunctionPrivileges]:
+    return [
+        FunctionPrivileges(oid, name, definer, trigger, public, frozenset(grantees))
+        for oid, name, definer, trigger, public, grantees in conn.execute(_FUNCTIONS_SQL).fetchall()
+    ]
+
+
+def _login_role(admin: psycopg.Connection, prefix: str, *groups: str) -> str:
+    role = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    for group in groups:
+        admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role)))
+    return role
+
+
+def _drop_roles(url: str, roles: list[str]) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        for role in roles:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def as_role(url: str, role: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["user"] = role
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+@dataclass(frozen=True)
+class Setup:
+    admin_url: str
+    app_url: str
+    app_role: str
+    reader_url: str
+
+
+@pytest.fixture
+def setup(isolated_database_url: str) -> Iterator[Setup]:
+    """An application role owning app.notes (with capture triggers), a reader login role."""
+    roles: list[str] = []
+    try:
+        with psycopg.connect(isolated_database_url, autocommit=True) as admin:
+            app = _login_role(admin, "idxr_app")
+            roles.append(app)
+            reader = _login_role(admin, "idxr_rd", "idxr_reader")
+            roles.append(reader)
+            admin.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(app)))
+        app_url = as_role(isolated_database_url, app)
+        with psycopg.connect(app_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE app.notes (id integer PRIMARY KEY, title text NOT NULL)")
+            conn.execute("INSERT INTO app.notes VALUES (1, 'first note')")
+        with psycopg.connect(isolated_database_url, autocommit=True) as admin:
+            capture.install_triggers(admin, parse_config({"entities": [NOTE_ENTITY]}, "t").entities)
+            admin.execute(
+                "INSERT INTO idxr.search_index (entity_kind, entity_id, path, value, value_type,"
+                " content_hash, embedding) VALUES ('note', '1', 'note.title', 'first note',"
+                " 'string', 'x', array_fill(0.1, ARRAY[384])::vector)"
+            )
+        yield Setup(isolated_database_url, app_url, app, as_role(isolated_database_url, reader))
+    finally:
+        _drop_roles(isolated_database_url, roles)
+
+
+def test_function_privilege_audit(setup: Setup) -> None:
+    """Every function in idxr: none executable by PUBLIC; SECURITY DEFINER only the capture
+    trigger functions, executable by nobody but their owner; readers get the search side."""
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        functions = audit(admin)
+        roles = {
+            r
+            for (r,) in admin.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND NOT rolcanlogin",
+                [list(GROUP_ROLES)],
+            )
+        }
+    assert roles == set(GROUP_ROLES)
+    names = {f.name for f in functions}
+    assert set(KNOWN_FUNCTIONS) <= names, set(KNOWN_FUNCTIONS) - names
+    open_to_public = [f.name for f in functions if f.public]
+    assert open_to_public == []
+    for f in functions:
+        if f.name in KNOWN_FUNCTIONS:
+            assert (f.security_definer, f.grantees) == KNOWN_FUNCTIONS[f.name], f.name
+        elif f.trigger:  # a capture function: SECURITY DEFINER, run only by its triggers
+            assert f.security_definer, f.name
+            assert f.grantees == NOBODY, f.name
+        else:  # a helper added later: the same rule as the known ones
+            assert not f.security_definer, f.name
+    assert any(f.trigger and f.security_definer for f in functions)  # the capture is audited
+
+
+def test_application_role_cannot_reach_the_index(setup: Setup) -> None:
+    """Rights on its own table only (plus USAGE on idxr, a common over-grant): it cannot read
+    indexed values, change the schema or dimensions, or write the queue other than through the
+    capture triggers of its own table."""
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA idxr TO {}").format(sql.Identifier(setup.app_role))
+        )
+        capture_fn = admin.execute(
+            "SELECT function_name FROM idxr.capture_triggers WHERE entity_kind = 'note'"
+        ).fetchone()[0]
+        oids = [f.oid for f in audit(admin)]
+    denied = psycopg.errors.InsufficientPrivilege
+    attempts = [
+        "SELECT value FROM idxr.search_index",
+        "SELECT * FROM idxr.embedding_cache",
+        "SELECT * FROM idxr.status",
+        "SELECT * FROM idxr.search(array_fill(0.1, ARRAY[384])::vector)",
+        "SELECT * FROM idxr.similar_to('note', '1', 'note.title')",
+        "SELECT idxr.set_embedding_dimensions(8)",
+        "CREATE TABLE idxr.evil (id int)",
+        "CREATE FUNCTION idxr.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)"
+        " VALUES ('note', '2', 'app.notes', 'INSERT')",
+        "DELETE FROM idxr.queue",
+        "CREATE TEMP TABLE hijack (id integer PRIMARY KEY, title text);"
+        f" CREATE TRIGGER t AFTER TRUNCATE ON hijack EXECUTE FUNCTION idxr.{capture_fn}()",
+        f"ALTER FUNCTION idxr.{capture_fn}() OWNER TO CURRENT_USER",
+    ]
+    with psycopg.connect(setup.app_url, autocommit=True) as app:
+        for attempt in attempts:
+            with pytest.raises(denied):
+                app.execute(attempt)
+        executable = app.execute(
+            "SELECT count(*) FILTER (WHERE has_function_privilege(oid, 'EXECUTE'))"
+            " FROM unnest(%s::oid[]) AS oid",
+            [oids],
+        ).fetchone()[0]
+        assert executable == 0
+        # The allowed path: its own writes, captured by the triggers on its own table.
+        app.execute("INSERT INTO app.notes VALUES (2, 'second note')")
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        queued = admin.execute("SELECT entity_kind, entity_id FROM idxr.queue").fetchall()
+        dims = admin.execute("SELECT idxr.embedding_dimensions()").fetchone()[0]
+    assert queued == [("note", "2")]
+    assert dims == 384
+
+
+def test_reader_role_searches_and_nothing_more(setup: Setup) -> None:
+    """idxr_reader: search, the index table and status; no writes, no dimensions, no capture."""
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        capture_fn = admin.execute(
+            "SELECT function_name FROM idxr.capture_triggers WHERE entity_kind = 'note'"
+        ).fetchone()[0]
+    with psycopg.connect(setup.reader_url, autocommit=True) as reader:
+        hits = reader.execute(
+            "SELECT entity_id, path::text FROM idxr.search(array_fill(0.1, ARRAY[384])::vector,"
+            ' \'note.*\', \'note\', 5, \'[{"path": "note.title", "value": "first note"}]\')'
+        ).fetchall()
+        assert hits == [("1", "note.title")]
+        assert reader.execute(
+            "SELECT count(*) FROM idxr.search_entities(array_fill(0.1, ARRAY[384])::vector)"
+        ).fetchone() == (1,)
+        assert reader.execute(
+            "SELECT count(*) FROM idxr.similar_to('note', '1', 'note.title')"
+        ).fetchone() == (0,)
+        assert reader.execute("SELECT count(*) FROM idxr.search_index").fetchone() == (1,)
+        reader.execute("SELECT * FROM idxr.status")
+        reader.execute("SELECT * FROM idxr.stale")
+        reader.execute("SELECT * FROM idxr.entity_kinds, idxr.embedding_models")
+        for attempt in [
+            "SELECT idxr.set_embedding_dimensions(8)",
+            "DELETE FROM idxr.search_index",
+            "INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)"
+            " VALUES ('note', '2', 'app.notes', 'INSERT')",
+            "SELECT * FROM idxr.embedding_cache",
+            "SELECT * FROM app.notes",
+            "CREATE TEMP TABLE hijack (id integer PRIMARY KEY, title text);"
+            f" CREATE TRIGGER t AFTER TRUNCATE ON hijack EXECUTE FUNCTION idxr.{capture_fn}()",
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                reader.execute(attempt)
+
+
+def test_group_roles_survive_a_second_migrate_and_uninstall(isolated_database_url: str) -> None:
+    """Creating the roles tolerates existing ones; uninstall leaves them (other databases of
+    the cluster may use them) and does not fail."""
+    from idxr_pg.db import migrations
+
+    migrations.upgrade(isolated_database_url)
+    migrations.upgrade(isolated_database_url)
+    with psycopg.connect(isolated_database_url, autocommit=True) as admin:
+        assert audit(admin) and not any(f.public for f in audit(admin))
+    migrations.uninstall(isolated_database_url)
+    with psycopg.connect(isolated_database_url, autocommit=True) as admin:
+        left = admin.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", [list(GROUP_ROLES)]
+        ).fetchone()[0]
+    assert left == 2
+
+
+def test_worker_role_indexes_with_its_grants_only(setup: Setup) -> None:
+    """A login role in idxr_worker, with SELECT on the watched table granted by the DBA, runs
+    the worker and a backfill; it cannot change the schema or the dimensions."""
+    from idxr_pg.runtime.backfill import Backfill, BackfillOptions
+    from idxr_pg.runtime.worker import Worker
+
+    config = parse_config(
+        {"entities": [NOTE_ENTITY], "embedding": {"model": "deterministic-test"}}, "t"
+    )
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        worker_role = _login_role(admin, "idxr_wk", "idxr_worker")
+        admin.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA app TO {0}; GRANT SELECT ON app.notes TO {0}").format(
+                sql.Identifier(worker_role)
+            )
+        )
+        admin.execute("DELETE FROM idxr.search_index")
+    try:
+        worker_url = as_role(setup.admin_url, worker_role)
+        with psycopg.connect(setup.app_url, autocommit=True) as app:
+            app.execute("INSERT INTO app.notes VALUES (2, 'second note')")
+        Worker(worker_url, config).drain()
+        Backfill(worker_url, config, "note", BackfillOptions()).run()
+        with psycopg.connect(worker_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT entity_id, path::text, value FROM idxr.search_index ORDER BY 1, 2"
+            ).fetchall()
+            for attempt in [
+                "SELECT idxr.set_embedding_dimensions(8)",
+                "CREATE TABLE idxr.evil (id int)",
+                "ALTER TABLE idxr.search_index ADD COLUMN evil int",
+                "INSERT INTO app.notes VALUES (3, 'written by the worker')",
+            ]:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(attempt)
+        assert rows == [
+            ("1", "note.id", "1"),
+            ("1", "note.title", "first note"),
+            ("2", "note.id", "2"),
+            ("2", "note.title", "second note"),
+        ]
+    finally:
+        _drop_roles(setup.admin_url, [worker_role])
