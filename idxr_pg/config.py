@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from idxr_pg.errors import IdxrError
@@ -66,6 +73,11 @@ class WatchedTable(_Strict):
     columns: list[str] | None = Field(
         None, description="columns the entity reads (default: all); other updates are ignored"
     )
+    trusted_key: bool = Field(
+        False,
+        description="the key expression may call volatile functions and functions outside "
+        "pg_catalog, which then run as the installer on every write (vouch for their owners)",
+    )
 
     @field_validator("table")
     @classmethod
@@ -121,6 +133,19 @@ class EntityConfig(_Strict):
     def _key_column(cls, value: str) -> str:
         if not is_identifier(value):
             raise ValueError("must be a column name")
+        return value
+
+    @field_validator("watch")
+    @classmethod
+    def _watch_keys(cls, value: list[WatchedTable], info: ValidationInfo) -> list[WatchedTable]:
+        for index, watched in enumerate(value):
+            problem = sql_expression_problem(watched.key)
+            if problem:
+                name = info.data.get("name", "?")
+                raise ValueError(
+                    f"entity {name!r}, watch[{index}] ({watched.table}): key {watched.key!r} "
+                    f"is not one SQL expression: {problem}"
+                )
         return value
 
     @field_validator("refresh")
@@ -183,6 +208,57 @@ def is_identifier(name: str) -> bool:
     """A plain SQL identifier (letters, digits, ``_``, ``$``; not starting with a digit or
     ``$``): what config table, key and column names are, and what needs no expression parsing."""
     return bool(_IDENTIFIER.match(name))
+
+
+def sql_expression_problem(text: str) -> str | None:
+    """Why ``text`` cannot be one SQL expression, or None (a lexical check, nothing executed).
+
+    Outside string literals (``'...'``, ``E'...'``) and quoted identifiers (``"..."``) it
+    refuses comments (``--``, ``/*``), ``;``, dollar quoting or parameters (``$``), and
+    parentheses that do not balance; an unterminated literal or identifier is refused too.
+    What passes is then checked against the catalog, without running it, at trigger install.
+    """
+    depth = 0
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char in "'\"":
+            escapes = (
+                char == "'"
+                and i > 0
+                and text[i - 1] in "eE"
+                and (i == 1 or not (text[i - 2].isalnum() or text[i - 2] in "_$"))
+            )
+            i += 1
+            while True:
+                if i >= n:
+                    what = "string literal" if char == "'" else "quoted identifier"
+                    return f"unterminated {what}"
+                if escapes and text[i] == "\\":
+                    i += 2
+                    continue
+                if text[i] == char:
+                    if i + 1 < n and text[i + 1] == char:  # doubled quote
+                        i += 2
+                        continue
+                    break
+                i += 1
+        elif text.startswith("--", i) or text.startswith("/*", i):
+            return f"comments ({text[i : i + 2]!r}) are not allowed"
+        elif char == ";":
+            return "';' (a second statement) is not allowed"
+        elif char == "$" and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+            return "dollar quoting and parameters ('$') are not allowed"
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                return "unbalanced parentheses (a ')' closes nothing)"
+        i += 1
+    if depth:
+        return f"unbalanced parentheses ({depth} '(' not closed)"
+    return None
 
 
 def validate_table_name(value: str) -> str:

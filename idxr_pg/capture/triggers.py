@@ -21,10 +21,14 @@ per distinct affected entity key and, only if it enqueued something, sends one
   name, so an application role needs no rights on the idxr schema. Dropping the idxr schema
   (``idxr-pg uninstall``) drops the functions and, with them, every trigger.
 - Every identifier from the config is quoted. A watch ``key`` that is not a plain column name is
-  an SQL expression over the row, written by the DBA and trusted like the rest of the config; it
-  is checked at install with ``SELECT (<key>)::text FROM <table> LIMIT 0`` under the functions'
-  search_path. Inside it the row's columns can be named bare or qualified by the table's own
-  name (not its schema); functions outside pg_catalog must be schema-qualified.
+  an SQL expression over the row. It runs inside the SECURITY DEFINER function, as the
+  installer, so it is checked without being run: lexically at config load (one expression: no
+  comments, ``;``, dollar quotes, unbalanced parentheses), then at install by
+  `idxr_pg.db.catalog.row_expression_refs` (parsed into a rolled-back temporary view, never
+  executed or planned), which lists what it calls; volatile functions and built-ins that run
+  SQL by name are refused unless the watch entry says ``trusted_key: true``. Inside it the
+  row's columns can be named bare or qualified by the table's own name (not its schema);
+  functions outside pg_catalog must be schema-qualified.
 
 - A partitioned table: statement-level triggers fire only for the table a statement names, so
   every table of its partition tree gets the four triggers. Partitions created or attached later
@@ -40,6 +44,7 @@ need no connection) and runs it.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +52,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from idxr_pg.config import EntityConfig, is_identifier
+from idxr_pg.config import EntityConfig, is_identifier, sql_expression_problem
 from idxr_pg.db import capture as bookkeeping
 from idxr_pg.db import catalog
 from idxr_pg.db.capture import INSTALL_LOCK_KEY
@@ -84,6 +89,7 @@ EVENTS = ("insert", "update", "delete", "truncate")
 MAX_IDENTIFIER = 63
 
 _BODY_TAG = "$idxr_capture$"
+_RUNS_SQL = re.compile(r"_to_xml|_to_xmlschema")  # table_to_xml, query_to_xml, ...
 
 
 class CaptureError(IdxrError):
@@ -97,6 +103,7 @@ class Reader:
     origin: str  # "table" (the kind's main table) or "watch[i]"
     key: str  # column name, or (watch only) an SQL expression over the row
     columns: tuple[str, ...] | None  # None: every column
+    trusted: bool = False  # watch ``trusted_key``: lifts the checks of what the key calls
 
     @property
     def key_is_column(self) -> bool:
@@ -204,6 +211,7 @@ def capture_targets(entity: EntityConfig) -> list[CaptureTarget]:
             f"watch[{index}]",
             watched.key.strip(),
             tuple(watched.columns) if watched.columns else None,
+            watched.trusted_key,
         )
         if not reader.key:
             raise CaptureError(
@@ -253,18 +261,42 @@ def _check_reader(
         if reader.key not in table.columns:
             raise CaptureError(f"{where}: key column {reader.key!r} does not exist")
         return
-    if ";" in reader.key or _BODY_TAG in reader.key:
+    problem = sql_expression_problem(reader.key)
+    if problem or _BODY_TAG in reader.key:
         raise CaptureError(
-            f"{where}: key expression {reader.key!r} must be one SQL expression "
-            f"(no ';' or {_BODY_TAG})"
+            f"{where}: key expression {reader.key!r} is not one SQL expression: "
+            f"{problem or f'{_BODY_TAG} is not allowed'}"
         )
     try:
-        catalog.probe_row_expression(conn, reader.key, table.schema, table.name)
+        refs = catalog.row_expression_refs(conn, reader.key, table.schema, table.name)
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
         raise CaptureError(
             f"{where}: key expression {reader.key!r} is not valid: {message}"
         ) from None
+    if not reader.trusted:
+        _check_key_refs(where, reader, refs)
+
+
+def _check_key_refs(where: str, reader: Reader, refs: catalog.ExpressionRefs) -> None:
+    """Refuse a key expression that could do more than compute a key from the row.
+
+    The key runs inside the SECURITY DEFINER capture function, as the installer, on every
+    write. Volatile functions (``nextval``, ``pg_sleep``, ``set_config``, ...) are refused: a
+    key must be a function of the row (UPDATE compares the keys of the old and new rows), and
+    they are what side effects need. So are the built-ins that read a table or run a query
+    given by name (``table_to_xml``, ``query_to_xml``, ...). ``trusted_key: true`` on the
+    watch entry lifts these checks.
+    """
+    refused = [
+        f.qualified for f in refs.functions if f.volatility == "v" or _RUNS_SQL.search(f.name)
+    ]
+    if refused:
+        raise CaptureError(
+            f"{where}: key expression {reader.key!r} calls {', '.join(refused)}: a key must be "
+            "computed from the row alone (volatile functions and functions that run or read "
+            "SQL by name are refused; set trusted_key: true on the watch entry to allow them)"
+        )
 
 
 def installed_captures(
@@ -491,9 +523,21 @@ def drop_ddl(captures: Iterable[InstalledCapture]) -> list[sql.Composed]:
 
 def install_ddl(plan: InstallPlan) -> list[sql.Composed]:
     """Every statement of an install, in order: stale targets dropped, then each target."""
-    statements = drop_ddl(plan.stale)
+    return [statement for _, statements in _install_steps(plan) for statement in statements]
+
+
+def _install_steps(plan: InstallPlan) -> list[tuple[str, list[sql.Composed]]]:
+    """The install's statements grouped by what they are for (named in error messages)."""
+    steps = [
+        (
+            f"entity {stale.entity_kind!r}, table {stale.source_table}: dropping the triggers "
+            "of a table no longer watched",
+            drop_ddl([stale]),
+        )
+        for stale in plan.stale
+    ]
     for capture in plan.captures:
-        statements.append(function_ddl(capture))
+        statements = [function_ddl(capture)]
         statements.append(
             sql.SQL("REVOKE ALL ON FUNCTION idxr.{}() FROM PUBLIC").format(
                 sql.Identifier(capture.function_name)
@@ -501,7 +545,9 @@ def install_ddl(plan: InstallPlan) -> list[sql.Composed]:
         )
         statements.extend(trigger_ddl(capture))
         statements.append(_record_ddl(capture))
-    return statements
+        where = f"entity {capture.target.kind!r}, table {capture.table.qualified}: installing"
+        steps.append((f"{where} the capture triggers (idxr.{capture.function_name})", statements))
+    return steps
 
 
 def render_script(conn: psycopg.Connection | None, statements: Sequence[sql.Composable]) -> str:
@@ -523,7 +569,8 @@ def install_triggers(conn: psycopg.Connection, entities: Sequence[EntityConfig])
     """
     with _locked_transaction(conn):
         plan = plan_install(conn, entities)
-        _execute(conn, install_ddl(plan))
+        for where, statements in _install_steps(plan):
+            _execute(conn, statements, where)
     return plan
 
 
@@ -533,7 +580,9 @@ def drop_triggers(
     """Drop the recorded capture triggers (all, or of ``kinds``), in one transaction."""
     with _locked_transaction(conn):
         captures = installed_captures(conn, kinds)
-        _execute(conn, drop_ddl(captures))
+        for capture in captures:
+            where = f"entity {capture.entity_kind!r}, table {capture.source_table}: dropping"
+            _execute(conn, drop_ddl([capture]), f"{where} the capture triggers")
     return captures
 
 
@@ -545,6 +594,11 @@ def _locked_transaction(conn: psycopg.Connection) -> Iterator[None]:
         yield
 
 
-def _execute(conn: psycopg.Connection, statements: Iterable[sql.Composable]) -> None:
+def _execute(conn: psycopg.Connection, statements: Iterable[sql.Composable], where: str) -> None:
+    """Run DDL; a database error becomes one `CaptureError` line saying what was being done."""
     for statement in statements:
-        conn.execute(statement)
+        try:
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            message = (exc.diag.message_primary or str(exc)).strip()
+            raise CaptureError(f"{where} failed: {message}") from None

@@ -7,6 +7,7 @@ and partitions, and the size of the index's embedding column.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from psycopg import sql
 from idxr_pg.errors import IdxrError
 
 __all__ = [
+    "ExpressionRefs",
+    "FunctionRef",
     "Relation",
     "UnknownTableError",
     "available_extensions",
@@ -23,7 +26,7 @@ __all__ = [
     "idxr_installed",
     "index_leads_with",
     "partition_tree",
-    "probe_row_expression",
+    "row_expression_refs",
     "resolve_table",
     "server_version",
     "table_columns",
@@ -153,23 +156,133 @@ def partition_tree(conn: psycopg.Connection, relation: Relation) -> tuple[tuple[
     return tuple((schema, name) for schema, name in rows) or ((relation.schema, relation.name),)
 
 
-def probe_row_expression(
-    conn: psycopg.Connection, expression: str, schema: str, table: str
-) -> None:
-    """Check that ``expression`` (trusted config SQL) evaluates over a row of the table.
+@dataclass(frozen=True)
+class FunctionRef:
+    """A function an expression calls (directly, or as an operator's implementation)."""
 
-    Runs ``SELECT (<expression>)::text FROM <schema.table> AS <table> LIMIT 0`` under
-    ``search_path = pg_catalog, pg_temp`` (the capture functions' path), prepared so that it is
-    one statement only, inside a rolled-back transaction; reads no row. Raises `psycopg.Error`.
+    schema: str
+    name: str
+    volatility: str  # pg_proc.provolatile: 'i' immutable, 's' stable, 'v' volatile
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class ExpressionRefs:
+    """What a row expression refers to beyond the row's own table, as the catalog knows it."""
+
+    functions: tuple[FunctionRef, ...]
+    relations: tuple[Relation, ...]  # other relations it reads (subqueries)
+    row_security: tuple[str, ...]  # of those, the ones with row level security enabled
+    domains: tuple[str, ...]  # domain types outside pg_catalog (their checks call functions)
+
+
+_PROBE_VIEW = "idxr_key_probe"
+_PROBE_TREE_SQL = f"""
+SELECT r.ev_action::text FROM pg_catalog.pg_rewrite r
+ WHERE r.ev_class = 'pg_temp.{_PROBE_VIEW}'::pg_catalog.regclass
+"""
+# Everything the view's rule records a dependency on (pinned built-ins are not recorded).
+_PROBE_DEPENDS_SQL = f"""
+SELECT d.refclassid::pg_catalog.regclass::text, d.refobjid
+  FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                               AND d.objid = r.oid
+ WHERE r.ev_class = 'pg_temp.{_PROBE_VIEW}'::pg_catalog.regclass
+"""
+_PROBE_FUNCTIONS_SQL = """
+SELECT DISTINCT n.nspname, p.proname, p.provolatile
+  FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.oid = ANY(%(functions)s::oid[])
+    OR p.oid IN (SELECT o.oprcode FROM pg_catalog.pg_operator o
+                  WHERE o.oid = ANY(%(operators)s::oid[]))
+ ORDER BY 1, 2
+"""
+_PROBE_RELATIONS_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = ANY(%(relations)s::oid[]) AND c.oid <> %(table)s
+   AND c.oid <> 'pg_temp.{view}'::pg_catalog.regclass
+ ORDER BY 2, 3
+""".replace("{view}", _PROBE_VIEW)
+_PROBE_DOMAINS_SQL = """
+SELECT pg_catalog.format_type(t.oid, NULL)
+  FROM pg_catalog.pg_type t
+ WHERE t.oid = ANY(%(types)s::oid[]) AND t.typtype = 'd'
+   AND t.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace
+ ORDER BY 1
+"""
+# Node fields of a stored query tree (pg_node_tree text) that name what it calls or reads.
+_NODE_FUNCTION = re.compile(r":(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)")
+_NODE_OPERATOR = re.compile(r":opno (\d+)")
+_NODE_OPERATORS = re.compile(r":opnos \(o ([\d ]+)\)")
+_NODE_RELATION = re.compile(r":relid (\d+)")
+
+
+def row_expression_refs(
+    conn: psycopg.Connection, expression: str, schema: str, table: str
+) -> ExpressionRefs:
+    """Parse ``expression`` (config SQL over a row of ``schema.table``) without running it, and
+    list the functions, operators, relations and domains it refers to.
+
+    Method: inside a transaction that is always rolled back, under the capture functions'
+    ``search_path = pg_catalog, pg_temp``, create ``CREATE TEMP VIEW idxr_key_probe AS SELECT
+    (<expression>)::text FROM <schema.table> AS <table>`` (sent as one prepared statement, so
+    a second statement cannot ride along). Creating a view only parses and analyses the query:
+    no function is called, no row is read, nothing is planned (planning would fold immutable
+    calls, i.e. run them). Then the catalog says what it refers to: the rule's stored query
+    tree (``pg_rewrite.ev_action``) names every function, aggregate, window function, operator
+    and relation by oid, built-ins included, and ``pg_depend`` lists every non-built-in object
+    the rule depends on (functions, relations, types). Both are resolved through ``pg_proc``
+    (operators through ``pg_operator.oprcode``), ``pg_class`` and ``pg_type``. EXPLAIN would
+    give the calls only as text. Raises `psycopg.Error` when the expression does not parse.
     """
-    probe = sql.SQL("SELECT ({expression})::text FROM {table} AS {alias} LIMIT 0").format(
-        expression=sql.SQL(expression),  # trusted config SQL, like a view definition
+    view = sql.SQL("CREATE TEMP VIEW {view} AS SELECT ({expression})::text FROM {table} AS {alias}")
+    probe = view.format(
+        view=sql.Identifier(_PROBE_VIEW),
+        expression=sql.SQL(expression),  # lexically checked config SQL; parsed, never run
         table=sql.Identifier(schema, table),
         alias=sql.Identifier(table),
     )
-    with conn.transaction(force_rollback=True):  # also undoes the SET LOCAL
+    with conn.transaction(force_rollback=True):  # also undoes the SET LOCAL and the view
         conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         conn.execute(probe, prepare=True)
+        (tree,) = conn.execute(_PROBE_TREE_SQL).fetchone()
+        depends = conn.execute(_PROBE_DEPENDS_SQL).fetchall()
+        table_oid = conn.execute(
+            "SELECT %s::pg_catalog.regclass::oid", [sql.Identifier(schema, table).as_string(conn)]
+        ).fetchone()[0]
+        by_class: dict[str, set[int]] = {}
+        for class_name, oid in depends:
+            by_class.setdefault(class_name.rsplit(".", 1)[-1], set()).add(int(oid))
+        functions = {int(o) for o in _NODE_FUNCTION.findall(tree)} | by_class.get("pg_proc", set())
+        operators = {int(o) for o in _NODE_OPERATOR.findall(tree)} | by_class.get(
+            "pg_operator", set()
+        )
+        for group in _NODE_OPERATORS.findall(tree):
+            operators.update(int(o) for o in group.split())
+        relations = {int(o) for o in _NODE_RELATION.findall(tree)} | by_class.get("pg_class", set())
+        found_functions = conn.execute(
+            _PROBE_FUNCTIONS_SQL, {"functions": sorted(functions), "operators": sorted(operators)}
+        ).fetchall()
+        found_relations = conn.execute(
+            _PROBE_RELATIONS_SQL, {"relations": sorted(relations), "table": table_oid}
+        ).fetchall()
+        domains = conn.execute(
+            _PROBE_DOMAINS_SQL, {"types": sorted(by_class.get("pg_type", set()))}
+        ).fetchall()
+    return ExpressionRefs(
+        functions=tuple(FunctionRef(*row) for row in found_functions),
+        relations=tuple(
+            Relation(oid, nsp, name, kind) for oid, nsp, name, kind, _ in found_relations
+        ),
+        row_security=tuple(f"{nsp}.{name}" for _, nsp, name, _, rls in found_relations if rls),
+        domains=tuple(name for (name,) in domains),
+    )
 
 
 def embedding_dimensions(conn: psycopg.Connection) -> int | None:

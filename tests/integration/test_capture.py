@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from idxr_pg.capture import triggers as capture
 from idxr_pg.capture.triggers import CaptureError
 from idxr_pg.cli import main
-from idxr_pg.config import EntityConfig, parse_config
+from idxr_pg.config import EntityConfig, WatchedTable, parse_config
 
 A = "00000000-0000-0000-0000-00000000000a"
 B = "00000000-0000-0000-0000-00000000000b"
@@ -383,6 +383,13 @@ def test_changes_inside_a_rolled_back_transaction_leave_no_queue_rows(installed,
 # Validation
 
 
+def unchecked_entities(spec: dict[str, Any]) -> list[EntityConfig]:
+    """The entity without config-load validation: the install checks must hold on their own
+    (a key like ``1); DROP ...`` is refused at load too, see tests/unit/config/)."""
+    watch = [WatchedTable.model_construct(**{"columns": None, **w}) for w in spec["watch"]]
+    return [EntityConfig.model_construct(**{**spec, "watch": watch})]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -416,7 +423,7 @@ def test_config_errors_name_kind_table_and_column_and_change_nothing(
 ):
     with psycopg.connect(shared_app_url, autocommit=True) as conn:
         with pytest.raises(CaptureError) as raised:
-            capture.install_triggers(conn, entities({**ENTITY, **change}))
+            capture.install_triggers(conn, unchecked_entities({**ENTITY, **change}))
         assert message in str(raised.value)
         assert conn.execute("SELECT to_regclass('app.tags')").fetchone()[0] is not None
         assert capture.installed_captures(conn) == []
@@ -430,7 +437,9 @@ def test_key_expression_is_checked_under_the_trigger_search_path(conn):
     unqualified = {"watch": [{"table": "app.tags", "key": "sub_of(payload)"}]}
     with pytest.raises(CaptureError, match="function sub_of"):
         capture.install_triggers(conn, entities({**ENTITY, **unqualified}))
-    qualified = {"watch": [{"table": "app.tags", "key": "public.sub_of(payload)"}]}
+    qualified = {
+        "watch": [{"table": "app.tags", "key": "public.sub_of(payload)", "trusted_key": True}]
+    }
     capture.install_triggers(conn, entities({**ENTITY, **qualified}))
     conn.execute("INSERT INTO app.tags VALUES (1, %s)", [f'{{"s": "{A}"}}'])
     assert keys(drain(conn)) == [A]

@@ -1,0 +1,137 @@
+"""Capture hardening (issue 12): watch keys are checked without being run, DDL errors are one
+line, the capture functions serve only their own tables, sources are tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from idxr_pg.capture import triggers as capture
+from idxr_pg.capture.triggers import CaptureError
+from idxr_pg.config import ConfigError, EntityConfig, WatchedTable, parse_config
+
+APP_SCHEMA = """
+CREATE SCHEMA app;
+CREATE TABLE app.parents (id integer PRIMARY KEY, name text);
+CREATE TABLE app.children (id serial PRIMARY KEY, item_id integer, label text);
+"""
+
+CRAFTED = (
+    "item_id)::text FROM app.children UNION ALL "
+    "SELECT pg_catalog.nextval('app.children_id_seq')::text --"
+)
+
+
+def parent(*watch: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "parent",
+        "model": "tests.models:Parent",
+        "table": "app.parents",
+        "key": "id",
+        "watch": list(watch),
+        **extra,
+    }
+
+
+def entities(*specs: dict[str, Any]) -> list[EntityConfig]:
+    return parse_config({"entities": list(specs)}, "test").entities
+
+
+def unchecked(spec: dict[str, Any]) -> list[EntityConfig]:
+    """The entity without config-load validation (as if the lexical check were bypassed)."""
+    watch = [WatchedTable.model_construct(**{"columns": None, **w}) for w in spec["watch"]]
+    return [EntityConfig.model_construct(**{**spec, "watch": watch})]
+
+
+@pytest.fixture
+def conn(isolated_database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(isolated_database_url, autocommit=True) as connection:
+        connection.execute(APP_SCHEMA)
+        yield connection
+
+
+def sequence_state(conn: psycopg.Connection) -> tuple[int, bool]:
+    return conn.execute("SELECT last_value, is_called FROM app.children_id_seq").fetchone()
+
+
+def nothing_installed(conn: psycopg.Connection) -> bool:
+    triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone()
+    return capture.installed_captures(conn) == [] and triggers[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 9: a crafted watch key is never executed
+
+
+def test_crafted_key_is_refused_at_config_load():
+    with pytest.raises(ConfigError) as raised:
+        entities(parent({"table": "app.children", "key": CRAFTED}))
+    assert "entity 'parent', watch[0] (app.children): key" in str(raised.value)
+
+
+def test_crafted_key_past_the_config_is_refused_at_install_without_running(conn):
+    before = sequence_state(conn)
+    with pytest.raises(CaptureError) as raised:
+        capture.install_triggers(conn, unchecked(parent({"table": "app.children", "key": CRAFTED})))
+    assert str(raised.value).startswith("entity 'parent', watch[0], table app.children: key")
+    assert "not one SQL expression" in str(raised.value)
+    assert sequence_state(conn) == before
+    assert nothing_installed(conn)
+
+
+@pytest.mark.parametrize(
+    ("key", "called"),
+    [
+        ("pg_catalog.nextval('app.children_id_seq')::text || item_id", "pg_catalog.nextval"),
+        ("(item_id + pg_catalog.nextval('app.children_id_seq'))", "pg_catalog.nextval"),
+        ("CASE WHEN pg_catalog.pg_sleep(5) IS NULL THEN item_id END", "pg_catalog.pg_sleep"),
+        ("(SELECT pg_catalog.count(pg_catalog.pg_sleep(5))) + item_id", "pg_catalog.pg_sleep"),
+        (
+            "pg_catalog.length(pg_catalog.table_to_xml('app.parents', true, false, '')::text)",
+            "pg_catalog.table_to_xml",
+        ),
+    ],
+)
+def test_keys_calling_volatile_or_sql_running_functions_are_refused_unrun(conn, key, called):
+    before = sequence_state(conn)
+    started = time.monotonic()
+    with pytest.raises(CaptureError) as raised:
+        capture.install_triggers(conn, entities(parent({"table": "app.children", "key": key})))
+    assert time.monotonic() - started < 2.0  # pg_sleep(5) did not run
+    message = str(raised.value)
+    assert message.startswith("entity 'parent', watch[0], table app.children: key expression")
+    assert f"calls {called}" in message
+    assert "\n" not in message
+    assert sequence_state(conn) == before
+    assert nothing_installed(conn)
+
+
+def test_a_plain_expression_key_still_installs_and_captures(conn):
+    key = "(item_id + 0)"
+    capture.install_triggers(conn, entities(parent({"table": "app.children", "key": key})))
+    conn.execute("INSERT INTO app.children (item_id) VALUES (7)")
+    queued = conn.execute("SELECT entity_kind, entity_id FROM idxr.queue").fetchall()
+    assert queued == [("parent", "7")]
+
+
+def test_ddl_errors_are_one_line_naming_entity_and_table(conn):
+    conn.execute(
+        """CREATE FUNCTION public.no_triggers() RETURNS event_trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'triggers are frozen here'; END $$;
+           CREATE EVENT TRIGGER no_triggers ON ddl_command_start
+               WHEN TAG IN ('CREATE TRIGGER') EXECUTE FUNCTION public.no_triggers()"""
+    )
+    try:
+        with pytest.raises(CaptureError) as raised:
+            capture.install_triggers(conn, entities(parent()))
+    finally:
+        conn.execute("DROP EVENT TRIGGER no_triggers")
+    message = str(raised.value)
+    assert message.startswith("entity 'parent', table app.parents: installing the capture")
+    assert message.endswith("failed: triggers are frozen here")
+    assert "\n" not in message
+    assert nothing_installed(conn)
