@@ -63,11 +63,20 @@ class FieldRecord:
 
     @classmethod
     def create(cls, path: str, value: str, value_type: ValueType, embeddable: bool) -> FieldRecord:
+        """The record builder (every record is made here): the value as it will be stored,
+        its content hash computed on that stored value.
+
+        PostgreSQL text cannot hold U+0000, so NUL characters are stripped from the value;
+        a text left without meaning by that (``"\\x00"``) is not embeddable.
+        """
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+            embeddable = embeddable and is_meaningful_text(value)
         return cls(path, value, value_type, content_hash(path, value, value_type), embeddable)
 
 
 def make_record(path: str, value: str, value_type: ValueType, embeddable: bool) -> FieldRecord:
-    """Build a `FieldRecord`, computing its content hash."""
+    """Build a `FieldRecord` (see `FieldRecord.create`), computing its content hash."""
     return FieldRecord.create(path, value, value_type, embeddable)
 
 

@@ -50,7 +50,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticUndefined
 
 from idxr_pg.records.labels import is_valid_label, sanitize_label, unique_labels
-from idxr_pg.records.record import FieldRecord, ValueType, content_hash, is_meaningful_text
+from idxr_pg.records.record import FieldRecord, ValueType, is_meaningful_text, make_record
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -628,7 +628,7 @@ def flatten(
             text = plan.render(value)  # type: ignore[attr-defined]
             vt = plan.value_type  # type: ignore[attr-defined]
             embeddable = plan.text and is_meaningful_text(text)  # type: ignore[attr-defined]
-            append(FieldRecord(path, text, vt, content_hash(path, text, vt), embeddable))
+            append(make_record(path, text, vt, embeddable))
             continue
         children = _children(value, plan)
         if not children:

@@ -7,13 +7,14 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from pydantic import BaseModel
+from pydantic import BaseModel, Json
 
 from idxr_pg.db import leases as db_leases
 from idxr_pg.db.connection import connect
 from idxr_pg.embedding import DeterministicEmbedder, EmbeddingService
 from idxr_pg.indexing.pipeline import Pipeline
 from idxr_pg.indexing.registry import register, resolve_kinds
+from idxr_pg.records.record import ValueType, content_hash
 from tests.integration.worker_support import execute, fetch_index, make_config
 
 # --------------------------------------------------------------------------- models
@@ -117,3 +118,49 @@ def test_document_sql_numbers_keep_their_precision(isolated_database_url, tmp_pa
     assert rows[("1", "price.big")]["value"] == "12345678901234567.89"
     assert rows[("1", "price.money")]["value"] == "29.90"
     assert rows[("1", "price.anything")]["value"] == "7.10"
+
+
+# --------------------------------------------------------------------------- item 4
+
+
+class Note(BaseModel):
+    id: int
+    title: str
+    payload: Json[dict[str, str]]
+
+
+NOTES_DDL = "CREATE TABLE public.notes (id integer PRIMARY KEY, title text NOT NULL, payload text)"
+
+
+def note_entity() -> dict[str, Any]:
+    return {
+        "name": "note",
+        "model": "tests.integration.test_hardening_values:Note",
+        "table": "public.notes",
+        "key": "id",
+    }
+
+
+def test_nul_in_a_string_is_stripped_and_the_entity_indexed(isolated_database_url, tmp_path):
+    """A JSON text column decoded by the model can carry U+0000, which PostgreSQL text cannot
+    store: the record builder strips it and hashes the stored value."""
+    url = isolated_database_url
+    execute(url, NOTES_DDL)
+    execute(
+        url,
+        "INSERT INTO notes VALUES (1, 'Fine', %s), (2, 'Also fine', '{\"note\": \"plain\"}')",
+        ['{"note": "before\\u0000after", "only": "\\u0000"}'],
+    )
+    result = run_pipeline(url, tmp_path, note_entity(), ["1", "2"])
+    assert result.failed == 0, result.failures
+    assert sorted(result.done_ids) == ["1", "2"]
+    rows = fetch_index(url, "note")
+    note = rows[("1", "note.payload.note")]
+    assert note["value"] == "beforeafter"
+    assert note["content_hash"] == content_hash(
+        "note.payload.note", "beforeafter", ValueType.STRING
+    )
+    assert note["embedding"] is not None
+    only = rows[("1", "note.payload.only")]
+    assert (only["value"], only["embedding"]) == ("", None)
+    assert rows[("2", "note.payload.note")]["value"] == "plain"

@@ -6,12 +6,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import psycopg
 import yaml
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, field_validator, model_validator
 
 from idxr_pg.capture import triggers as capture
 from idxr_pg.config import IdxrConfig, load_config
@@ -37,6 +37,7 @@ class Article(BaseModel):
     status: str
     views: int = 0
     tags: list[Tag] = []
+    unstorable: PurePosixPath | None = None  # set only by `_unstorable` below
 
     @field_validator("title")
     @classmethod
@@ -44,8 +45,16 @@ class Article(BaseModel):
         # A validation rule the tests break on purpose.
         if value.isupper() and len(value) > 3:
             raise ValueError("title must not be all capitals")
-        # Produces a value PostgreSQL cannot store, to exercise a write-stage failure.
-        return value.replace("<NUL>", "\x00")
+        return value
+
+    @model_validator(mode="after")
+    def _unstorable(self) -> Article:
+        # "<NUL>" in the title produces a value PostgreSQL cannot store, to exercise a
+        # write-stage failure (NUL itself is stripped by the record builder): a lone surrogate
+        # has no UTF-8 form. A path is a non-embeddable string, so no model call sees it.
+        if "<NUL>" in self.title:
+            self.unstorable = PurePosixPath("broken\ud800name")
+        return self
 
 
 class Item(BaseModel):

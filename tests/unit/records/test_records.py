@@ -129,3 +129,23 @@ def test_meaningful_text(text):
 )
 def test_not_meaningful_text(text):
     assert not is_meaningful_text(text)
+
+
+# NUL (issue 12, item 4): PostgreSQL text cannot hold U+0000; the record builder strips it,
+# and the hash is of the stored value.
+
+
+def test_the_record_builder_strips_nul_and_hashes_the_stored_value():
+    record = make_record("k.note", "a\x00b\x00", ValueType.STRING, True)
+    assert record.value == "ab"
+    assert record.content_hash == content_hash("k.note", "ab", ValueType.STRING)
+    assert record.embedding_text == "k.note: ab"
+    assert record.embeddable
+    assert FieldRecord.create("k.note", "a\x00b", ValueType.STRING, True) == make_record(
+        "k.note", "ab", ValueType.STRING, True
+    )
+
+
+def test_a_value_of_only_nul_is_not_embeddable():
+    record = make_record("k.note", "\x00 \x00", ValueType.STRING, True)
+    assert (record.value, record.embeddable) == (" ", False)

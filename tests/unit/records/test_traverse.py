@@ -775,3 +775,16 @@ def test_numbers_keep_their_exact_text() -> None:
 def test_decimal_text(value: Any, text: str) -> None:
     (record,) = flatten(_DecimalWrap.model_construct(h=_DecimalHolder(d=value)), "w")
     assert (record.path, record.value, record.value_type) == ("w.h.d", text, ValueType.DECIMAL)
+
+
+def test_flatten_strips_nul_from_values() -> None:
+    class Note(BaseModel):
+        text: str
+        tags: list[str]
+
+    records = flatten(Note(text="a\x00b", tags=["\x00"]), "n")
+    assert [(r.path, r.value, r.embeddable) for r in records] == [
+        ("n.text", "ab", True),
+        ("n.tags.0", "", False),
+    ]
+    assert records[0].content_hash == content_hash("n.text", "ab", ValueType.STRING)
