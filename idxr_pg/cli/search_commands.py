@@ -20,7 +20,8 @@ WHERE_HELP = (
     "Only entities with a field meeting this condition: PATH[:TYPE] OP VALUE, PATH an lquery, "
     "OP one of = != < <= > >=, e.g. 'subscription.product.*.value>40' or "
     "'*.start_date>=2024-01-01'; PATH alone: the field exists. Numbers compare numerically, "
-    'ISO dates as dates, quoted values ("40") as text. Repeat for AND.'
+    'ISO dates as dates, quoted values ("40") as text. Repeat for AND (at most '
+    "idxr.max_search_filters() conditions, see idxr_pg.search.MAX_FILTERS)."
 )
 
 

@@ -32,6 +32,7 @@ from idxr_pg.errors import IdxrError
 from idxr_pg.records.record import ValueType
 
 __all__ = [
+    "MAX_FILTERS",
     "MAX_K",
     "Filter",
     "ModelMismatchError",
@@ -45,6 +46,11 @@ __all__ = [
 
 MAX_K = 1000
 """Most results one search returns (the SQL functions enforce the same bound)."""
+
+MAX_FILTERS = 32
+"""Most structured filter conditions one search takes. The SQL function
+``idxr.max_search_filters()`` is the authority (it refuses more); this mirrors it so a search
+is refused before the model loads (a test asserts the two are equal)."""
 
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "exists")
 
@@ -186,6 +192,8 @@ def _filters_json(where: WhereArg | Iterable[WhereArg] | None) -> list[dict[str,
             result.append(dict(item))  # validated by the database, with its message
         else:
             raise SearchError(f"filter {item!r}: expected a string, a Filter or a mapping")
+    if len(result) > MAX_FILTERS:
+        raise SearchError(f"at most {MAX_FILTERS} filters per search, got {len(result)}")
     return result or None
 
 
@@ -338,6 +346,17 @@ def search_vector(
 
         to_numpy = getattr(vector, "to_numpy", None)  # a pgvector.Vector read from the database
         array = np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
+        if array.ndim != 1 or not array.size:
+            raise SearchError(
+                f"the query vector must be a flat list of floats, got shape {array.shape}"
+            )
+        if not np.isfinite(array).all():
+            raise SearchError("the query vector holds NaN or infinite components")
+        if not array.any():
+            raise SearchError(
+                "the query vector is all zeros: it has no direction, so its cosine distance "
+                "to every row is undefined (NaN)"
+            )
         return _run(conn, url, array, path, kind, k, entities, filters)
 
 
