@@ -427,6 +427,33 @@ def _truncated_keys(plan: PlannedCapture) -> sql.Composable:
     ).format(kind=kind)
 
 
+def _guard(plan: PlannedCapture) -> sql.Composed:
+    """Refuse to run for any table but the ones the function was installed for.
+
+    The function is SECURITY DEFINER: whoever can EXECUTE it can attach it to a table of their
+    own (a TEMP table, say) and write queue rows as the installer, or make every TRUNCATE
+    enqueue the whole kind. The table a trigger fires for is compared by schema and name
+    (``TG_TABLE_SCHEMA``, ``TG_TABLE_NAME``: stable across dump and restore, unlike oids;
+    a TEMP table's schema is ``pg_temp_N``, never the watched one). A renamed table needs
+    ``triggers install`` again, like any change of the config.
+    """
+    tables = sql.SQL(", ").join(
+        sql.SQL("({}, {})").format(sql.Literal(schema), sql.Literal(name))
+        for schema, name in plan.table.tree
+    )
+    return sql.SQL(
+        "    IF (TG_TABLE_SCHEMA, TG_TABLE_NAME) NOT IN ({tables}) THEN\n"
+        "        RAISE EXCEPTION 'idxr.% captures % only, not %.%',\n"
+        "            {function}, {source}, TG_TABLE_SCHEMA, TG_TABLE_NAME\n"
+        "            USING ERRCODE = 'insufficient_privilege';\n"
+        "    END IF;\n"
+    ).format(
+        tables=tables,
+        source=sql.Literal(plan.table.qualified),
+        function=sql.Literal(plan.function_name),
+    )
+
+
 def function_ddl(plan: PlannedCapture) -> sql.Composed:
     """CREATE OR REPLACE FUNCTION for one target."""
     if plan.target.notify:
@@ -442,6 +469,7 @@ def function_ddl(plan: PlannedCapture) -> sql.Composed:
         "\nDECLARE\n"
         "    enqueued bigint;\n"
         "BEGIN\n"
+        "{guard}"
         "    IF TG_OP = 'INSERT' THEN\n"
         "        {insert}\n"
         "    ELSIF TG_OP = 'UPDATE' THEN\n"
@@ -460,6 +488,7 @@ def function_ddl(plan: PlannedCapture) -> sql.Composed:
         delete=_enqueue(plan, "DELETE", _rows_keys(plan, "idxr_old")),
         truncate=_enqueue(plan, "TRUNCATE", _truncated_keys(plan)),
         wake=wake,
+        guard=_guard(plan),
     )
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION idxr.{name}()\n"

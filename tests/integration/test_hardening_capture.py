@@ -4,11 +4,13 @@ line, the capture functions serve only their own tables, sources are tables."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from idxr_pg.capture import triggers as capture
 from idxr_pg.capture.triggers import CaptureError
@@ -135,3 +137,85 @@ def test_ddl_errors_are_one_line_naming_entity_and_table(conn):
     assert message.endswith("failed: triggers are frozen here")
     assert "\n" not in message
     assert nothing_installed(conn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 7: a capture function serves only the tables it was installed for
+
+
+@pytest.fixture
+def search_role(conn: psycopg.Connection, isolated_database_url: str) -> Iterator[str]:
+    """URL of a fresh role that may EXECUTE the capture function (as the old README's reader
+    grant allowed) but has no other rights on idxr; dropped afterwards."""
+    role = f"idxr_search_{uuid.uuid4().hex[:10]}"
+    capture.install_triggers(conn, entities(parent()))
+    function = capture.function_name("parent", "app", "parents")
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA idxr TO {}").format(sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("GRANT EXECUTE ON FUNCTION idxr.{}() TO {}").format(
+            sql.Identifier(function), sql.Identifier(role)
+        )
+    )
+    conn.execute(
+        """INSERT INTO idxr.search_index (entity_kind, entity_id, path, value, value_type,
+                                          content_hash)
+           VALUES ('parent', '1', 'parent.name', 'x', 'string', 'h')"""
+    )
+    params = psycopg.conninfo.conninfo_to_dict(isolated_database_url)
+    params["user"] = role
+    try:
+        yield psycopg.conninfo.make_conninfo(**params)
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize(
+    ("event", "statement"),
+    [
+        ("INSERT", "INSERT INTO pg_temp.parents VALUES (99, 'forged')"),
+        ("TRUNCATE", "TRUNCATE pg_temp.parents"),
+    ],
+)
+def test_capture_function_attached_to_another_table_raises_and_queues_nothing(
+    conn, search_role, event, statement
+):
+    function = capture.function_name("parent", "app", "parents")
+    transition = "REFERENCING NEW TABLE AS idxr_new" if event == "INSERT" else ""
+    with psycopg.connect(search_role, autocommit=True) as attacker:
+        attacker.execute("CREATE TEMP TABLE parents (id integer, name text)")
+        attacker.execute(
+            sql.SQL(
+                "CREATE TRIGGER forge AFTER {event} ON pg_temp.parents {transition}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION idxr.{function}()"
+            ).format(
+                event=sql.SQL(event),
+                transition=sql.SQL(transition),
+                function=sql.Identifier(function),
+            )
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as raised:
+            attacker.execute(statement)
+    message = raised.value.diag.message_primary
+    assert f"idxr.{function} captures app.parents only" in message
+    assert "pg_temp" in message and "parents" in message
+    assert conn.execute("SELECT count(*) FROM idxr.queue").fetchone()[0] == 0
+
+
+def test_capture_still_runs_on_its_own_tables_and_partitions(conn):
+    conn.execute(
+        """CREATE TABLE app.events (id integer, region text, PRIMARY KEY (id, region))
+               PARTITION BY LIST (region);
+           CREATE TABLE app.events_eu PARTITION OF app.events FOR VALUES IN ('eu')"""
+    )
+    spec = {"name": "event", "model": "tests.models:Event", "table": "app.events", "key": "id"}
+    capture.install_triggers(conn, entities(parent(), spec))
+    conn.execute("INSERT INTO app.parents VALUES (1, 'a')")
+    conn.execute("INSERT INTO app.events VALUES (2, 'eu')")
+    conn.execute("INSERT INTO app.events_eu VALUES (3, 'eu')")
+    conn.execute("TRUNCATE app.events_eu")
+    queued = conn.execute(
+        "SELECT entity_kind, entity_id, operation FROM idxr.queue ORDER BY id"
+    ).fetchall()
+    assert queued == [("parent", "1", "INSERT"), ("event", "2", "INSERT"), ("event", "3", "INSERT")]

@@ -321,3 +321,12 @@ def test_an_installed_capture_is_complete_with_four_triggers_and_no_uncovered_pa
     assert capture.InstalledCapture("f", "k", "app.t", four, ()).complete
     assert not capture.InstalledCapture("f", "k", "app.t", four[:3], ()).complete
     assert not capture.InstalledCapture("f", "k", "app.t", four, ("app.t_2024",)).complete
+
+
+def test_function_refuses_tables_it_was_not_installed_for_before_enqueueing():
+    plan = plan_for(tree=(("app", "subs"), ("app", "subs_2024")))
+    ddl = text(capture.function_ddl(plan))
+    guard = "IF (TG_TABLE_SCHEMA, TG_TABLE_NAME) NOT IN (('app', 'subs'), ('app', 'subs_2024'))"
+    assert guard in ddl
+    assert "USING ERRCODE = 'insufficient_privilege'" in ddl
+    assert ddl.index(guard) < ddl.index("IF TG_OP = 'INSERT'")
