@@ -126,7 +126,12 @@ def backfill(
     SIGINT/SIGTERM stop after the current batch; `--resume` then continues from the
     checkpoint (also after a crash or SIGKILL). Progress: a bar on a terminal, else log lines.
     """
-    from idxr_pg.runtime.backfill import Backfill, BackfillInterrupted, BackfillOptions
+    from idxr_pg.runtime.backfill import (
+        Backfill,
+        BackfillInterrupted,
+        BackfillOptions,
+        failed_every_entity,
+    )
 
     config = app.config
     options = BackfillOptions(
@@ -154,14 +159,21 @@ def backfill(
         sys.exit(stop.exit_code)
     if as_json:
         print_json(job.as_dict())
-        return
-    click.echo(f"backfill of {kind} succeeded: {summary(job)}")
-    if job.counts.failed:
+    else:
+        click.echo(f"backfill of {kind} succeeded: {summary(job)}")
+    if job.counts.failed and not as_json:
         click.echo(
             f"warning: {job.counts.failed} entities failed; the worker retries them, then "
             "parks them as dead letters (`idxr-pg errors list`)",
             err=True,
         )
+    if failed_every_entity(job.counts):
+        click.echo(
+            f"error: every entity failed ({job.counts.failed} of {job.counts.entities}): "
+            "see the warnings above and `idxr-pg errors list`",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @click.command()

@@ -10,6 +10,7 @@ without a row is absent (its entity was deleted).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from idxr_pg.config import EntityConfig
 
 __all__ = [
     "SourceKind",
+    "check_document_query",
     "count_keys",
     "document_query",
     "iter_key_pages",
@@ -52,11 +54,17 @@ def _table(kind: SourceKind) -> sql.Identifier:
 # --------------------------------------------------------------------------- documents
 
 
+_NOT_KEYS_PLACEHOLDER = re.compile(r"%(?!\(keys\)s)")
+
+
 def document_query(kind: SourceKind) -> sql.Composed:
-    """SQL returning ``(key text, document jsonb)`` for the keys in ``%(keys)s`` (text[])."""
+    """SQL returning ``(key text, document jsonb)`` for the keys in ``%(keys)s`` (text[]).
+
+    In a configured ``document`` SQL only ``%(keys)s`` is a placeholder: every other ``%``
+    is literal (``LIKE '%x%'``), escaped here for psycopg."""
     config = kind.config
     if config.document:
-        custom = config.document.strip().rstrip(";")
+        custom = _NOT_KEYS_PLACEHOLDER.sub("%%", config.document.strip().rstrip(";"))
         # The user's SQL is trusted config (like a view definition); we only normalise its
         # two output columns to text and jsonb.
         return sql.SQL("SELECT d.k::text, d.doc::jsonb FROM ({}) AS d(k, doc)").format(
@@ -72,6 +80,14 @@ def document_query(kind: SourceKind) -> sql.Composed:
         "SELECT t.{key}::text, {document} FROM {table} AS t "
         "WHERE t.{key} = ANY(%(keys)s::{key_type}[])"
     ).format(key=key, document=document, table=_table(kind), key_type=sql.SQL(kind.key_type))
+
+
+def check_document_query(conn: psycopg.Connection, kind: SourceKind) -> None:
+    """Raise `psycopg.Error` unless the kind's document query plans: EXPLAIN (never run over
+    data), read only, in a savepoint that is rolled back."""
+    with conn.transaction(force_rollback=True), conn.cursor() as cur:
+        cur.execute("SET LOCAL transaction_read_only = on")
+        cur.execute(sql.SQL("EXPLAIN ") + document_query(kind), {"keys": []})
 
 
 def load_documents(

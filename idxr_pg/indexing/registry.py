@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from idxr_pg.app_imports import ApplicationImportError, import_application_module
 from idxr_pg.config import EntityConfig, IdxrConfig
-from idxr_pg.db import catalog
+from idxr_pg.db import catalog, source
 from idxr_pg.db import kinds as kinds_db
 from idxr_pg.errors import IdxrError
 from idxr_pg.records.traverse import schema_fingerprint
@@ -131,9 +131,18 @@ def _resolve(
                 f"entity kind {entity.name!r}: table {entity.table!r} has no column "
                 f"{column!r} (listed in columns)"
             )
-    return RegisteredKind(
+    kind = RegisteredKind(
         config=entity, model=model, schema=relation.schema, table=relation.name, key_type=key_type
     )
+    if entity.document:
+        try:
+            source.check_document_query(conn, kind)
+        except psycopg.Error as exc:
+            raise RegistryError(
+                f"entity kind {entity.name!r}: the document SQL is invalid: "
+                f"{exc.diag.message_primary or exc}"
+            ) from None
+    return kind
 
 
 def resolve_kinds(

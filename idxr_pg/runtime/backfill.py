@@ -117,6 +117,12 @@ def job_increment(result: BatchResult, *, streamed: bool) -> Counts:
     return result.counts if streamed else result.counts.replace(entities=0)
 
 
+def failed_every_entity(counts: Counts) -> bool:
+    """A run whose entities all failed (those not skipped or deleted): a broken kind, not a
+    few bad rows; the CLI exits non-zero for it."""
+    return counts.failed > 0 and counts.failed == counts.entities - counts.skipped - counts.deleted
+
+
 @dataclass
 class _RunState:
     job: Job

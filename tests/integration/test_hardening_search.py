@@ -3,6 +3,7 @@ query vector. Over real PostgreSQL, with a small synthetic index (no model)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import psycopg
@@ -10,6 +11,7 @@ import pytest
 
 from idxr_pg.db.connection import connect
 from idxr_pg.search import MAX_FILTERS, SearchError, search_vector
+from tests.integration import test_backfill as backfill_tests
 
 DIMS = 384
 QUERY = "[" + ",".join(["0.1"] * DIMS) + "]"
@@ -130,3 +132,85 @@ def test_a_zero_query_vector_is_refused(small_index):
             assert "idxr: the query vector is all zeros" in str(excinfo.value)
     with pytest.raises(SearchError, match="the query vector is all zeros"):
         search_vector([0.0] * DIMS, database_url=small_index)
+
+
+# --------------------------------------------------------------------------- document SQL
+
+
+@pytest.fixture
+def docs_url(isolated_database_url: str) -> str:
+    backfill_tests.make_docs(isolated_database_url, 12)
+    return isolated_database_url
+
+
+def test_document_sql_with_a_literal_percent_is_indexed(docs_url, tmp_path):
+    document = (
+        "SELECT d.id, to_jsonb(d) || jsonb_build_object('title', d.title || ' (100%)')"
+        " FROM public.docs AS d WHERE d.id = ANY(%(keys)s::integer[])"
+        " AND d.title LIKE '%document%' AND d.title NOT LIKE '%%%% never'"
+    )
+    config = backfill_tests.write_config(tmp_path / "idxr.yaml", document=document)
+    job = backfill_tests.backfill_json(docs_url, config)
+    assert job["state"] == "succeeded" and job["failed"] == 0 and job["done"] == 12
+    titles = backfill_tests.sql(
+        docs_url, "SELECT value FROM idxr.search_index WHERE path = 'doc.title' ORDER BY value"
+    )
+    assert len(titles) == 12 and all(t.endswith(" (100%)") for (t,) in titles)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            "SELECT d.id, to_jsonb(d) FROM public.docs AS d WHERE d.nope = ANY(%(keys)s::int[])",
+            "column d.nope does not exist",
+        ),
+        ("SELECT d.id, to_jsonb(d) FROM public.nothing AS d", 'relation "public.nothing"'),
+        ("SELECT d.id FROM public.docs AS d WHERE d.id = ANY(%(keys)s::int[])", "column"),
+        (
+            "SELECT d.id, nextval('public.docs_probe') FROM public.docs AS d"
+            " WHERE d.id = ANY(%(keys)s::int[])",
+            "cannot cast type bigint to jsonb",
+        ),
+    ],
+)
+def test_invalid_document_sql_is_refused_before_any_entity(docs_url, tmp_path, document, message):
+    backfill_tests.sql(docs_url, "CREATE SEQUENCE public.docs_probe")
+    config = backfill_tests.write_config(tmp_path / "idxr.yaml", document=document)
+    result = backfill_tests.cli(docs_url, config, "backfill", backfill_tests.KIND, exit_code=1)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: entity kind 'doc': the document SQL is invalid: ")
+    assert message in lines[0]
+    assert backfill_tests.sql(docs_url, "SELECT count(*) FROM idxr.jobs") == [(0,)]
+    assert backfill_tests.sql(docs_url, "SELECT last_value, is_called FROM public.docs_probe") == [
+        (1, False)
+    ]
+
+
+def test_document_sql_is_checked_without_running_it(docs_url, tmp_path):
+    """Validation plans the query (read-only, rolled back): volatile calls in it do not run."""
+    backfill_tests.sql(docs_url, "CREATE SEQUENCE public.docs_probe")
+    document = (
+        "SELECT d.id, to_jsonb(d) || jsonb_build_object('n', nextval('public.docs_probe'))"
+        " FROM public.docs AS d WHERE d.id = ANY(%(keys)s::integer[])"
+    )
+    config = backfill_tests.write_config(tmp_path / "idxr.yaml", document=document)
+    from idxr_pg.config import load_config
+    from idxr_pg.indexing.registry import resolve_kinds
+
+    with connect(docs_url, autocommit=True) as conn:
+        resolve_kinds(conn, load_config(config))
+    assert backfill_tests.sql(docs_url, "SELECT is_called FROM public.docs_probe") == [(False,)]
+
+
+def test_a_backfill_that_failed_every_entity_exits_non_zero(docs_url, tmp_path):
+    backfill_tests.sql(docs_url, "UPDATE public.docs SET title = NULL")  # fails validation
+    config = backfill_tests.write_config(tmp_path / "idxr.yaml")
+    result = backfill_tests.cli(docs_url, config, "backfill", backfill_tests.KIND, exit_code=1)
+    assert "every entity failed (12 of 12)" in result.stderr
+    result = backfill_tests.cli(
+        docs_url, config, "backfill", backfill_tests.KIND, "--json", exit_code=1
+    )
+    assert json.loads(result.stdout)["failed"] == 12
+    # One failure among successes stays a success with a warning (test_backfill keeps that).
