@@ -13,6 +13,7 @@ from idxr_pg.config import EmbeddingSettings
 from idxr_pg.embedding.base import Embedder, EmbeddingError
 from idxr_pg.embedding.batching import batch_budget, iter_batches
 from idxr_pg.embedding.cache import EmbeddingCache, text_hash
+from idxr_pg.embedding.truncation import char_bound, precut
 
 __all__ = ["EmbedRequest", "EmbeddedText", "EmbeddingService", "EmbeddingStats"]
 
@@ -64,7 +65,8 @@ class EmbeddingService:
     """Embeds requests with one embedder, never embedding a text twice per model.
 
     Per call: identical texts are embedded once; over-long texts are cut by the configured
-    strategy on the model's own tokenizer (so the model never truncates silently); the cache
+    strategy, first by characters (`truncation.precut`, so memory and time are bounded by the
+    model window) and then on the model's own tokenizer (so the model never truncates silently); the cache
     answers what it can; the rest go to the model longest first, in token-budgeted batches
     (see ``batching``), each retried with exponential backoff and written to the cache as it
     succeeds. A batch that keeps failing raises ``EmbeddingError`` naming its entity keys,
@@ -126,19 +128,23 @@ class EmbeddingService:
         for index, request in enumerate(requests):
             by_text.setdefault(request.text, []).append(index)
         originals = list(by_text)
-        counts = self.embedder.count_tokens(originals)
         strategy = self.settings.truncation
+        # Cut by characters first: only a bounded text is ever tokenized (a 20 MB field
+        # would otherwise be tokenized whole, twice).
+        max_chars = char_bound(self.max_tokens)
+        bounded = [precut(text, max_chars, strategy) for text in originals]
+        counts = self.embedder.count_tokens(bounded)
         distinct: dict[str, _Distinct] = {}
         truncation: list[str | None] = [None] * len(requests)
         hash_of = [""] * len(requests)
         cut = 0
-        for original, tokens in zip(originals, counts, strict=True):
-            text, used = original, None
+        for original, text, tokens in zip(originals, bounded, counts, strict=True):
+            used = strategy if len(original) > max_chars else None
             if tokens > self.max_tokens:
-                text = self.embedder.truncate(original, self.max_tokens, strategy)
+                text = self.embedder.truncate(text, self.max_tokens, strategy)
                 tokens = self.max_tokens  # an upper bound is all batching needs
                 used = strategy
-                cut += 1
+            cut += used is not None
             hash_ = text_hash(text)
             entry = distinct.setdefault(hash_, _Distinct(text, tokens))
             for index in by_text[original]:

@@ -8,10 +8,44 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["STRATEGIES", "Span", "cut", "fit"]
+__all__ = ["CHARS_PER_TOKEN", "STRATEGIES", "Span", "char_bound", "cut", "fit", "precut"]
 
 Span = tuple[int, int]
 STRATEGIES = ("end", "middle_out")
+CHARS_PER_TOKEN = 64
+"""A generous bound on characters per token: text beyond ``max_tokens`` times this is never
+tokenized (a word-piece token of prose is about 4 characters; a word the tokenizer cannot
+split is one token of at most about 100)."""
+
+
+def _check(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown truncation strategy {strategy!r} (use one of {STRATEGIES})")
+
+
+def char_bound(max_tokens: int) -> int:
+    """The most characters of a text worth tokenizing for a window of ``max_tokens``."""
+    return max_tokens * CHARS_PER_TOKEN
+
+
+def precut(text: str, max_chars: int, strategy: str) -> str:
+    """``text`` cut by characters to about ``max_chars`` before it is tokenized, so memory
+    and time are bounded by the model window, not by the text.
+
+    Same semantics as `cut`: ``end`` keeps the first ``max_chars`` characters; ``middle_out``
+    keeps the first ceil(max_chars/2) and the last floor(max_chars/2), joined by one space.
+    The window lies well inside the bound, so the token cut that follows gives the same text
+    as it would on the whole text (unless the text is a few words of over 64 characters).
+    ``text`` itself when it is short enough.
+    """
+    _check(strategy)
+    if len(text) <= max_chars:
+        return text
+    head = max_chars if strategy == "end" else (max_chars + 1) // 2
+    tail = max_chars - head
+    if tail == 0:
+        return text[:head]
+    return f"{text[:head]} {text[len(text) - tail :]}"
 
 
 def cut(text: str, spans: Sequence[Span], keep: int, strategy: str) -> str:
@@ -21,8 +55,7 @@ def cut(text: str, spans: Sequence[Span], keep: int, strategy: str) -> str:
     keeps the first ceil(keep/2) and the last floor(keep/2) tokens and drops the middle,
     joining both parts with one space and no marker.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown truncation strategy {strategy!r} (use one of {STRATEGIES})")
+    _check(strategy)
     if keep >= len(spans):
         return text
     if keep <= 0:

@@ -3,15 +3,20 @@ precision, excluded fields stay out of the index, NUL characters, huge texts."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import psycopg
+import pytest
 from pydantic import BaseModel, Json
 
+from idxr_pg.config import EmbeddingSettings
 from idxr_pg.db import leases as db_leases
 from idxr_pg.db.connection import connect
-from idxr_pg.embedding import DeterministicEmbedder, EmbeddingService
+from idxr_pg.embedding import DeterministicEmbedder, EmbeddingService, EmbedRequest, load_embedder
+from idxr_pg.embedding.truncation import char_bound, precut
 from idxr_pg.indexing.pipeline import Pipeline
 from idxr_pg.indexing.registry import register, resolve_kinds
 from idxr_pg.records.record import ValueType, content_hash
@@ -164,3 +169,50 @@ def test_nul_in_a_string_is_stripped_and_the_entity_indexed(isolated_database_ur
     only = rows[("1", "note.payload.only")]
     assert (only["value"], only["embedding"]) == ("", None)
     assert rows[("2", "note.payload.note")]["value"] == "plain"
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("strategy", ["end", "middle_out"])
+def test_a_5_mb_text_embeds_in_bounded_time_as_its_pre_cut_text(monkeypatch, strategy):
+    """The real model: a 5 MB field is cut by characters before it is tokenized, so the
+    tokenizer never sees more than the bound, and the vector is that of the pre-cut text."""
+    settings = EmbeddingSettings(truncation=strategy)
+    embedder = load_embedder(settings)
+    longest = [0]
+    count_tokens = embedder.count_tokens
+
+    def spy(texts):
+        longest[0] = max([longest[0], *map(len, texts)])
+        return count_tokens(texts)
+
+    monkeypatch.setattr(embedder, "count_tokens", spy)
+    words = [
+        "solar",
+        "roof",
+        "panel",
+        "inverter",
+        "battery",
+        "meter",
+        "grid",
+        "tariff",
+        "export",
+        "import",
+    ]
+    huge = "doc.body: " + " ".join(words[i % len(words)] for i in range(800_000))
+    assert len(huge) > 5_000_000
+    service = EmbeddingService(embedder, settings)
+
+    started = time.monotonic()
+    (result,) = service.embed([EmbedRequest("doc:1", huge)])
+    elapsed = time.monotonic() - started
+
+    bound = char_bound(embedder.max_tokens)
+    assert longest[0] <= bound + 1
+    assert elapsed < 20, f"embedding a 5 MB text took {elapsed:.1f} s"
+    assert result.truncation == strategy
+    pre_cut = precut(huge, bound, strategy)
+    expected = embedder.embed([embedder.truncate(pre_cut, embedder.max_tokens, strategy)])[0]
+    assert np.allclose(result.vector, expected, atol=1e-6)

@@ -100,3 +100,73 @@ def test_texts_equal_after_truncation_are_embedded_once() -> None:
     assert (results[0].vector == results[1].vector).all()
     assert service.stats.texts_embedded == 1
     assert [r.truncation for r in results] == ["end", "end"]
+
+
+# --------------------------------------------------------------------------- huge texts (issue 12, item 6)
+
+
+def test_precut_bounds_by_characters_keeping_the_strategy() -> None:
+    from idxr_pg.embedding.truncation import precut
+
+    text = "a.b: " + "x" * 100 + "TAIL"
+    assert precut(text, 1000, "end") is text  # short enough: untouched
+    assert precut(text, 10, "end") == text[:10]
+    middle = precut(text, 10, "middle_out")
+    assert middle == "a.b: " + " " + "xTAIL"  # head ceil(10/2), one space, tail floor(10/2)
+    with pytest.raises(ValueError, match="unknown truncation strategy"):
+        precut(text, 10, "start")
+
+
+def test_char_bound_is_generous_and_derived_from_the_window() -> None:
+    from idxr_pg.embedding.truncation import CHARS_PER_TOKEN, char_bound
+
+    assert char_bound(256) == 256 * CHARS_PER_TOKEN
+    assert CHARS_PER_TOKEN >= 16
+
+
+class _SpyEmbedder(DeterministicEmbedder):
+    """Records the longest text any tokenizing call is handed."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.longest = 0
+
+    def count_tokens(self, texts):
+        self.longest = max([self.longest, *map(len, texts)])
+        return super().count_tokens(texts)
+
+    def truncate(self, text, max_tokens, strategy):
+        self.longest = max(self.longest, len(text))
+        return super().truncate(text, max_tokens, strategy)
+
+
+@pytest.mark.parametrize("strategy", ["end", "middle_out"])
+def test_a_huge_text_is_cut_by_characters_before_it_is_tokenized(strategy: str) -> None:
+    from idxr_pg.embedding.truncation import char_bound, precut
+
+    embedder = _SpyEmbedder(dimensions=8, max_tokens=16)
+    service = EmbeddingService(embedder, EmbeddingSettings(truncation=strategy))
+    huge = "doc.body: " + " ".join(f"w{i}" for i in range(1_000_000))  # about 6.9 MB
+    (result,) = service.embed([EmbedRequest("e:1", huge)])
+
+    bound = char_bound(16)
+    assert embedder.longest <= bound + 1
+    assert result.truncation == strategy
+    expected = embedder.truncate(precut(huge, bound, strategy), 16, strategy)
+    assert (result.vector == embedder.embed([expected])[0]).all()
+    # The same as truncating the whole text: the window is far inside the character bound.
+    whole = DeterministicEmbedder(dimensions=8, max_tokens=16).truncate(huge, 16, strategy)
+    assert expected == whole
+    assert expected.startswith("doc.body: w0 w1")
+    assert expected.endswith("w999999") == (strategy == "middle_out")
+
+
+def test_a_text_cut_by_characters_only_is_reported_as_truncated() -> None:
+    from idxr_pg.embedding.truncation import char_bound
+
+    embedder = DeterministicEmbedder(dimensions=8, max_tokens=4)
+    service = EmbeddingService(embedder, EmbeddingSettings(truncation="end"))
+    one_word = "a.b: " + "x" * (char_bound(4) * 2)  # two words: fits in tokens, not in chars
+    (result,) = service.embed([EmbedRequest("e:1", one_word)])
+    assert result.truncation == "end"
+    assert service.stats.truncated == 1
