@@ -75,8 +75,9 @@ class WatchedTable(_Strict):
     )
     trusted_key: bool = Field(
         False,
-        description="the key expression may call volatile functions and functions outside "
-        "pg_catalog, which then run as the installer on every write (vouch for their owners)",
+        description="the key expression may call functions outside pg_catalog and volatile "
+        "ones, read views and row-secured tables: all of which then run as the installer on "
+        "every write (vouch for their owners)",
     )
 
     @field_validator("table")
@@ -102,6 +103,11 @@ class EntityConfig(_Strict):
     refresh: str = "on_change"
     max_depth: Annotated[int, Field(gt=0)] = 32
     max_records: Annotated[int, Field(gt=0)] = 10_000
+    trusted_source: bool = Field(
+        False,
+        description="the table may be a view, materialized view or foreign table: its "
+        "definition (and the functions it calls) then runs as the worker's role",
+    )
     notify: bool = Field(
         True,
         description="capture triggers send pg_notify per statement; false: the worker finds "

@@ -25,8 +25,10 @@ per distinct affected entity key and, only if it enqueued something, sends one
   installer, so it is checked without being run: lexically at config load (one expression: no
   comments, ``;``, dollar quotes, unbalanced parentheses), then at install by
   `idxr_pg.db.catalog.row_expression_refs` (parsed into a rolled-back temporary view, never
-  executed or planned), which lists what it calls; volatile functions and built-ins that run
-  SQL by name are refused unless the watch entry says ``trusted_key: true``. Inside it the
+  executed or planned), which lists what it calls; functions and operators outside
+  pg_catalog (their owners could redefine them), volatile functions, built-ins that run SQL by
+  name, views, tables with row level security and domains outside pg_catalog are refused
+  unless the watch entry says ``trusted_key: true``. Inside it the
   row's columns can be named bare or qualified by the table's own name (not its schema);
   functions outside pg_catalog must be schema-qualified.
 
@@ -282,20 +284,49 @@ def _check_key_refs(where: str, reader: Reader, refs: catalog.ExpressionRefs) ->
     """Refuse a key expression that could do more than compute a key from the row.
 
     The key runs inside the SECURITY DEFINER capture function, as the installer, on every
-    write. Volatile functions (``nextval``, ``pg_sleep``, ``set_config``, ...) are refused: a
-    key must be a function of the row (UPDATE compares the keys of the old and new rows), and
-    they are what side effects need. So are the built-ins that read a table or run a query
-    given by name (``table_to_xml``, ``query_to_xml``, ...). ``trusted_key: true`` on the
-    watch entry lifts these checks.
+    write, so it may only use what no application role can redefine:
+
+    - functions and operators of pg_catalog only: a function elsewhere (an operator's too) can
+      be replaced by its owner, who would then run code as the installer on the next write;
+    - no volatile function (``nextval``, ``pg_sleep``, ``set_config``, ...): a key must be a
+      function of the row (UPDATE compares the keys of the old and new rows), and side effects
+      need them; nor the built-ins that read a table or run a query given by name
+      (``table_to_xml``, ``query_to_xml``, ...);
+    - subqueries may read plain or partitioned tables without row level security only (a
+      view's definition or a policy's functions would run as the installer);
+    - no domain type outside pg_catalog (its CHECK calls functions).
+
+    ``trusted_key: true`` on the watch entry lifts these checks (the DBA vouches for the owners
+    of everything the key calls).
     """
-    refused = [
-        f.qualified for f in refs.functions if f.volatility == "v" or _RUNS_SQL.search(f.name)
+    outside = [f.qualified for f in refs.functions if f.schema != "pg_catalog"]
+    unsafe = [
+        f.qualified
+        for f in refs.functions
+        if f.schema == "pg_catalog" and (f.volatility == "v" or _RUNS_SQL.search(f.name))
     ]
-    if refused:
+    relations = [
+        f"{r.qualified} ({r.description})" for r in refs.relations if r.relkind not in ("r", "p")
+    ]
+    problems = []
+    if outside:
+        problems.append(f"calls {', '.join(outside)}, outside pg_catalog")
+    if unsafe:
+        problems.append(
+            f"calls {', '.join(unsafe)} (volatile, or runs or reads SQL by name: a key must be "
+            "computed from the row alone)"
+        )
+    if relations:
+        problems.append(f"reads {', '.join(relations)}, not a table")
+    if refs.row_security:
+        problems.append(f"reads {', '.join(refs.row_security)}, a table with row level security")
+    if refs.domains:
+        problems.append(f"uses domain {', '.join(refs.domains)}, outside pg_catalog")
+    if problems:
         raise CaptureError(
-            f"{where}: key expression {reader.key!r} calls {', '.join(refused)}: a key must be "
-            "computed from the row alone (volatile functions and functions that run or read "
-            "SQL by name are refused; set trusted_key: true on the watch entry to allow them)"
+            f"{where}: key expression {reader.key!r} {'; '.join(problems)}; it would run as "
+            "the installer on every write: set trusted_key: true on the watch entry only if "
+            "you trust the owners of all it uses"
         )
 
 

@@ -118,6 +118,14 @@ def _resolve(
             f"entity kind {entity.name!r}: table {entity.table!r} does not exist "
             "(or is not visible on the search_path)"
         ) from None
+    if not relation.is_table and not entity.trusted_source:
+        # A view (or foreign table) runs its owner's definition as the worker: refused unless
+        # the config vouches for it.
+        raise RegistryError(
+            f"entity kind {entity.name!r}: table {entity.table!r} is {relation.description}; "
+            "sources must be plain or partitioned tables (set trusted_source: true on the "
+            "entity if you trust its owner with the worker's rights)"
+        )
     columns = catalog.table_columns(conn, relation.oid)
     key_type = columns.get(entity.key)
     if key_type is None:

@@ -11,10 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from pydantic import BaseModel
 
 from idxr_pg.capture import triggers as capture
 from idxr_pg.capture.triggers import CaptureError
 from idxr_pg.config import ConfigError, EntityConfig, WatchedTable, parse_config
+from idxr_pg.indexing.registry import RegistryError, resolve_kind
 
 APP_SCHEMA = """
 CREATE SCHEMA app;
@@ -219,3 +221,103 @@ def test_capture_still_runs_on_its_own_tables_and_partitions(conn):
         "SELECT entity_kind, entity_id, operation FROM idxr.queue ORDER BY id"
     ).fetchall()
     assert queued == [("parent", "1", "INSERT"), ("event", "2", "INSERT"), ("event", "3", "INSERT")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 8: a watch key calls nothing an application role could redefine, unless trusted
+
+
+APP_OBJECTS = """
+CREATE FUNCTION app.parent_of(i integer) RETURNS integer LANGUAGE sql IMMUTABLE
+    AS $$ SELECT i $$;
+CREATE FUNCTION app.plus(a integer, b integer) RETURNS integer LANGUAGE sql IMMUTABLE
+    AS $$ SELECT a + b $$;
+CREATE OPERATOR app.### (LEFTARG = integer, RIGHTARG = integer, FUNCTION = app.plus);
+CREATE DOMAIN app.positive AS integer CHECK (app.parent_of(VALUE) > 0);
+CREATE VIEW app.parents_view AS SELECT id, app.parent_of(id) AS pid FROM app.parents;
+CREATE TABLE app.secured (id integer, parent_id integer);
+ALTER TABLE app.secured ENABLE ROW LEVEL SECURITY;
+"""
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("app.parent_of(item_id)", "calls app.parent_of, outside pg_catalog"),
+        ("(item_id OPERATOR(app.###) 0)", "calls app.plus, outside pg_catalog"),
+        ("item_id::app.positive", "domain app.positive"),
+        ("(SELECT v.id FROM app.parents_view AS v WHERE v.id = item_id)", "app.parents_view"),
+        ("(SELECT s.parent_id FROM app.secured AS s WHERE s.id = item_id)", "app.secured"),
+    ],
+)
+def test_keys_reaching_outside_pg_catalog_are_refused_unless_trusted(conn, key, named):
+    conn.execute(APP_OBJECTS)
+    watch = {"table": "app.children", "key": key}
+    with pytest.raises(CaptureError) as raised:
+        capture.install_triggers(conn, entities(parent(watch)))
+    message = str(raised.value)
+    assert message.startswith("entity 'parent', watch[0], table app.children: key expression")
+    assert named in message and "trusted_key" in message and "\n" not in message
+    assert nothing_installed(conn)
+
+    capture.install_triggers(conn, entities(parent({**watch, "trusted_key": True})))
+    assert len(capture.installed_captures(conn)) == 2
+
+
+def test_keys_reading_plain_tables_through_pg_catalog_install(conn):
+    key = "(SELECT p.id FROM app.parents AS p WHERE p.id = pg_catalog.abs(item_id))"
+    capture.install_triggers(conn, entities(parent({"table": "app.children", "key": key})))
+    conn.execute("INSERT INTO app.parents VALUES (5, 'p')")
+    conn.execute("DELETE FROM idxr.queue")
+    conn.execute("INSERT INTO app.children (item_id) VALUES (5), (-5), (6)")
+    queued = conn.execute("SELECT entity_id FROM idxr.queue ORDER BY 1").fetchall()
+    assert queued == [("5",)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 8: sources are tables unless trusted_source
+
+
+class ParentModel(BaseModel):
+    id: int
+    name: str | None = None
+
+
+SOURCE_KINDS = """
+CREATE VIEW app.parents_v AS SELECT * FROM app.parents;
+CREATE MATERIALIZED VIEW app.parents_m AS SELECT * FROM app.parents;
+CREATE TABLE app.parents_p (id integer PRIMARY KEY, name text) PARTITION BY RANGE (id);
+"""
+
+
+def source_entity(table: str, **extra: Any) -> EntityConfig:
+    spec = {
+        "name": "parent",
+        "model": "tests.integration.test_hardening_capture:ParentModel",
+        "table": table,
+        "key": "id",
+        **extra,
+    }
+    return entities(spec)[0]
+
+
+@pytest.mark.parametrize(
+    ("table", "described"),
+    [("app.parents_v", "a view"), ("app.parents_m", "a materialized view")],
+)
+def test_sources_that_are_not_tables_are_refused_unless_trusted(conn, table, described):
+    conn.execute(SOURCE_KINDS)
+    with pytest.raises(RegistryError) as raised:
+        resolve_kind(conn, source_entity(table))
+    message = str(raised.value)
+    assert message.startswith(f"entity kind 'parent': table {table!r} is {described}")
+    assert "trusted_source" in message and "\n" not in message
+
+    kind = resolve_kind(conn, source_entity(table, trusted_source=True))
+    assert kind.source_table == table
+
+
+@pytest.mark.parametrize("table", ["app.parents", "app.parents_p"])
+def test_plain_and_partitioned_tables_are_sources(conn, table):
+    conn.execute(SOURCE_KINDS)
+    assert resolve_kind(conn, source_entity(table)).source_table == table

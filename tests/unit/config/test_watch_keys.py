@@ -79,3 +79,24 @@ def test_keys_that_are_not_one_expression_are_refused(key, reason):
 def test_expressions_with_those_characters_inside_literals_load(key):
     loaded = parse_config(config(key), "idxr.yaml")
     assert loaded.entities[0].watch[0].key == key
+
+
+def test_trusted_key_is_a_boolean_defaulting_to_false():
+    assert parse_config(config("parent_id"), "t").entities[0].watch[0].trusted_key is False
+    trusted = parse_config(config("app.f(parent_id)", trusted_key=True), "t")
+    assert trusted.entities[0].watch[0].trusted_key is True
+    with pytest.raises(ConfigError, match="trusted_key"):
+        parse_config(config("parent_id", trusted_key="maybe"), "t")
+
+
+def test_trusted_key_does_not_lift_the_syntax_check():
+    with pytest.raises(ConfigError, match="comment"):
+        parse_config(config("parent_id --", trusted_key=True), "t")
+
+
+def test_trusted_source_opts_in_to_views_and_defaults_to_false():
+    plain = parse_config(config("parent_id"), "t").entities[0]
+    assert plain.trusted_source is False
+    data = config("parent_id")
+    data["entities"][0]["trusted_source"] = True
+    assert parse_config(data, "t").entities[0].trusted_source is True
