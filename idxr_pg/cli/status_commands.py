@@ -19,7 +19,8 @@ from idxr_pg.cli.format import (
 )
 from idxr_pg.cli.options import json_flag
 from idxr_pg.db.jobs import reconcile_abandoned
-from idxr_pg.db.status import gather_stale, gather_status
+from idxr_pg.db.status import gather_stale, gather_status, live_window_seconds
+from idxr_pg.db.workers import mark_lost
 
 if TYPE_CHECKING:
     from idxr_pg.db.status import KindStatus, StaleKind
@@ -90,11 +91,13 @@ def status(app: AppContext, as_json: bool) -> None:
     live workers.
 
     Reads the idxr.status view; kinds in the config that the database has not seen yet are
-    listed with zeros. A worker is live when its heartbeat is recent (a few poll intervals).
+    listed with zeros. A worker is live when its heartbeat is recent (a few poll intervals);
+    a `running` worker whose heartbeat is older is marked `lost` in idxr.workers.
     """
     config = app.config
     with app.db() as conn:
         reconcile_abandoned(conn)
+        mark_lost(conn, live_window_seconds(config))
         result = gather_status(conn, config)
     if as_json:
         print_json(result.as_dict())

@@ -1,13 +1,15 @@
 """Connections to PostgreSQL: opening them (pgvector registered), naming them, losing them.
 
 `connect` opens one; `conninfo` names it for ``pg_stat_activity``; `is_connection_lost` tells a
-lost or refused connection (retry later) from bad data or a set-up problem; `retry_with_backoff`
+lost connection or an unreachable server (retry later) from bad data or a set-up problem (a
+missing database or role, a refused login: `is_login_refused`, final); `retry_with_backoff`
 is the one reconnect loop of the long-running processes.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -24,6 +26,8 @@ __all__ = [
     "connect",
     "conninfo",
     "is_connection_lost",
+    "is_login_refused",
+    "one_line",
     "redact",
     "retry_with_backoff",
 ]
@@ -39,6 +43,11 @@ T = TypeVar("T")
 
 class DatabaseError(IdxrError):
     """The database cannot be reached or is not set up for idxr-pg; the message says what to do."""
+
+
+def one_line(message: str) -> str:
+    """A server or libpq message on one line (libpq adds hints and details on new lines)."""
+    return " ".join(message.split())
 
 
 def redact(url: str) -> str:
@@ -60,7 +69,7 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to {redact(url)}: {str(exc).strip()}") from exc
+        raise DatabaseError(f"cannot connect to {redact(url)}: {one_line(str(exc))}") from exc
     if vector:
         try:
             register_vector(conn)
@@ -81,9 +90,37 @@ def conninfo(url: str, application_name: str) -> str:
     )
 
 
+# What the server answers when it refuses a login for good (the database or role does not
+# exist, authentication or pg_hba refuses it, no CONNECT right): retrying cannot help. libpq
+# reports these as text only (no SQLSTATE), so they are recognised by their message.
+_REFUSED_LOGIN = (
+    re.compile(r'database "[^"]*" does not exist'),
+    re.compile(r'role "[^"]*" does not exist'),
+    re.compile(r"authentication failed for user"),
+    re.compile(r"no pg_hba\.conf entry"),
+    re.compile(r"permission denied for database"),
+    re.compile(r"is not permitted to log in"),
+    re.compile(r"is not currently accepting connections"),
+    re.compile(r"no password supplied"),
+)
+
+
+def is_login_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection attempt the server refused for good (a missing database
+    or role, a rejected login): a set-up problem, not a lost connection."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseError) else exc
+    if not isinstance(cause, psycopg.OperationalError):
+        return False
+    text = str(cause)
+    return any(pattern.search(text) for pattern in _REFUSED_LOGIN)
+
+
 def is_connection_lost(exc: BaseException, conn: psycopg.Connection | None = None) -> bool:
-    """Whether ``exc`` means the connection is gone or cannot be made (worth retrying later),
-    rather than bad data or a database that is not set up (``conn``: the one that failed)."""
+    """Whether ``exc`` means the connection is gone or cannot be made now (worth retrying
+    later: a server down, restarting or unreachable), rather than bad data, a database that is
+    not set up, or a refused login (`is_login_refused`; ``conn``: the one that failed)."""
+    if is_login_refused(exc):
+        return False
     if conn is not None and (conn.broken or conn.closed):
         return True
     if isinstance(exc, DatabaseError):  # our connect(): only "cannot connect" is transient

@@ -36,7 +36,7 @@ import psycopg
 from idxr_pg.config import IdxrConfig
 from idxr_pg.db import jobs, leases, source
 from idxr_pg.db.catalog import index_leads_with
-from idxr_pg.db.connection import connect, conninfo
+from idxr_pg.db.connection import connect, conninfo, is_connection_lost, one_line
 from idxr_pg.db.jobs import Job
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
@@ -75,14 +75,6 @@ def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
 
 
 # ---- the run -----------------------------------------------------------------------------------
-
-
-def state_checkpoint(control: psycopg.Connection, job_id: int) -> str | None:
-    try:
-        job = jobs.get_job(control, job_id)
-    except psycopg.Error:
-        return None
-    return job.checkpoint if job else None
 
 
 class BackfillError(IdxrError):
@@ -128,6 +120,7 @@ class _RunState:
     job: Job
     base: Counts
     counts: Counts
+    checkpoint: str | None = None  # the last one committed (with its batch's rows)
     started: float = field(default_factory=time.monotonic)
 
     def rate(self) -> float | None:
@@ -212,6 +205,12 @@ class Backfill:
             time.sleep(0.1)
         return True
 
+    @staticmethod
+    def _finish_failed(
+        conn: psycopg.Connection, state: _RunState, final_state: str, message: str
+    ) -> None:
+        jobs.finish_job(conn, state.job.id, final_state, error=message, rate=state.rate())
+
     # -- run --
 
     def run(self) -> Job:
@@ -262,7 +261,7 @@ class Backfill:
             counts=base,
             resumed_from=previous.id if previous else None,
         )
-        state = _RunState(job=job, base=base, counts=base)
+        state = _RunState(job=job, base=base, counts=base, checkpoint=checkpoint)
         log.info(
             "backfill of %s started: job #%d, %d rows in %s%s%s",
             name,
@@ -296,12 +295,15 @@ class Backfill:
                     stopped = self._sweep(work, run)
         except BaseException as exc:
             progress.close()
-            self._fail(control, state, exc)
-            if isinstance(exc, psycopg.Error):
+            database = isinstance(exc, psycopg.Error)
+            self._fail(control, state, exc, log_error=not database)
+            if database:
+                lost = is_connection_lost(exc)
                 raise BackfillError(
                     f"backfill of {name!r} failed (job #{job.id}, checkpoint "
-                    f"{state_checkpoint(control, job.id)!r}): {type(exc).__name__}: "
-                    f"{str(exc).strip()}; resume with `idxr-pg backfill {name} --resume`"
+                    f"{state.checkpoint!r}): "
+                    f"{'lost the database connection: ' if lost else ''}{type(exc).__name__}: "
+                    f"{one_line(str(exc))}; resume with `idxr-pg backfill {name} --resume`"
                 ) from exc
             raise
         progress.close()
@@ -344,15 +346,44 @@ class Backfill:
         )
         return final
 
-    def _fail(self, control: psycopg.Connection, state: _RunState, exc: BaseException) -> None:
+    def _fail(
+        self,
+        control: psycopg.Connection,
+        state: _RunState,
+        exc: BaseException,
+        *,
+        log_error: bool = True,
+    ) -> None:
+        """Mark the job finished on an error. After a lost connection (a server restart, a
+        terminated backend) the control connection may be gone too: mark it on a new one,
+        and if the server cannot be reached, leave it: the next backfill or `jobs` finds the
+        run dead (its lock is gone) and marks it interrupted."""
         if isinstance(exc, KeyboardInterrupt):
             final_state, message = jobs.INTERRUPTED, "stopped by a second interrupt"
         else:
-            final_state, message = jobs.FAILED, f"{type(exc).__name__}: {exc}"
+            final_state, message = jobs.FAILED, f"{type(exc).__name__}: {one_line(str(exc))}"
         try:
-            jobs.finish_job(control, state.job.id, final_state, error=message, rate=state.rate())
-        except psycopg.Error:
-            log.exception("could not mark job #%d %s", state.job.id, final_state)
+            if control.closed or control.broken:
+                with connect(self._conninfo("control"), autocommit=True, vector=False) as again:
+                    self._finish_failed(again, state, final_state, message)
+            else:
+                try:
+                    self._finish_failed(control, state, final_state, message)
+                except psycopg.Error as err:
+                    if not is_connection_lost(err, control):
+                        raise
+                    with connect(self._conninfo("control"), autocommit=True, vector=False) as again:
+                        self._finish_failed(again, state, final_state, message)
+        except (psycopg.Error, IdxrError) as err:
+            log.warning(
+                "could not mark job #%d %s (%s); the next backfill of %s marks it interrupted",
+                state.job.id,
+                final_state,
+                one_line(str(err)),
+                state.job.entity_kind,
+            )
+        if not log_error:
+            return  # the caller raises one BackfillError that says it all
         log.error(
             "backfill of %s %s: job #%d: %s; resume with `idxr-pg backfill %s --resume`",
             state.job.entity_kind,
@@ -392,6 +423,8 @@ class Backfill:
         )
         result = run.pipeline.index(work, leased, force=force, finalize=finalize)
         run.state.counts = run.state.counts + job_increment(result, streamed=streamed)
+        if streamed:
+            run.state.checkpoint = checkpoint  # committed with the batch
         log.debug(
             "%s: batch of %d up to %r: %s",
             kind.name,

@@ -15,12 +15,14 @@ the ready queue of some kinds and returns (``--once``, ``idxr-pg refresh KIND``)
   the claimed queue rows of the entities done and records each failure (backoff, then dead
   letter: `Assembly.record_failures`); the pipeline releases the leases there.
 - Liveness: a heartbeat thread (own connection) updates ``idxr.workers`` and extends this
-  worker's leases every few seconds; a crashed worker's leases expire and are taken over.
+  worker's leases every few seconds; a crashed worker's leases expire and are taken over, and
+  its row is marked ``lost`` by the next worker that starts (or ``idxr-pg status``).
 - Shutdown: SIGTERM/SIGINT (or `stop()`) let the current batch finish; leases are released
   and the worker row is marked ``stopped``.
 - A lost database connection (any of them) is retried with exponential backoff
   (`retry_with_backoff`) and the worker resumes; its leases still carry its id, so it takes its
-  own entities back.
+  own entities back. A refused login (missing database or role) is final, and so is the idxr
+  schema disappearing under the worker (``uninstall``): it stops with one `WorkerSetupError`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from idxr_pg.db.connection import (
     is_connection_lost,
     retry_with_backoff,
 )
+from idxr_pg.db.status import live_window_seconds
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
 from idxr_pg.indexing.pipeline import BatchResult, Pipeline
@@ -100,6 +103,7 @@ class Worker:
         self._pipelines: dict[str, Pipeline] = {}
         self._heartbeat: threading.Thread | None = None
         self._rounds: set[str] = set()  # 'every' kinds being drained in this refresh round
+        self._uninstalled = False  # the idxr schema disappeared under the running worker
 
     # ----------------------------------------------------------------------------- control
 
@@ -132,9 +136,7 @@ class Worker:
                     if not self._cycle(served, force_due=False):
                         self._wait(served)
                 except Exception as exc:
-                    if not isinstance(exc, psycopg.Error) and not is_connection_lost(exc):
-                        raise
-                    self._recover(exc)
+                    self._on_error(exc)
         return self.totals
 
     def drain(self, kinds: Iterable[str] | None = None) -> Counts:
@@ -153,9 +155,7 @@ class Worker:
                     if not self._cycle(chosen, force_due=True):
                         break
                 except Exception as exc:
-                    if not isinstance(exc, psycopg.Error) and not is_connection_lost(exc):
-                        raise
-                    self._recover(exc)
+                    self._on_error(exc)
             for name in chosen:
                 self._stamp_refreshed(name)
         return self.totals
@@ -189,6 +189,7 @@ class Worker:
         workers.worker_started(
             conn, self.worker_id, socket.gethostname(), os.getpid(), list(self._pipelines)
         )
+        workers.mark_lost(conn, live_window_seconds(self.config))  # others that died
         self._beating.set()
         self._heartbeat = threading.Thread(
             target=self._heartbeat_loop, name=f"idxr-heartbeat-{self.worker_id}", daemon=True
@@ -201,10 +202,11 @@ class Worker:
             self._heartbeat.join(timeout=10)
             self._heartbeat = None
         try:
-            conn = self._ensure_conn()
-            with conn.transaction():
-                leases.release_all(conn, self.worker_id)
-                workers.worker_heartbeat(conn, self.worker_id, self.totals.entities, "stopped")
+            if not self._uninstalled:  # else there is no worker row or lease left to update
+                conn = self._ensure_conn()
+                with conn.transaction():
+                    leases.release_all(conn, self.worker_id)
+                    workers.worker_heartbeat(conn, self.worker_id, self.totals.entities, "stopped")
         except Exception:
             log.warning("could not mark worker %s stopped", self.worker_id, exc_info=True)
         self._close_connections()
@@ -240,6 +242,27 @@ class Worker:
             if conn is not None:
                 conn.close()
         self._conn = self._listen = None
+
+    def _on_error(self, exc: Exception) -> None:
+        """An error of the loop: a lost connection or a database error is recovered from
+        (reconnect, go on); the idxr schema gone (uninstalled under the worker) ends the worker
+        with one message; anything else is raised."""
+        if not isinstance(exc, psycopg.Error) and not is_connection_lost(exc):
+            raise exc
+        if not is_connection_lost(exc, self._conn) and self._schema_gone():
+            self._uninstalled = True
+            raise WorkerSetupError(
+                f"the idxr schema was removed from the database while worker {self.worker_id} "
+                "ran (idxr-pg uninstall?): the worker stops; run `idxr-pg migrate` to install "
+                "it again"
+            ) from exc
+        self._recover(exc)
+
+    def _schema_gone(self) -> bool:
+        try:
+            return not idxr_installed(self._ensure_conn())
+        except Exception:  # cannot tell now: treat the error as a database error
+            return False
 
     def _recover(self, exc: BaseException) -> None:
         """After a database error: drop the connections, back off, reconnect (until stopped)."""
