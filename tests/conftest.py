@@ -27,6 +27,11 @@ from idxr_pg.db.connection import connect
 
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+# The tests connect as postgres, a superuser: let the worker, backfill and `triggers install`
+# run as it (users get a refusal by default; tests/integration/test_privileges.py checks it),
+# in this process and in the CLI subprocesses that inherit the environment.
+os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")
+
 
 def _docker_answers() -> bool:
     try:

@@ -14,7 +14,12 @@ from idxr_pg.cli.format import (
     print_listing,
     when,
 )
-from idxr_pg.cli.options import batch_size_option, count_option, json_flag
+from idxr_pg.cli.options import (
+    allow_superuser_flag,
+    batch_size_option,
+    count_option,
+    json_flag,
+)
 from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
 
@@ -108,6 +113,7 @@ def job_row(job: Job) -> list[object]:
     help="Seconds between progress log lines when stderr is not a terminal.",
 )
 @json_flag("Print the finished job as JSON.")
+@allow_superuser_flag
 @pass_app
 def backfill(
     app: AppContext,

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from idxr_pg.runtime.superuser import ALLOW_SUPERUSER_ENV
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _allow_superuser(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[ALLOW_SUPERUSER_ENV] = "1"  # read by runtime/superuser.refuse_superuser
+
+
+def allow_superuser_flag(f: F) -> F:
+    """``--allow-superuser``: run even when connected as a superuser (the default refuses; see
+    `idxr_pg.runtime.superuser`). Sets ``IDXR_ALLOW_SUPERUSER=1`` for this run."""
+    return click.option(
+        "--allow-superuser",
+        is_flag=True,
+        expose_value=False,
+        callback=_allow_superuser,
+        help="Run even when connected as a superuser (refused by default: the owners of the "
+        f"watched tables could run code with its rights). Also {ALLOW_SUPERUSER_ENV}=1.",
+    )(f)
 
 
 def json_flag(help: str) -> Callable[[F], F]:

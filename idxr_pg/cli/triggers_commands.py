@@ -9,9 +9,10 @@ import click
 from idxr_pg.capture import triggers as capture
 from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import print_json
-from idxr_pg.cli.options import json_flag, kinds_option
+from idxr_pg.cli.options import allow_superuser_flag, json_flag, kinds_option
 from idxr_pg.config import EntityConfig
 from idxr_pg.db.connection import redact
+from idxr_pg.runtime.superuser import refuse_superuser
 
 KIND_OPTION = kinds_option("Only this entity kind (repeatable) [default: every kind].")
 
@@ -33,6 +34,7 @@ def triggers() -> None:
 
 @triggers.command()
 @KIND_OPTION
+@allow_superuser_flag
 @pass_app
 def install(app: AppContext, kinds: tuple[str, ...]) -> None:
     """Create or replace the capture triggers of the configured kinds (one transaction).
@@ -46,6 +48,7 @@ def install(app: AppContext, kinds: tuple[str, ...]) -> None:
         click.echo("no entity kinds configured: nothing to install")
         return
     with app.db(autocommit=False, vector=False) as conn:
+        refuse_superuser(conn, "install capture triggers")  # they run as their installer
         plan = capture.install_triggers(conn, entities)
         others = sorted(
             {c.entity_kind for c in capture.installed_captures(conn)}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from idxr_pg.cli.context import AppContext, pass_app
-from idxr_pg.cli.options import batch_size_option, kinds_option
+from idxr_pg.cli.options import allow_superuser_flag, batch_size_option, kinds_option
 from idxr_pg.errors import IdxrError
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
 
@@ -67,6 +67,7 @@ def _run_until_signalled(w: Worker, work: Callable[[], Counts]) -> Counts:
     help="Seconds between queue polls when no NOTIFY arrives [default: worker.poll_interval, 5].",
 )
 @kinds_option("Serve only this entity kind (repeatable) [default: every configured kind].")
+@allow_superuser_flag
 @pass_app
 def worker(
     app: AppContext,
@@ -92,6 +93,7 @@ def worker(
 @click.command()
 @click.argument("kind")
 @batch_size_option(BATCH_SIZE_HELP)
+@allow_superuser_flag
 @pass_app
 def refresh(app: AppContext, kind: str, batch_size: int | None) -> None:
     """Process KIND's queued changes now, whatever its refresh policy, then exit.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import psycopg
@@ -27,6 +28,7 @@ __all__ = [
     "iter_key_pages",
     "iter_orphan_batches",
     "load_documents",
+    "reading_source",
 ]
 
 
@@ -49,6 +51,30 @@ class SourceKind(Protocol):
 
 def _table(kind: SourceKind) -> sql.Identifier:
     return sql.Identifier(kind.schema, kind.table)
+
+
+# Every read of an application table runs with these settings (issue 12, item 8), as whatever
+# the table's owner attached to it (a domain CHECK, a function in a document query) runs as the
+# worker: READ ONLY, so it cannot write anything; a fixed search_path, so no object of the
+# owner's shadows a catalog one (these queries qualify every table: `document` SQL must too);
+# row_security off, so a row-level security policy makes the read fail (a worker that neither
+# owns the table nor has BYPASSRLS) instead of silently hiding rows from the index, and the
+# policy's own functions never run.
+_SOURCE_READ_SETTINGS = (
+    "SET LOCAL transaction_read_only = on;"
+    " SET LOCAL search_path = pg_catalog, pg_temp;"
+    " SET LOCAL row_security = off"
+)
+
+
+@contextmanager
+def reading_source(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction for reads of application tables with the settings above: rolled back at
+    the end (it only reads), so inside the caller's transaction it is a savepoint whose
+    settings are undone with it."""
+    with conn.transaction(force_rollback=True):
+        conn.execute(_SOURCE_READ_SETTINGS)
+        yield
 
 
 # --------------------------------------------------------------------------- documents
@@ -104,7 +130,7 @@ def load_documents(
 
     from psycopg.types.json import set_json_loads
 
-    with conn.cursor() as cur:
+    with reading_source(conn), conn.cursor() as cur:
         set_json_loads(partial(json.loads, parse_float=Decimal), cur)
         rows = cur.execute(document_query(kind), {"keys": list(keys)}).fetchall()
     return {key: doc for key, doc in rows if key is not None}
@@ -145,7 +171,8 @@ def _orphans_sql(kind: SourceKind) -> sql.Composed:
 
 def count_keys(conn: psycopg.Connection, kind: SourceKind) -> int:
     """Rows of the source table with a key."""
-    return conn.execute(_count_sql(kind)).fetchone()[0]
+    with reading_source(conn):
+        return conn.execute(_count_sql(kind)).fetchone()[0]
 
 
 def iter_key_pages(
@@ -155,10 +182,11 @@ def iter_key_pages(
     (an index range scan, so no transaction or snapshot stays open between pages)."""
     first, rest = _first_page_sql(kind), _next_page_sql(kind)
     while True:
-        if after is None:
-            rows = conn.execute(first, {"limit": page_size}).fetchall()
-        else:
-            rows = conn.execute(rest, {"after": after, "limit": page_size}).fetchall()
+        with reading_source(conn):
+            if after is None:
+                rows = conn.execute(first, {"limit": page_size}).fetchall()
+            else:
+                rows = conn.execute(rest, {"after": after, "limit": page_size}).fetchall()
         if not rows:
             return
         keys = [row[0] for row in rows]
@@ -174,7 +202,7 @@ def iter_orphan_batches(
     """Batches of indexed ids whose source row is gone, from a server-side cursor on ``conn``
     (a connection of its own, not in autocommit: the cursor lives in its transaction, which
     is rolled back at the end)."""
-    with conn.cursor(name="idxr_backfill_orphans") as cur:
+    with reading_source(conn), conn.cursor(name="idxr_backfill_orphans") as cur:
         cur.itersize = batch_size
         cur.execute(_orphans_sql(kind), {"kind": kind.name})
         while True:

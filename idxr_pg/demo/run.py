@@ -144,7 +144,7 @@ class Demo:
     def install(self) -> None:
         self.step(2, "Install idxr-pg as a DBA would: migrations, then capture triggers")
         self.cli("migrate", capture=True)
-        self.cli("triggers", "install", capture=True)
+        self.cli("triggers", "install", "--allow-superuser", capture=True)
         with self.conn() as conn:
             triggers = conn.execute(query("count_capture_triggers")).fetchone()[0]
         if triggers < 8:
@@ -155,7 +155,7 @@ class Demo:
     def backfill(self) -> None:
         self.step(3, "Backfill the existing rows (progress bar on a terminal)")
         started = time.perf_counter()
-        self.cli("backfill", KIND)
+        self.cli("backfill", KIND, "--allow-superuser")
         elapsed = time.perf_counter() - started
         with self.conn() as conn:
             entities, records, embedded = conn.execute(query("index_counts"), [KIND]).fetchone()
@@ -170,8 +170,8 @@ class Demo:
     def start_worker(self) -> None:
         self.step(4, "Start a worker, then write to the application tables with plain SQL")
         command = [sys.executable, "-m", "idxr_pg", "--database-url", self.url,
-                   "--config", str(self.config_path), "worker"]  # fmt: skip
-        console.print(f"[dim]$ idxr-pg worker   (log: {self.worker_log})[/dim]")
+                   "--config", str(self.config_path), "worker", "--allow-superuser"]  # fmt: skip
+        console.print(f"[dim]$ idxr-pg worker --allow-superuser   (log: {self.worker_log})[/dim]")
         log = self.worker_log.open("wb")
         self.worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120

@@ -19,6 +19,7 @@ from idxr_pg.indexing import failures
 from idxr_pg.indexing.failures import Backoff, FailureOutcome
 from idxr_pg.indexing.pipeline import BatchResult, Pipeline
 from idxr_pg.indexing.registry import RegisteredKind, register, resolve_kinds
+from idxr_pg.runtime.superuser import refuse_superuser
 
 __all__ = ["Assembly", "assemble"]
 
@@ -66,12 +67,15 @@ def assemble(
     cache_conninfo: str,
     settings: WorkerSettings | None = None,
     embedder: Embedder | None = None,
+    action: str = "index",  # for the superuser refusal: "refusing to <action> as role ..."
 ) -> Assembly:
     """Resolve and register ``kind_names`` on ``conn``, then build the rest (see module doc).
 
     The kinds are resolved before the model loads, so a wrong table or key fails fast. The
     cache keeps a connection of its own (``cache_conninfo``); `Assembly.close` closes it.
+    A superuser connection is refused first (`refuse_superuser`; ``action`` names the run).
     """
+    refuse_superuser(conn, action)
     settings = settings or config.worker
     kinds = resolve_kinds(conn, config, kind_names)
     embedder = embedder or load_embedder(config.embedding)

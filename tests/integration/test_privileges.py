@@ -319,3 +319,174 @@ def test_worker_role_indexes_with_its_grants_only(setup: Setup) -> None:
         ]
     finally:
         _drop_roles(setup.admin_url, [worker_role])
+
+
+# --------------------------------------------------------------------------- the worker's reads
+
+
+@pytest.fixture
+def worker_url(setup: Setup) -> Iterator[str]:
+    """A login role in idxr_worker with SELECT on app.notes (what the README tells DBAs)."""
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        role = _login_role(admin, "idxr_wk", "idxr_worker")
+        admin.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA app TO {0}; GRANT SELECT ON app.notes TO {0}").format(
+                sql.Identifier(role)
+            )
+        )
+    try:
+        yield as_role(setup.admin_url, role)
+    finally:
+        _drop_roles(setup.admin_url, [role])
+
+
+def _note_config(**overrides: object):
+    return parse_config(
+        {"entities": [{**NOTE_ENTITY, **overrides}], "embedding": {"model": "deterministic-test"}},
+        "t",
+    )
+
+
+def _indexed(url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT entity_id, path::text, value FROM idxr.search_index"
+            " WHERE entity_kind = 'note' ORDER BY 1, 2"
+        ).fetchall()
+
+
+def test_source_reads_are_read_only_with_a_fixed_search_path(setup: Setup) -> None:
+    from idxr_pg.db import source
+
+    with psycopg.connect(setup.admin_url, autocommit=True) as conn:
+        with source.reading_source(conn):
+            settings = [
+                conn.execute(f"SHOW {name}").fetchone()[0]
+                for name in ("transaction_read_only", "search_path", "row_security")
+            ]
+        assert settings == ["on", "pg_catalog, pg_temp", "off"]
+        assert conn.execute("SHOW transaction_read_only").fetchone()[0] == "off"
+        with conn.transaction():  # inside the caller's transaction: a savepoint, undone after
+            with source.reading_source(conn):
+                assert conn.execute("SHOW row_security").fetchone()[0] == "off"
+            assert conn.execute("SHOW row_security").fetchone()[0] == "on"
+            conn.execute("CREATE TEMP TABLE still_writable (id int)")
+
+
+def test_table_owner_cannot_shadow_a_catalog_function_the_worker_calls(
+    setup: Setup, worker_url: str
+) -> None:
+    """The owner of app.notes (with CREATE on public, the pre-15 default) defines
+    public.to_jsonb(app.notes): on the worker's default search_path it beats
+    pg_catalog.to_jsonb(anyelement) and would run as the worker. The worker's fixed
+    search_path ignores it."""
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(setup.app_role))
+        )
+        admin.execute("DELETE FROM idxr.search_index")
+    with psycopg.connect(setup.app_url, autocommit=True) as app:
+        app.execute(
+            """CREATE TABLE app.hijack_log (who text);
+               GRANT INSERT ON app.hijack_log TO PUBLIC;
+               CREATE FUNCTION public.to_jsonb(n app.notes) RETURNS jsonb LANGUAGE plpgsql AS $$
+               BEGIN
+                   INSERT INTO app.hijack_log VALUES (current_user);
+                   RETURN jsonb_build_object('id', n.id, 'title', 'hijacked');
+               END $$;
+               GRANT EXECUTE ON FUNCTION public.to_jsonb(app.notes) TO PUBLIC"""
+        )
+        app.execute("INSERT INTO app.notes VALUES (2, 'second note')")
+    from idxr_pg.runtime.worker import Worker
+
+    Worker(worker_url, _note_config(columns=None)).drain()
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        log_rows = admin.execute("SELECT who FROM app.hijack_log").fetchall()
+    assert log_rows == []
+    assert _indexed(setup.admin_url) == [("2", "note.id", "2"), ("2", "note.title", "second note")]
+
+
+def test_documents_load_read_only(setup: Setup, worker_url: str) -> None:
+    """A key of a domain type whose CHECK calls the owner's function: the cast in the document
+    query runs it as the worker. In a READ ONLY transaction it cannot write anything: the
+    entity fails (kept in the queue for a retry) and nothing is written."""
+    with psycopg.connect(setup.app_url, autocommit=True) as app:
+        app.execute(
+            """CREATE TABLE app.hijack_log (who text);
+               GRANT INSERT ON app.hijack_log TO PUBLIC;
+               CREATE FUNCTION app.note_key_ok(k integer) RETURNS boolean LANGUAGE plpgsql AS $$
+               BEGIN
+                   INSERT INTO app.hijack_log VALUES (current_user);
+                   RETURN true;
+               END $$;
+               GRANT EXECUTE ON FUNCTION app.note_key_ok(integer) TO PUBLIC;
+               CREATE DOMAIN app.note_key AS integer CHECK (app.note_key_ok(VALUE));
+               CREATE TABLE app.keyed (id app.note_key PRIMARY KEY, title text NOT NULL)"""
+        )
+    entity = {**NOTE_ENTITY, "table": "app.keyed"}
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        capture.install_triggers(admin, parse_config({"entities": [entity]}, "t").entities)
+        admin.execute("DELETE FROM idxr.search_index")
+        worker_role = psycopg.conninfo.conninfo_to_dict(worker_url)["user"]
+        admin.execute(
+            sql.SQL("GRANT SELECT ON app.keyed TO {}").format(sql.Identifier(worker_role))
+        )
+    with psycopg.connect(setup.app_url, autocommit=True) as app:
+        app.execute("INSERT INTO app.keyed VALUES (5, 'fifth')")
+        app.execute("DELETE FROM app.hijack_log")  # the insert's own CHECK ran as the app
+    from idxr_pg.runtime.worker import Worker
+
+    Worker(worker_url, _note_config(table="app.keyed")).drain()
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        log_rows = admin.execute("SELECT who FROM app.hijack_log").fetchall()
+        errors = admin.execute(
+            "SELECT last_error FROM idxr.queue WHERE entity_kind = 'note'"
+        ).fetchall()
+    assert log_rows == []
+    assert _indexed(setup.admin_url) == []
+    assert len(errors) == 1 and "read-only transaction" in errors[0][0], errors
+
+
+# --------------------------------------------------------------------------- superuser
+
+
+def test_worker_backfill_and_trigger_install_refuse_a_superuser(
+    setup: Setup, worker_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected as postgres without --allow-superuser: one clear line naming the role; the
+    flag (or IDXR_ALLOW_SUPERUSER=1) allows it; a least-privilege role needs neither."""
+    import yaml
+    from click.testing import CliRunner
+
+    from idxr_pg.cli import main
+    from idxr_pg.runtime.superuser import ALLOW_SUPERUSER_ENV
+
+    monkeypatch.delenv(ALLOW_SUPERUSER_ENV, raising=False)
+    config = tmp_path / "idxr.yaml"
+    config.write_text(
+        yaml.safe_dump({"entities": [NOTE_ENTITY], "embedding": {"model": "deterministic-test"}})
+    )
+    base = ["--database-url", setup.admin_url, "--config", str(config)]
+    commands = [  # (the refused action, the command)
+        ("index", ["worker", "--once"]),
+        ("index", ["refresh", "note"]),
+        ("index", ["backfill", "note"]),
+        ("install capture triggers", ["triggers", "install"]),
+    ]
+    runner = CliRunner()
+    for action, args in commands:
+        result = runner.invoke(main, [*base, *args])
+        assert result.exit_code != 0, (args, result.output)
+        message = result.output.strip()
+        assert f"refusing to {action} as role 'postgres', a superuser" in message
+        assert "--allow-superuser" in result.output and len(message.splitlines()) == 1, message
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        assert admin.execute("SELECT count(*) FROM idxr.workers").fetchone()[0] == 0
+        assert admin.execute("SELECT count(*) FROM idxr.entity_kinds").fetchone()[0] == 0
+
+    from idxr_pg.runtime.worker import Worker
+
+    Worker(worker_url, _note_config()).drain()  # not a superuser: no flag needed
+    for _, args in commands:
+        result = runner.invoke(main, [*base, *args, "--allow-superuser"])
+        assert result.exit_code == 0, (args, result.output)

@@ -59,6 +59,7 @@ def demo_env(pg_server_url, session_id, tmp_path_factory):
         "IDXR_DATABASE_URL": demo.url,
         "IDXR_CONFIG": str(demo.config_path),
         "HF_HUB_OFFLINE": "1",
+        "IDXR_ALLOW_SUPERUSER": "1",  # the examples run as postgres (README: least privilege)
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     yield env
