@@ -103,6 +103,11 @@ class EntityConfig(_Strict):
     refresh: str = "on_change"
     max_depth: Annotated[int, Field(gt=0)] = 32
     max_records: Annotated[int, Field(gt=0)] = 10_000
+    exclude_paths: list[str] = Field(
+        default_factory=list,
+        description="lquery patterns of paths never indexed, e.g. 'user.password' or "
+        "'*.internal_notes.*' (fields marked Field(exclude=True) are never indexed either)",
+    )
     trusted_source: bool = Field(
         False,
         description="the table may be a view, materialized view or foreign table: its "
@@ -119,6 +124,18 @@ class EntityConfig(_Strict):
     def _kind_name(cls, value: str) -> str:
         if not _KIND_NAME.match(value):
             raise ValueError("must be 1-63 letters, digits or underscores (it is an LTree label)")
+        return value
+
+    @field_validator("exclude_paths")
+    @classmethod
+    def _exclude_patterns(cls, value: list[str]) -> list[str]:
+        from idxr_pg.records.lquery import LqueryError, compile_lquery
+
+        for index, pattern in enumerate(value):
+            try:
+                compile_lquery(pattern)
+            except LqueryError as exc:
+                raise ValueError(f"exclude_paths[{index}]: {exc}") from None
         return value
 
     @field_validator("model")

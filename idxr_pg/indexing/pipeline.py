@@ -303,6 +303,7 @@ class Pipeline:
                     self.kind.name,
                     max_depth=self.kind.config.max_depth,
                     max_records=self.kind.config.max_records,
+                    exclude_paths=self.kind.config.exclude_paths,
                 )
                 entity.change = diff(entity.records, stored.get(entity.id, {}), force=force)
             except Exception as exc:

@@ -20,6 +20,9 @@ any size as its digits. Documents are loaded with JSON numbers as ``Decimal``
 ``float`` is converted by Pydantic to the float the user declared (``29.90`` → ``"29.9"``,
 value type ``float``), so declare ``Decimal`` (or ``int``) where the exact text matters.
 
+Fields marked ``Field(exclude=True)`` are not indexed, nor are paths matching the kind's
+``exclude_paths`` (lquery patterns).
+
 Paths are ``root.field.0.key``; labels are sanitised by `idxr_pg.records.labels`. ``None`` and
 empty collections emit nothing. Sets are emitted in a canonical sorted order.
 The walk is iterative, so deep data cannot hit Python's recursion limit, and plans for
@@ -35,7 +38,7 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -50,6 +53,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticUndefined
 
 from idxr_pg.records.labels import is_valid_label, sanitize_label, unique_labels
+from idxr_pg.records.lquery import path_matcher
 from idxr_pg.records.record import FieldRecord, ValueType, is_meaningful_text, make_record
 
 __all__ = [
@@ -455,7 +459,8 @@ _model_plans: dict[type, _Fields] = {}
 def _model_plan(cls: type[BaseModel]) -> _Fields:
     plan = _model_plans.get(cls)
     if plan is None:
-        fields = cls.model_fields
+        # Fields marked Field(exclude=True) are left out of dumps, and of the index too.
+        fields = {n: f for n, f in cls.model_fields.items() if f.exclude is not True}
         computed = cls.model_computed_fields
         names = [*fields, *computed]
         plans = [_compile(f.annotation) for f in fields.values()]
@@ -602,14 +607,20 @@ def flatten(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_records: int = DEFAULT_MAX_RECORDS,
+    exclude_paths: Sequence[str] = (),
 ) -> list[FieldRecord]:
     """Flatten ``instance`` into records whose paths start with ``root`` (sanitised).
+
+    Fields marked ``Field(exclude=True)`` are skipped, and so is every record whose path
+    matches one of the lquery ``exclude_paths`` (`idxr_pg.records.lquery`; the kind's
+    ``exclude_paths`` config); excluded records do not count towards ``max_records``.
 
     Raises `FlattenError` when a non-empty value lies more than ``max_depth`` labels below
     the root, or when the entity would produce more than ``max_records`` records.
     """
     if max_depth < 0 or max_records < 0:
         raise ValueError("max_depth and max_records must not be negative")
+    excluded = path_matcher(exclude_paths)
     records: list[FieldRecord] = []
     append = records.append
     stack: list[tuple[Any, _Plan, str, int]] = [(instance, _RUNTIME_ANY, sanitize_label(root), 0)]
@@ -621,6 +632,8 @@ def flatten(
         if kind == _SKIP:
             continue
         if kind == _SCALAR:
+            if excluded is not None and excluded(path):
+                continue
             if depth > max_depth:
                 raise FlattenError(root, path, f"deeper than max_depth={max_depth}")
             if len(records) >= max_records:

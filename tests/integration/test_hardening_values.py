@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from pydantic import BaseModel, Json
+from pydantic import BaseModel, Field, Json
 
 from idxr_pg.config import EmbeddingSettings
 from idxr_pg.db import leases as db_leases
@@ -216,3 +216,91 @@ def test_a_5_mb_text_embeds_in_bounded_time_as_its_pre_cut_text(monkeypatch, str
     pre_cut = precut(huge, bound, strategy)
     expected = embedder.embed([embedder.truncate(pre_cut, embedder.max_tokens, strategy)])[0]
     assert np.allclose(result.vector, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- item 3
+
+
+class Account(BaseModel):
+    id: int
+    name: str
+    password: str = Field(exclude=True)
+    notes: str
+    profile: Json[dict[str, Any]]
+
+
+ACCOUNTS_DDL = """
+CREATE TABLE public.accounts (
+    id integer PRIMARY KEY, name text NOT NULL, password text NOT NULL, notes text NOT NULL,
+    profile text NOT NULL
+)
+"""
+
+
+def test_excluded_fields_and_paths_are_neither_indexed_nor_embedded(
+    isolated_database_url, tmp_path
+):
+    url = isolated_database_url
+    execute(url, ACCOUNTS_DDL)
+    execute(
+        url,
+        "INSERT INTO accounts VALUES (1, 'Ada', 'hunter2', 'owes us money', %s)",
+        ['{"bio": "Mathematician", "internal": {"score": "risky", "flag": "watch"}}'],
+    )
+    entity = {
+        "name": "account",
+        "model": "tests.integration.test_hardening_values:Account",
+        "table": "public.accounts",
+        "key": "id",
+        "exclude_paths": ["account.notes", "*.internal.*"],
+    }
+    result = run_pipeline(url, tmp_path, entity, ["1"])
+    assert result.failed == 0, result.failures
+    rows = fetch_index(url, "account")
+    assert sorted(path for _, path in rows) == [
+        "account.id",
+        "account.name",
+        "account.profile.bio",
+    ]
+    values = " ".join(row["value"] for row in rows.values())
+    assert "hunter2" not in values and "owes" not in values and "risky" not in values
+
+
+LQUERY_CASES = [
+    ("a.b", "a.b"),
+    ("a.*", "a"),
+    ("*.c", "a.b.c"),
+    ("*{1}.c", "a.b.c"),
+    ("*{2}.c", "a.b.c"),
+    ("*{1,}.b", "a.b"),
+    ("*{,1}.b", "x.y.b"),
+    ("a.b{2}.c", "a.b.b.c"),
+    ("a.b{1,2}.c", "a.b.b.b.c"),
+    ("a.!b.c", "a.x.c"),
+    ("a.!b.c", "a.b.c"),
+    ("a.!b|x.c", "a.x.c"),
+    ("a.!b{2}.c", "a.x.y.c"),
+    ("a.pass*", "a.password"),
+    ("a.PASS*@", "a.password"),
+    ("a.Pass@", "a.pASS"),
+    ("a.secret%", "a.my_secret_key"),
+    ("a.secret_k*%", "a.my_secret_key"),
+    ("a.key_secret%", "a.my_secret_key"),
+    ("a.secret%", "a.secretkey"),
+    ("a.sec*%", "a.my_secretkey"),
+    ("*.x.*", "x"),
+    ("*.x.*", "a.x.b.x"),
+    ("*.*", "a"),
+    ("a|b.*{0}", "b"),
+    ("*.!x", "x"),
+    ("*.!x", "a.x"),
+]
+
+
+def test_the_lquery_matcher_agrees_with_postgresql(database_url):
+    from idxr_pg.records.lquery import compile_lquery
+
+    with psycopg.connect(database_url) as conn:
+        for pattern, path in LQUERY_CASES:
+            expected = conn.execute("SELECT %s::ltree ~ %s::lquery", [path, pattern]).fetchone()[0]
+            assert compile_lquery(pattern)(path) is expected, (pattern, path)
