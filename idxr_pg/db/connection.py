@@ -125,6 +125,8 @@ def is_connection_lost(exc: BaseException, conn: psycopg.Connection | None = Non
         return True
     if isinstance(exc, DatabaseError):  # our connect(): only "cannot connect" is transient
         return isinstance(exc.__cause__, psycopg.OperationalError)
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        return False  # 54xxx: this statement's data is past a server limit; retrying cannot help
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 

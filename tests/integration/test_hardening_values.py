@@ -304,3 +304,43 @@ def test_the_lquery_matcher_agrees_with_postgresql(database_url):
         for pattern, path in LQUERY_CASES:
             expected = conn.execute("SELECT %s::ltree ~ %s::lquery", [path, pattern]).fetchone()[0]
             assert compile_lquery(pattern)(path) is expected, (pattern, path)
+
+
+# --------------------------------------------------------------------------- server limits
+
+
+class Tree(BaseModel):
+    id: int
+    title: str
+    attrs: dict[str, Any] | None = None
+
+
+TREES_DDL = "CREATE TABLE public.trees (id integer PRIMARY KEY, title text NOT NULL, attrs jsonb)"
+
+
+def test_a_path_past_the_btree_limit_fails_its_entity_alone(isolated_database_url, tmp_path):
+    """An ltree path over PostgreSQL's 2704-byte btree row limit raises ProgramLimitExceeded (an
+    OperationalError in psycopg): that entity fails at the write stage, the others are indexed."""
+    url = isolated_database_url
+    execute(url, TREES_DDL)
+    deep: dict[str, Any] = {"leaf": "x"}
+    for level in range(60):
+        deep = {f"k{level}_" + "a" * 240: deep}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO trees VALUES (1, 'first', NULL), (2, 'too deep', %s), (3, 'third', NULL)",
+            [psycopg.types.json.Jsonb(deep)],
+        )
+    entity = {
+        "name": "tree",
+        "model": "tests.integration.test_hardening_values:Tree",
+        "table": "public.trees",
+        "key": "id",
+        "max_depth": 100,
+    }
+    result = run_pipeline(url, tmp_path, entity, ["1", "2", "3"])
+
+    assert [(f.entity_id, f.stage) for f in result.failures] == [("2", "write")]
+    assert sorted(result.done_ids) == ["1", "3"]
+    indexed = {entity_id for entity_id, _ in fetch_index(url, "tree")}
+    assert indexed == {"1", "3"}

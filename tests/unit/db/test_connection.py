@@ -75,3 +75,12 @@ def test_retry_raises_other_errors_at_once_and_the_last_one_when_stopped():
 def test_conninfo_names_the_connection_within_postgres_limit():
     info = psycopg.conninfo.conninfo_to_dict(conninfo("postgresql://u@h/db", "x" * 100))
     assert info["application_name"] == "x" * 63 and info["dbname"] == "db"
+
+
+def test_a_statement_past_a_server_limit_is_bad_data_not_a_lost_connection():
+    """ProgramLimitExceeded (SQLSTATE 54xxx, e.g. an ltree path over the btree row limit) is an
+    OperationalError in psycopg, but retrying it can never help: that entity fails alone."""
+    too_big = psycopg.errors.ProgramLimitExceeded("index row size 3000 exceeds btree maximum")
+    assert not is_connection_lost(too_big)
+    assert not is_connection_lost(too_big, FakeConn())  # type: ignore[arg-type]
+    assert is_connection_lost(too_big, FakeConn(broken=True))  # type: ignore[arg-type]
