@@ -113,6 +113,12 @@ class EntityConfig(_Strict):
         description="the table may be a view, materialized view or foreign table: its "
         "definition (and the functions it calls) then runs as the worker's role",
     )
+    allow_row_security: bool = Field(
+        False,
+        description="the kind's tables may have ROW LEVEL SECURITY: the index then holds every "
+        "row, also those the policies hide (the worker reads with row_security = off, so it "
+        "needs BYPASSRLS or to own the tables)",
+    )
     notify: bool = Field(
         True,
         description="capture triggers send pg_notify per statement; false: the worker finds "

@@ -346,12 +346,27 @@ def _require_schema(conn: psycopg.Connection) -> None:
         raise CaptureError("the idxr schema is not installed here: run `idxr-pg migrate` first")
 
 
+def _refuse_row_security(conn: psycopg.Connection, kind: str, table: ResolvedTable) -> None:
+    """A table with ROW LEVEL SECURITY needs the entity's ``allow_row_security: true``: the
+    index would show every row to whoever reads idxr.search_index."""
+    if catalog.resolve_table(conn, table.qualified).row_security:
+        raise CaptureError(
+            f"entity kind {kind!r}: table {table.qualified} has row level security enabled, and "
+            "idxr.search_index would show its readers every row the policies hide (set "
+            "allow_row_security: true on the entity to index them anyway; the worker then needs "
+            "BYPASSRLS or to own the table)"
+        )
+
+
 def plan_install(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> InstallPlan:
     """Resolve and check every target of ``entities``; errors name kind, table and column."""
     _require_schema(conn)
     merged: dict[tuple[str, int], PlannedCapture] = {}
+    allow_row_security = {e.name for e in entities if e.allow_row_security}
     for target in _targets(entities):
         table = resolve_table(conn, target.kind, target.table)
+        if target.kind not in allow_row_security:
+            _refuse_row_security(conn, target.kind, table)
         for reader in target.readers:
             _check_reader(conn, target.kind, table, reader)
         seen = merged.get((target.kind, table.oid))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
@@ -41,7 +41,7 @@ _EXTENSIONS_SQL = (
     "SELECT name, default_version FROM pg_catalog.pg_available_extensions WHERE name = ANY(%s)"
 )
 _RELATION_SQL = """
-SELECT c.oid, n.nspname, c.relname, c.relkind
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.oid = pg_catalog.to_regclass(%s)
@@ -89,6 +89,8 @@ class Relation:
     schema: str
     name: str
     relkind: str  # pg_class.relkind: 'r' table, 'p' partitioned table, 'v' view, ...
+    # pg_class.relrowsecurity: ROW LEVEL SECURITY enabled (keyword-only: subclasses add fields)
+    row_security: bool = field(default=False, kw_only=True)
 
     @property
     def qualified(self) -> str:
@@ -142,7 +144,8 @@ def resolve_table(conn: psycopg.Connection, table: str) -> Relation:
     row = conn.execute(_RELATION_SQL, [regclass]).fetchone()
     if row is None:
         raise UnknownTableError(table)
-    return Relation(*row)
+    oid, schema, name, relkind, row_security = row
+    return Relation(oid, schema, name, relkind, row_security=row_security)
 
 
 def table_columns(conn: psycopg.Connection, oid: int) -> dict[str, str]:

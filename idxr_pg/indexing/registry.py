@@ -126,6 +126,15 @@ def _resolve(
             "sources must be plain or partitioned tables (set trusted_source: true on the "
             "entity if you trust its owner with the worker's rights)"
         )
+    if relation.row_security and not entity.allow_row_security:
+        # The index would copy rows the policies hide (and the worker reads with
+        # row_security = off, db/source.py): refused unless the config opts in.
+        raise RegistryError(
+            f"entity kind {entity.name!r}: table {relation.qualified} has row level security "
+            "enabled, and idxr.search_index would show its readers every row the policies hide "
+            "(set allow_row_security: true on the entity to index them anyway; the worker then "
+            "needs BYPASSRLS or to own the table)"
+        )
     columns = catalog.table_columns(conn, relation.oid)
     key_type = columns.get(entity.key)
     if key_type is None:

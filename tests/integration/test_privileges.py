@@ -490,3 +490,97 @@ def test_worker_backfill_and_trigger_install_refuse_a_superuser(
     for _, args in commands:
         result = runner.invoke(main, [*base, *args, "--allow-superuser"])
         assert result.exit_code == 0, (args, result.output)
+
+
+# --------------------------------------------------------------------------- row level security
+
+
+def _enable_row_security(setup: Setup, table: str = "app.notes") -> None:
+    """The owner turns RLS on with a policy calling its own function (which would log)."""
+    with psycopg.connect(setup.app_url, autocommit=True) as app:
+        app.execute(
+            f"""CREATE TABLE IF NOT EXISTS app.policy_log (who text);
+               GRANT INSERT ON app.policy_log TO PUBLIC;
+               CREATE OR REPLACE FUNCTION app.visible(id integer) RETURNS boolean
+               LANGUAGE plpgsql AS $$
+               BEGIN
+                   INSERT INTO app.policy_log VALUES (current_user);
+                   RETURN id = 1;
+               END $$;
+               GRANT EXECUTE ON FUNCTION app.visible(integer) TO PUBLIC;
+               ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+               CREATE POLICY only_one ON {table} FOR SELECT USING (app.visible(id))"""
+        )
+
+
+def test_row_level_security_table_is_refused_without_opt_in(
+    setup: Setup, worker_url: str, tmp_path
+) -> None:
+    """A source with RLS: trigger install, the worker and a backfill refuse it (one line naming
+    kind and table) unless the entity says allow_row_security: true."""
+    from idxr_pg.capture.triggers import CaptureError
+    from idxr_pg.indexing.registry import RegistryError
+    from idxr_pg.runtime.backfill import Backfill, BackfillOptions
+    from idxr_pg.runtime.worker import Worker
+
+    _enable_row_security(setup)
+    config = _note_config()
+    expected = "entity kind 'note': table app.notes has row level security enabled"
+    with (
+        psycopg.connect(setup.admin_url, autocommit=True) as admin,
+        pytest.raises(CaptureError, match=expected) as refused,
+    ):
+        capture.install_triggers(admin, config.entities)
+    assert "allow_row_security: true" in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
+    with pytest.raises(RegistryError, match=expected):
+        Worker(worker_url, config).drain()
+    with pytest.raises(RegistryError, match=expected):
+        Backfill(worker_url, config, "note", BackfillOptions()).run()
+
+    allowed = _note_config(allow_row_security=True)
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        capture.install_triggers(admin, allowed.entities)
+        log_rows = admin.execute("SELECT who FROM app.policy_log").fetchall()
+    assert log_rows == []
+
+
+def test_row_security_is_off_for_the_worker_never_a_silent_filter(
+    setup: Setup, worker_url: str
+) -> None:
+    """Opted in: a worker without BYPASSRLS fails to load (row_security = off makes the policy
+    an error, its function never runs) instead of indexing only the rows the policy shows; a
+    BYPASSRLS worker indexes every row."""
+    from idxr_pg.runtime.worker import Worker
+
+    _enable_row_security(setup)
+    with psycopg.connect(setup.app_url, autocommit=True) as app:
+        app.execute("INSERT INTO app.notes VALUES (2, 'hidden by the policy')")
+        app.execute("DELETE FROM app.policy_log")  # as the owner, the policy did not apply
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        admin.execute("DELETE FROM idxr.search_index")
+        admin.execute(
+            "INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)"
+            " VALUES ('note', '1', 'app.notes', 'UPDATE')"
+        )
+    allowed = _note_config(allow_row_security=True)
+    Worker(worker_url, allowed).drain()
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        errors = [e for (e,) in admin.execute("SELECT last_error FROM idxr.queue ORDER BY 1")]
+        log_rows = admin.execute("SELECT who FROM app.policy_log").fetchall()
+        assert len(errors) == 2 and all("row-level security" in e for e in errors), errors
+        assert log_rows == []
+        assert _indexed(setup.admin_url) == []
+        role = psycopg.conninfo.conninfo_to_dict(worker_url)["user"]
+        admin.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(role)))
+        admin.execute("UPDATE idxr.queue SET not_before = now()")
+    Worker(worker_url, allowed).drain()
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        log_rows = admin.execute("SELECT who FROM app.policy_log").fetchall()
+    assert log_rows == []
+    assert _indexed(setup.admin_url) == [
+        ("1", "note.id", "1"),
+        ("1", "note.title", "first note"),
+        ("2", "note.id", "2"),
+        ("2", "note.title", "hidden by the policy"),
+    ]
