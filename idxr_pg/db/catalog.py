@@ -149,8 +149,14 @@ def resolve_table(conn: psycopg.Connection, table: str) -> Relation:
 
 
 def table_columns(conn: psycopg.Connection, oid: int) -> dict[str, str]:
-    """``{column: SQL type as format_type spells it}`` of a relation, in column order."""
-    return dict(conn.execute(_COLUMNS_SQL, [oid]).fetchall())
+    """``{column: SQL type as format_type spells it}`` of a relation, in column order.
+
+    Spelled under ``search_path = pg_catalog, pg_temp`` (in a rolled-back savepoint), so a
+    type outside pg_catalog comes schema-qualified: the worker's reads of application tables
+    (`idxr_pg.db.source.reading_source`) and the capture functions run with that path."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        return dict(conn.execute(_COLUMNS_SQL, [oid]).fetchall())
 
 
 def partition_tree(conn: psycopg.Connection, relation: Relation) -> tuple[tuple[str, str], ...]:

@@ -584,3 +584,29 @@ def test_row_security_is_off_for_the_worker_never_a_silent_filter(
         ("2", "note.id", "2"),
         ("2", "note.title", "hidden by the policy"),
     ]
+
+
+def test_key_of_a_type_outside_pg_catalog_loads_under_the_fixed_search_path(
+    setup: Setup, worker_url: str
+) -> None:
+    """The key's type is spelled schema-qualified (a type in public, visible on the default
+    search_path, is not on the worker's fixed one)."""
+    from idxr_pg.runtime.worker import Worker
+
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        admin.execute("CREATE DOMAIN public.note_id AS integer")
+    with psycopg.connect(setup.app_url, autocommit=True) as app:
+        app.execute(
+            "CREATE TABLE app.typed (id public.note_id PRIMARY KEY, title text NOT NULL);"
+            " INSERT INTO app.typed VALUES (7, 'typed key')"
+        )
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        role = psycopg.conninfo.conninfo_to_dict(worker_url)["user"]
+        admin.execute(sql.SQL("GRANT SELECT ON app.typed TO {}").format(sql.Identifier(role)))
+        admin.execute("DELETE FROM idxr.search_index")
+        admin.execute(
+            "INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)"
+            " VALUES ('note', '7', 'app.typed', 'INSERT')"
+        )
+    Worker(worker_url, _note_config(table="app.typed")).drain()
+    assert _indexed(setup.admin_url) == [("7", "note.id", "7"), ("7", "note.title", "typed key")]
