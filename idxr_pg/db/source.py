@@ -110,9 +110,9 @@ def document_query(kind: SourceKind) -> sql.Composed:
 
 def check_document_query(conn: psycopg.Connection, kind: SourceKind) -> None:
     """Raise `psycopg.Error` unless the kind's document query plans: EXPLAIN (never run over
-    data), read only, in a savepoint that is rolled back."""
-    with conn.transaction(force_rollback=True), conn.cursor() as cur:
-        cur.execute("SET LOCAL transaction_read_only = on")
+    data), with the settings it runs with (`reading_source`: read only, the fixed search_path),
+    in a savepoint that is rolled back."""
+    with reading_source(conn), conn.cursor() as cur:
         cur.execute(sql.SQL("EXPLAIN ") + document_query(kind), {"keys": []})
 
 

@@ -610,3 +610,20 @@ def test_key_of_a_type_outside_pg_catalog_loads_under_the_fixed_search_path(
         )
     Worker(worker_url, _note_config(table="app.typed")).drain()
     assert _indexed(setup.admin_url) == [("7", "note.id", "7"), ("7", "note.title", "typed key")]
+
+
+def test_document_sql_is_checked_under_the_search_path_it_runs_with(setup: Setup) -> None:
+    """An unqualified table in `document` SQL resolves on the default search_path but not on
+    the worker's fixed one: refused when the kind is resolved, not at every load."""
+    from idxr_pg.indexing.registry import RegistryError, resolve_kinds
+
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        admin.execute("CREATE TABLE public.pubnotes (id integer PRIMARY KEY, title text)")
+        document = "SELECT n.id, to_jsonb(n) FROM pubnotes n WHERE n.id = ANY(%(keys)s::integer[])"
+        config = _note_config(table="public.pubnotes", document=document)
+        with pytest.raises(RegistryError, match="entity kind 'note': the document SQL is invalid"):
+            resolve_kinds(admin, config)
+        qualified = _note_config(
+            table="public.pubnotes", document=document.replace("pubnotes", "public.pubnotes")
+        )
+        assert list(resolve_kinds(admin, qualified)) == ["note"]
