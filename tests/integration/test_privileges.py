@@ -40,24 +40,34 @@ NOTE_ENTITY = {
 # and their SECURITY INVOKER helpers (they read only what the caller may read anyway).
 READER = frozenset({"idxr_reader"})
 NOBODY: frozenset[str] = frozenset()
-KNOWN_FUNCTIONS: dict[str, tuple[bool, frozenset[str]]] = {
-    # name: (SECURITY DEFINER, roles with EXECUTE granted directly)
-    "set_embedding_dimensions": (False, NOBODY),
-    "embedding_dimensions": (False, READER),
-    "value_as_numeric": (False, READER),
-    "value_as_timestamptz": (False, READER),
-    "value_as_time": (False, READER),
-    "value_as_boolean": (False, READER),
-    "exact_search_threshold": (False, READER),
-    "search_filter_sql": (False, READER),
-    "check_search_args": (False, READER),
-    "knn_search": (False, READER),
-    "search": (False, READER),
-    "search_entities": (False, READER),
-    "similar_to": (False, READER),
-    "refresh_interval": (False, READER),
-    "index_counts": (False, READER),
+INVOKER_READS = "as the caller (SECURITY INVOKER): only what the caller may already read"
+KNOWN_FUNCTIONS: dict[str, tuple[bool, frozenset[str], str]] = {
+    # name: (SECURITY DEFINER, roles with EXECUTE granted directly, what a role with no rights
+    #        on idxr could read or change through it if it could call it)
+    "set_embedding_dimensions": (
+        False,
+        NOBODY,
+        "retypes idxr.search_index.embedding, rebuilds the HNSW index: needs ownership",
+    ),
+    "embedding_dimensions": (False, READER, "the column's declared size (catalog only)"),
+    "value_as_numeric": (False, READER, "nothing (IMMUTABLE cast of its arguments)"),
+    "value_as_timestamptz": (False, READER, "nothing (cast of its arguments)"),
+    "value_as_time": (False, READER, "nothing (cast of its arguments)"),
+    "value_as_boolean": (False, READER, "nothing (cast of its arguments)"),
+    "max_search_filters": (False, READER, "nothing (a constant)"),
+    "exact_search_threshold": (False, READER, "nothing (arithmetic)"),
+    "search_filter_sql": (False, READER, "nothing (builds SQL text from whitelisted parts)"),
+    "check_search_args": (False, READER, "idxr.entity_kinds, idxr.search_index " + INVOKER_READS),
+    "knn_search": (False, READER, "idxr.search_index " + INVOKER_READS),
+    "search": (False, READER, "idxr.search_index " + INVOKER_READS),
+    "search_entities": (False, READER, "idxr.search_index " + INVOKER_READS),
+    "similar_to": (False, READER, "idxr.search_index " + INVOKER_READS),
+    "refresh_interval": (False, READER, "nothing (parses its argument)"),
+    "index_counts": (False, READER, "counts of idxr.search_index " + INVOKER_READS),
 }
+# Capture functions (one per kind and table, made by `triggers install`): SECURITY DEFINER,
+# executable by nobody but their owner; called as triggers only, they insert queue rows and
+# notify, and refuse to run for a table they were not installed for.
 
 _FUNCTIONS_SQL = """
 SELECT p.oid, p.proname, p.prosecdef, p.prorettype = 'pg_catalog.trigger'::regtype,
@@ -166,7 +176,7 @@ def test_function_privilege_audit(setup: Setup) -> None:
     assert open_to_public == []
     for f in functions:
         if f.name in KNOWN_FUNCTIONS:
-            assert (f.security_definer, f.grantees) == KNOWN_FUNCTIONS[f.name], f.name
+            assert (f.security_definer, f.grantees) == KNOWN_FUNCTIONS[f.name][:2], f.name
         elif f.trigger:  # a capture function: SECURITY DEFINER, run only by its triggers
             assert f.security_definer, f.name
             assert f.grantees == NOBODY, f.name
