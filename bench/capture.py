@@ -160,10 +160,22 @@ def commit_latency_ms(url: str, samples: int = 200) -> float:
     return statistics.median(times) * 1000
 
 
+def queue_tables(conn: psycopg.Connection) -> list[str]:
+    """The queue's tables in this schema version (per-statement batches exist from 0002 on)."""
+    names = ("idxr.queue", "idxr.queue_batches")
+    found = conn.execute("SELECT to_regclass(n)::text FROM unnest(%s::text[]) AS n", [list(names)])
+    return [row[0] for row in found if row[0] is not None]
+
+
 def reset(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE idxr.queue")
+        conn.execute(f"TRUNCATE {', '.join(queue_tables(conn))}")
         conn.execute("CHECKPOINT")
+
+
+def queue_rows(conn: psycopg.Connection) -> int:
+    """Rows in the queue's tables (what a burst of changes left behind)."""
+    return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in queue_tables(conn))
 
 
 # ---------------------------------------------------------------------------- single-row tps
@@ -244,7 +256,7 @@ def single_row(url: str, args: argparse.Namespace) -> None:
     print(f"single-row statements: {'pgbench ' + pgbench if pgbench else 'Python client loop'}, "
           f"{args.seconds:g} s per run; tps: median of {args.rounds} rounds; ratio: median of the "
           "per-round ratios (runs of one round are adjacent)")  # fmt: skip
-    for sync in ("on", "off"):
+    for sync in args.sync.split(","):
         for operation in ("insert", "update"):
             for clients in args.clients:
                 tps: dict[str, list[float]] = {table: [] for table in SINGLE_ROW_TABLES}
@@ -280,7 +292,7 @@ def bulk(url: str, args: argparse.Namespace) -> None:
     first, last = -BULK_ROWS, -1  # ids no single-row INSERT (identity, > 0) can take
     statements = {
         "insert": FILL.replace("%(first)s", str(first)).replace("%(last)s", str(last)),
-        "update": f"UPDATE bench.{{name}} SET n = n + 1 WHERE id BETWEEN {first} AND {last}",
+        "update": f"UPDATE bench.{{name}} SET body = body || '.' WHERE id BETWEEN {first} AND {last}",
         "delete": f"DELETE FROM bench.{{name}} WHERE id BETWEEN {first} AND {last}",
     }
     rates: dict[str, dict[str, list[float]]] = {
@@ -311,21 +323,23 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def lag(
-    url: str, args: argparse.Namespace, workdir: Path, *, notify: bool, poll_interval: float
-) -> list[float]:
-    """Lag samples for one kind, served by its own `idxr-pg worker` process."""
-    kind, table = ("lag_item", "lag_items") if notify else ("lag_quiet", "lag_quiet")
+@contextmanager
+def running_worker(
+    url: str, workdir: Path, kind: str, table: str, *, notify: bool, poll_interval: float
+) -> Iterator[Callable[[psycopg.Connection], bool]]:
+    """A fresh watched table of LAG_ROWS rows served by its own `idxr-pg worker` process, every
+    row indexed; yields a check that raises if the worker died."""
     spec = entity(kind, table, notify=notify)
     config_path = workdir / f"{kind}.yaml"
     config_path.write_text(yaml.safe_dump({"entities": [spec]}))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(ITEMS_DDL.format(name=table))
         capture.install_triggers(conn, parse_config({"entities": [spec]}, "bench").entities)
-        conn.execute("TRUNCATE idxr.queue")
+    reset(url)
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(FILL.format(name=table), {"first": 1, "last": LAG_ROWS})
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", IDXR_ALLOW_SUPERUSER="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     log_path = workdir / f"{kind}.log"
     log = log_path.open("w")
@@ -334,46 +348,25 @@ def lag(
          "--poll-interval", str(poll_interval)],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
-    samples: list[float] = []
-    path = f"{kind}.title"
+
+    def alive(_conn: psycopg.Connection) -> bool:
+        if worker.poll() is not None:
+            tail = log_path.read_text()[-3000:]
+            raise RuntimeError(f"the worker exited ({worker.returncode}):\n{tail}")
+        return True
+
     try:
         with psycopg.connect(url, autocommit=True) as conn:
 
             def indexed() -> bool:
-                if worker.poll() is not None:
-                    tail = log_path.read_text()[-3000:]
-                    raise RuntimeError(f"the worker exited ({worker.returncode}):\n{tail}")
+                alive(conn)
                 query = (
                     "SELECT count(DISTINCT entity_id) FROM idxr.search_index WHERE entity_kind = %s"
                 )
                 return conn.execute(query, [kind]).fetchone()[0] == LAG_ROWS
 
             wait_for(indexed, 600, f"the worker to index the first {LAG_ROWS} rows")
-            poll = args.poll_ms / 1000
-            for i in range(args.lag_samples):
-                entity_id = 1 + (i * 37) % LAG_ROWS
-                title = f"Sample {i}: fibre outage reported near exchange {entity_id}"
-                expected = content_hash(path, title, ValueType.STRING)
-                conn.execute(
-                    sql.SQL("UPDATE bench.{} SET title = %s WHERE id = %s").format(
-                        sql.Identifier(table)
-                    ),
-                    [title, entity_id],
-                )  # autocommit: COMMIT has returned when execute returns
-                committed = time.perf_counter()
-                while True:
-                    row = conn.execute(
-                        "SELECT content_hash FROM idxr.search_index WHERE entity_kind = %s"
-                        " AND entity_id = %s AND path = %s::ltree",
-                        [kind, str(entity_id), path],
-                    ).fetchone()
-                    if row and row[0] == expected:
-                        samples.append(time.perf_counter() - committed)
-                        break
-                    if time.perf_counter() - committed > 60:
-                        raise TimeoutError(f"{kind} sample {i} not searchable after 60 s")
-                    time.sleep(poll)
-                time.sleep(0.1)  # let the worker go idle: each sample is one isolated change
+        yield alive
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -381,7 +374,94 @@ def lag(
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
+
+
+def probe(conn: psycopg.Connection, kind: str, table: str, i: int, poll: float) -> float:
+    """Change one row's title, return the seconds from COMMIT to its new hash being indexed."""
+    entity_id = 1 + (i * 37) % LAG_ROWS
+    title = f"Sample {i}: fibre outage reported near exchange {entity_id}"
+    path = f"{kind}.title"
+    expected = content_hash(path, title, ValueType.STRING)
+    conn.execute(
+        sql.SQL("UPDATE bench.{} SET title = %s WHERE id = %s").format(sql.Identifier(table)),
+        [title, entity_id],
+    )  # autocommit: COMMIT has returned when execute returns
+    committed = time.perf_counter()
+    while True:
+        row = conn.execute(
+            "SELECT content_hash FROM idxr.search_index WHERE entity_kind = %s"
+            " AND entity_id = %s AND path = %s::ltree",
+            [kind, str(entity_id), path],
+        ).fetchone()
+        if row and row[0] == expected:
+            return time.perf_counter() - committed
+        if time.perf_counter() - committed > 60:
+            raise TimeoutError(f"{kind} sample {i} not searchable after 60 s")
+        time.sleep(poll)
+
+
+def lag(
+    url: str, args: argparse.Namespace, workdir: Path, *, notify: bool, poll_interval: float
+) -> list[float]:
+    """Lag samples for one kind, served by its own `idxr-pg worker` process."""
+    kind, table = ("lag_item", "lag_items") if notify else ("lag_quiet", "lag_quiet")
+    samples: list[float] = []
+    with (
+        running_worker(url, workdir, kind, table, notify=notify, poll_interval=poll_interval),
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        for i in range(args.lag_samples):
+            samples.append(probe(conn, kind, table, i, args.poll_ms / 1000))
+            time.sleep(0.1)  # let the worker go idle: each sample is one isolated change
     return sorted(samples)
+
+
+def lag_under_load(url: str, args: argparse.Namespace, workdir: Path) -> None:
+    """8 pgbench clients update rows of a watched table at full speed while its worker runs;
+    a probe changes one title every 0.25 s and times it to searchable; then the drain."""
+    pgbench = find_pgbench()
+    if pgbench is None:
+        print("  (no pgbench: lag under load not measured)")
+        return
+    kind, table = "load_item", "load_items"
+    script = f"\\set id random(1, {LAG_ROWS})\nUPDATE bench.{table} SET n = n + 1 WHERE id = :id;\n"
+    samples: list[float] = []
+    result: dict[str, float] = {}
+    with (
+        running_worker(url, workdir, kind, table, notify=True, poll_interval=5.0) as alive,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+
+        def load() -> None:
+            result["tps"] = pgbench_tps(pgbench, url, script, 8, args.load_seconds, "on")
+
+        writers = threading.Thread(target=load)
+        writers.start()
+        time.sleep(1.0)
+        i = 0
+        while writers.is_alive():
+            samples.append(probe(conn, kind, table, 10_000 + i, args.poll_ms / 1000))
+            i += 1
+            time.sleep(0.25)
+        writers.join()
+        stopped = time.perf_counter()
+        wait_for(lambda: alive(conn) and queue_rows(conn) == 0, 600, "the queue to drain")
+        drained = time.perf_counter() - stopped
+    ordered = sorted(samples)
+    report_lag(f"8 writers at {result['tps']:.0f} tps, worker running", ordered)
+    print(f"  {'queue drained after the writers stopped in':<42} {drained * 1000:6.0f} ms")
+
+
+def coalescing(url: str, args: argparse.Namespace) -> None:
+    """One hot row updated N times (one-row transactions) with no worker: queue rows left."""
+    reset(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(args.coalesce_updates):
+            conn.execute("UPDATE bench.watched SET n = n + 1 WHERE id = 1")
+        left = queue_rows(conn)
+    print(f"\ncoalescing: one row updated {args.coalesce_updates} times, no worker running: "
+          f"{left} queue rows left")  # fmt: skip
+    reset(url)
 
 
 def report_lag(label: str, ordered: list[float]) -> None:
@@ -402,6 +482,7 @@ def lags(url: str, args: argparse.Namespace, workdir: Path) -> None:
         f"notify: false, --poll-interval {args.quiet_poll:g}",
         lag(url, args, workdir, notify=False, poll_interval=args.quiet_poll),
     )
+    lag_under_load(url, args, workdir)
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -421,9 +502,14 @@ def main() -> None:
     parser.add_argument(
         "--clients",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[1, 4],
+        default=[1, 4, 8],
         help="comma-separated client counts for the single-row runs",
     )
+    parser.add_argument(
+        "--sync", default="on", help="comma-separated synchronous_commit settings [on]"
+    )
+    parser.add_argument("--coalesce-updates", type=int, default=10_000)
+    parser.add_argument("--load-seconds", type=float, default=20.0)
     parser.add_argument("--lag-samples", type=int, default=60)
     parser.add_argument("--poll-ms", type=float, default=2.0)
     parser.add_argument(
@@ -454,6 +540,7 @@ def main() -> None:
             print(f"durable one-row commit, median: {commit_latency_ms(url):.2f} ms (at the start)")
             single_row(url, args)
             bulk(url, args)
+            coalescing(url, args)
         if not args.skip_lag:
             with tempfile.TemporaryDirectory() as workdir:
                 lags(url, args, Path(workdir))
