@@ -36,6 +36,15 @@ per distinct affected entity key and, only if it enqueued something, sends one
   every table of its partition tree gets the four triggers. Partitions created or attached later
   are not captured until ``triggers install`` runs again (``triggers list`` reports them).
   Legacy inheritance children are not covered.
+- Logical-replication subscribers (``triggers install --always``): a subscription's apply
+  worker runs with ``session_replication_role = replica``, so ORIGIN triggers never fire, and
+  it fires row-level triggers only (TRUNCATE aside; the initial table copy fires INSERT
+  statement triggers). ``--always`` makes the four statement triggers ``ENABLE ALWAYS`` and adds
+  a second function, ``idxr.replica_<...>`` (`replica_function_name`), called by row-level
+  INSERT/UPDATE/DELETE triggers enabled ``REPLICA`` only: they fire for the apply worker and
+  never for the application's own writes, which keep their statement-level cost. The choice is
+  sticky: a later install keeps ALWAYS while any trigger of the target is ALWAYS or its replica
+  function exists, until ``--no-always``.
 
 Installed functions are recorded in ``idxr.capture_triggers``; dropping removes exactly those.
 The catalog look-ups live in `idxr_pg.db.catalog` and that bookkeeping in `idxr_pg.db.capture`;
@@ -82,6 +91,9 @@ __all__ = [
     "installed_captures",
     "plan_install",
     "render_script",
+    "replica_function_ddl",
+    "replica_function_name",
+    "replica_trigger_ddl",
     "resolve_table",
     "trigger_ddl",
     "trigger_name",
@@ -135,6 +147,8 @@ class PlannedCapture:
     target: CaptureTarget
     table: ResolvedTable
     function_name: str
+    always: bool = False  # ENABLE ALWAYS + row-level replica triggers (subscribers)
+    drop_replica: bool = False  # not always, but a replica function was installed: drop it
 
 
 @dataclass(frozen=True)
@@ -146,10 +160,22 @@ class InstalledCapture:
     source_table: str
     triggers: tuple[str, ...]  # on the source table itself
     uncovered: tuple[str, ...]  # tables of its partition tree missing some of the 4 triggers
+    firing: tuple[str, ...] = ()  # distinct pg_trigger.tgenabled of its statement triggers
+    replica: tuple[str, ...] = ()  # row-level triggers calling its replica function
 
     @property
     def complete(self) -> bool:
         return len(self.triggers) == len(EVENTS) and not self.uncovered
+
+    @property
+    def always(self) -> bool:
+        """Installed with ``--always``: every statement trigger ALWAYS, replica triggers there."""
+        return self.firing == ("A",) and bool(self.replica)
+
+    @property
+    def sticky_always(self) -> bool:
+        """A plain re-install keeps ``--always`` (any sign of it left)."""
+        return "A" in self.firing or bool(self.replica)
 
 
 @dataclass(frozen=True)
@@ -182,7 +208,16 @@ def function_name(kind: str, schema: str, table: str) -> str:
     ``capture_<kind>__<schema>__<table>``; a hash suffix replaces the tail when the name would
     pass 63 characters or a part contains ``__`` (so two targets never share a name).
     """
-    return _bounded_name((kind, schema, table), "capture_", "__")
+    return _bounded_name((kind, schema, table), _FUNCTION_PREFIX, "__")
+
+
+_FUNCTION_PREFIX = "capture_"
+_REPLICA_PREFIX = "replica_"  # same length: a replica name is as bounded as its capture name
+
+
+def replica_function_name(capture_function: str) -> str:
+    """The row-level function of ``--always`` for one capture function: ``replica_<...>``."""
+    return _REPLICA_PREFIX + capture_function.removeprefix(_FUNCTION_PREFIX)
 
 
 def trigger_name(kind: str, event: str) -> str:
@@ -335,9 +370,14 @@ def installed_captures(
 ) -> list[InstalledCapture]:
     """Recorded capture functions (all, or of ``kinds``) and the triggers that call them."""
     _require_schema(conn)
+    rows = bookkeeping.installed_rows(
+        conn, kinds, replica_prefix=(_FUNCTION_PREFIX, _REPLICA_PREFIX)
+    )
     return [
-        InstalledCapture(function, kind, table, tuple(triggers), tuple(uncovered))
-        for function, kind, table, triggers, uncovered in bookkeeping.installed_rows(conn, kinds)
+        InstalledCapture(
+            function, kind, table, tuple(triggers), tuple(uncovered), tuple(firing), tuple(replica)
+        )
+        for function, kind, table, triggers, uncovered, firing, replica in rows
     ]
 
 
@@ -358,8 +398,14 @@ def _refuse_row_security(conn: psycopg.Connection, kind: str, table: ResolvedTab
         )
 
 
-def plan_install(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> InstallPlan:
-    """Resolve and check every target of ``entities``; errors name kind, table and column."""
+def plan_install(
+    conn: psycopg.Connection, entities: Sequence[EntityConfig], always: bool | None = None
+) -> InstallPlan:
+    """Resolve and check every target of ``entities``; errors name kind, table and column.
+
+    ``always``: True installs for a logical-replication subscriber (ENABLE ALWAYS plus the
+    row-level replica triggers), False removes that, None keeps what each target has now.
+    """
     _require_schema(conn)
     merged: dict[tuple[str, int], PlannedCapture] = {}
     allow_row_security = {e.name for e in entities if e.allow_row_security}
@@ -377,11 +423,24 @@ def plan_install(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> 
         merged[(target.kind, table.oid)] = PlannedCapture(
             target, table, function_name(target.kind, table.schema, table.name)
         )
-    planned = list(merged.values())
-    names = {p.function_name for p in planned}
     kinds = {entity.name for entity in entities}
-    stale = [c for c in installed_captures(conn, kinds) if c.function_name not in names]
+    installed = {c.function_name: c for c in installed_captures(conn, kinds)}
+    planned = [_with_firing(p, installed.get(p.function_name), always) for p in merged.values()]
+    names = {p.function_name for p in planned}
+    stale = [c for name, c in installed.items() if name not in names]
     return InstallPlan(tuple(planned), tuple(stale))
+
+
+def _with_firing(
+    plan: PlannedCapture, installed: InstalledCapture | None, always: bool | None
+) -> PlannedCapture:
+    """Decide ``--always`` for one target: explicit, else sticky from what is installed."""
+    was_always = installed is not None and installed.sticky_always
+    chosen = was_always if always is None else always
+    had_replica = installed is not None and bool(installed.replica)
+    return PlannedCapture(
+        plan.target, plan.table, plan.function_name, chosen, not chosen and had_replica
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,6 +632,100 @@ def trigger_ddl(plan: PlannedCapture) -> list[sql.Composed]:
     ]
 
 
+_ROW_EVENTS = ("insert", "update", "delete")  # TRUNCATE: the ALWAYS statement trigger
+_ROW_CLAUSES = {
+    "insert": "AFTER INSERT ON {table}",
+    "update": "AFTER UPDATE ON {table}",
+    "delete": "AFTER DELETE ON {table}",
+}
+
+
+def _replica_trigger_name(kind: str, event: str) -> str:
+    return trigger_name(kind, f"{event}_replica")
+
+
+def replica_function_ddl(plan: PlannedCapture) -> sql.Composed:
+    """The row-level function of ``--always``: what the apply worker of a subscription runs.
+
+    It queues what the statement function queues for a one-row statement, with the same
+    builders: the transition tables ``idxr_new`` / ``idxr_old`` are CTEs over ``NEW`` / ``OLD``.
+    No wake-up: the worker's poll finds these rows.
+    """
+    new = sql.SQL("WITH idxr_new AS (SELECT NEW.*)\n                ")
+    old = sql.SQL("WITH idxr_old AS (SELECT OLD.*)\n                ")
+    both = sql.SQL("WITH idxr_old AS (SELECT OLD.*), idxr_new AS (SELECT NEW.*)\n                ")
+    body = sql.SQL(
+        "\nBEGIN\n"
+        "{guard}"
+        "    IF TG_OP = 'INSERT' THEN\n"
+        "        {insert}\n"
+        "    ELSIF TG_OP = 'UPDATE' THEN\n"
+        "        {update}\n"
+        "    ELSE\n"
+        "        {delete}\n"
+        "    END IF;\n"
+        "    RETURN NULL;\n"
+        "END\n"
+    ).format(
+        guard=_guard(plan),
+        insert=_enqueue(plan, "INSERT", new + _rows_keys(plan, "idxr_new")),
+        update=_enqueue(plan, "UPDATE", both + _changed_keys(plan)),
+        delete=_enqueue(plan, "DELETE", old + _rows_keys(plan, "idxr_old")),
+    )
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION idxr.{name}()\n"
+        "RETURNS trigger\n"
+        "LANGUAGE plpgsql\n"
+        "SECURITY DEFINER\n"
+        "SET search_path = pg_catalog, pg_temp\n"
+        "AS {tag}{body}{tag}"
+    ).format(
+        name=sql.Identifier(replica_function_name(plan.function_name)),
+        tag=sql.SQL(_BODY_TAG),
+        body=body,
+    )
+
+
+def replica_trigger_ddl(plan: PlannedCapture) -> list[sql.Composed]:
+    """``--always``: row-level triggers enabled REPLICA only, and the statement triggers ALWAYS.
+
+    The row triggers go on the root table only: PostgreSQL clones a partitioned table's row
+    triggers to every partition, present and future. Firing modes are set on every table of the
+    tree (a clone has its own).
+    """
+    table = sql.Identifier(plan.table.schema, plan.table.name)
+    function = sql.Identifier(replica_function_name(plan.function_name))
+    kind = plan.target.kind
+    statements = [
+        sql.SQL("CREATE OR REPLACE TRIGGER {trigger}\n    " + _ROW_CLAUSES[event]).format(
+            trigger=sql.Identifier(_replica_trigger_name(kind, event)), table=table
+        )
+        + sql.SQL("\n    FOR EACH ROW EXECUTE FUNCTION idxr.{}()").format(function)
+        for event in _ROW_EVENTS
+    ]
+    for schema, name in plan.table.tree:
+        on = sql.Identifier(schema, name)
+        statements.extend(
+            sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(
+                on, sql.Identifier(trigger_name(kind, event))
+            )
+            for event in EVENTS
+        )
+        statements.extend(
+            sql.SQL("ALTER TABLE {} ENABLE REPLICA TRIGGER {}").format(
+                on, sql.Identifier(_replica_trigger_name(kind, event))
+            )
+            for event in _ROW_EVENTS
+        )
+    return statements
+
+
+def _drop_replica_ddl(function: str) -> sql.Composed:
+    return sql.SQL("DROP FUNCTION IF EXISTS idxr.{}() CASCADE").format(
+        sql.Identifier(replica_function_name(function))
+    )
+
+
 def _record_ddl(plan: PlannedCapture) -> sql.Composed:
     readers = [
         {"origin": r.origin, "key": r.key, "columns": list(r.columns) if r.columns else None}
@@ -587,6 +740,8 @@ def drop_ddl(captures: Iterable[InstalledCapture]) -> list[sql.Composed]:
     """Drop each function with CASCADE (its triggers only) and forget it."""
     statements = []
     for capture in captures:
+        if capture.replica:
+            statements.append(_drop_replica_ddl(capture.function_name))
         statements.append(
             sql.SQL("DROP FUNCTION IF EXISTS idxr.{}() CASCADE").format(
                 sql.Identifier(capture.function_name)
@@ -618,7 +773,17 @@ def _install_steps(plan: InstallPlan) -> list[tuple[str, list[sql.Composed]]]:
                 sql.Identifier(capture.function_name)
             )
         )
-        statements.extend(trigger_ddl(capture))
+        statements.extend(trigger_ddl(capture))  # CREATE OR REPLACE resets them to ORIGIN
+        if capture.always:
+            statements.append(replica_function_ddl(capture))
+            statements.append(
+                sql.SQL("REVOKE ALL ON FUNCTION idxr.{}() FROM PUBLIC").format(
+                    sql.Identifier(replica_function_name(capture.function_name))
+                )
+            )
+            statements.extend(replica_trigger_ddl(capture))
+        elif capture.drop_replica:
+            statements.append(_drop_replica_ddl(capture.function_name))
         statements.append(_record_ddl(capture))
         where = f"entity {capture.target.kind!r}, table {capture.table.qualified}: installing"
         steps.append((f"{where} the capture triggers (idxr.{capture.function_name})", statements))
@@ -636,14 +801,17 @@ def render_script(conn: psycopg.Connection | None, statements: Sequence[sql.Comp
 # Install and drop
 
 
-def install_triggers(conn: psycopg.Connection, entities: Sequence[EntityConfig]) -> InstallPlan:
+def install_triggers(
+    conn: psycopg.Connection, entities: Sequence[EntityConfig], always: bool | None = None
+) -> InstallPlan:
     """Create or replace the capture triggers of ``entities`` in one transaction.
 
     Idempotent. Triggers a kind installed earlier on a table it no longer reads are dropped;
     kinds not in ``entities`` are left alone. Nothing changes if any target fails its checks.
+    ``always``: see `plan_install` (None keeps each target's current choice).
     """
     with _locked_transaction(conn):
-        plan = plan_install(conn, entities)
+        plan = plan_install(conn, entities, always)
         for where, statements in _install_steps(plan):
             _execute(conn, statements, where)
     return plan

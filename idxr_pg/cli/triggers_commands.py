@@ -15,6 +15,15 @@ from idxr_pg.db.connection import redact
 from idxr_pg.runtime.superuser import refuse_superuser
 
 KIND_OPTION = kinds_option("Only this entity kind (repeatable) [default: every kind].")
+ALWAYS_OPTION = click.option(
+    "--always/--no-always",
+    "always",
+    default=None,
+    help="For a logical-replication subscriber: --always makes the capture triggers ENABLE "
+    "ALWAYS and adds row-level REPLICA-only triggers, so rows a subscription applies are "
+    "indexed; --no-always removes that. Sticky: without either flag each kind keeps what it "
+    "has [default: keep; ORIGIN-only for a first install].",
+)
 
 
 def _entities(app: AppContext, kinds: Sequence[str]) -> list[EntityConfig]:
@@ -34,14 +43,19 @@ def triggers() -> None:
 
 @triggers.command()
 @KIND_OPTION
+@ALWAYS_OPTION
 @allow_superuser_flag
 @pass_app
-def install(app: AppContext, kinds: tuple[str, ...]) -> None:
+def install(app: AppContext, kinds: tuple[str, ...], always: bool | None) -> None:
     """Create or replace the capture triggers of the configured kinds (one transaction).
 
     Safe to run again. Tables, key columns, key expressions and `columns` are checked first;
     on any error nothing changes. Triggers a kind had on a table it no longer reads are
     dropped; kinds missing from the config are left alone (see `triggers drop --kind`).
+
+    On a logical-replication subscriber, install with --always: the subscription's apply
+    worker runs with session_replication_role = replica, where ordinary triggers do not fire
+    (and statement-level ones never do, but for TRUNCATE). The choice sticks until --no-always.
     """
     entities = _entities(app, kinds)
     if not entities:
@@ -49,7 +63,7 @@ def install(app: AppContext, kinds: tuple[str, ...]) -> None:
         return
     with app.db(autocommit=False, vector=False) as conn:
         refuse_superuser(conn, "install capture triggers")  # they run as their installer
-        plan = capture.install_triggers(conn, entities)
+        plan = capture.install_triggers(conn, entities, always)
         others = sorted(
             {c.entity_kind for c in capture.installed_captures(conn)}
             - {e.name for e in app.config.entities}
@@ -59,7 +73,12 @@ def install(app: AppContext, kinds: tuple[str, ...]) -> None:
     for planned in plan.captures:
         click.echo(
             f"installed {planned.target.kind} on {planned.table.qualified} "
-            f"(idxr.{planned.function_name})"
+            f"(idxr.{planned.function_name}"
+            + (
+                ", ALWAYS: also captures rows applied by logical replication)"
+                if planned.always
+                else ")"
+            )
         )
     if others:
         click.echo(
@@ -88,9 +107,12 @@ def drop(app: AppContext, kinds: tuple[str, ...]) -> None:
 
 @triggers.command(name="sql")
 @KIND_OPTION
+@ALWAYS_OPTION
 @click.option("--drop", "for_drop", is_flag=True, help="Print the DDL of `triggers drop` instead.")
 @pass_app
-def sql_command(app: AppContext, kinds: tuple[str, ...], for_drop: bool) -> None:
+def sql_command(
+    app: AppContext, kinds: tuple[str, ...], always: bool | None, for_drop: bool
+) -> None:
     """Print the DDL `triggers install` would run (a psql script; nothing is changed).
 
     Needs the database: tables are resolved and checked against it first.
@@ -99,7 +121,8 @@ def sql_command(app: AppContext, kinds: tuple[str, ...], for_drop: bool) -> None
         if for_drop:
             statements = capture.drop_ddl(capture.installed_captures(conn, kinds or None))
         else:
-            statements = capture.install_ddl(capture.plan_install(conn, _entities(app, kinds)))
+            plan = capture.plan_install(conn, _entities(app, kinds), always)
+            statements = capture.install_ddl(plan)
         script = capture.render_script(conn, statements)
         conn.rollback()
     click.echo(script, nl=False)
@@ -113,12 +136,19 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
     """Show the installed capture triggers and whether every table still has all four.
 
     A partition created or attached after the install is reported as missing until
-    `triggers install` runs again.
+    `triggers install` runs again. The last column is how they fire: `origin` (ordinary
+    writes only), `always` (installed with --always: rows applied by logical replication
+    too), or `mixed` (changed by hand, or partly installed: run `triggers install`).
     """
     with app.db(autocommit=False, vector=False) as conn:
         captures = capture.installed_captures(conn, kinds or None)
     if as_json:
-        print_json([{**c.__dict__, "complete": c.complete} for c in captures])
+        print_json(
+            [
+                {**c.__dict__, "complete": c.complete, "always": c.always, "firing": _firing(c)}
+                for c in captures
+            ]
+        )
         return
     for c in captures:
         if c.complete:
@@ -127,9 +157,17 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
             state = f"missing on {', '.join(c.uncovered)}: run `idxr-pg triggers install`"
         else:
             state = f"{len(c.triggers)}/4 triggers: run `idxr-pg triggers install`"
-        click.echo(f"{c.entity_kind}\t{c.source_table}\tidxr.{c.function_name}\t{state}")
+        click.echo(
+            f"{c.entity_kind}\t{c.source_table}\tidxr.{c.function_name}\t{state}\t{_firing(c)}"
+        )
     if not captures:
         click.echo("no capture triggers installed")
+
+
+def _firing(c: capture.InstalledCapture) -> str:
+    if c.always:
+        return "always"
+    return "origin" if c.firing in ((), ("O",)) and not c.replica else "mixed"
 
 
 COMMANDS = [triggers]

@@ -26,8 +26,11 @@ INSTALL_LOCK_KEY = 0x1D58_CA97  # pg_advisory_xact_lock key serialising installs
 
 _LOCK_SQL = "SELECT pg_catalog.pg_advisory_xact_lock(%s)"
 
-# Per recorded function: the triggers calling it on its source table, and the tables of the
-# source's partition tree that lack some of the four.
+# Per recorded function: the triggers calling it on its source table, the tables of the
+# source's partition tree that lack some of the four, the distinct firing modes
+# (pg_trigger.tgenabled: O origin, A always, R replica, D disabled) of all its triggers, and the
+# row-level triggers on its source table calling its replica function (``--always``), whose
+# name is the recorded one with the prefix %(prefix)s replaced by %(replica_prefix)s.
 _INSTALLED_SQL = """
 SELECT ct.function_name, ct.entity_kind, ct.source_table,
        (SELECT COALESCE(array_agg(t.tgname::text ORDER BY t.tgname), '{}')
@@ -36,7 +39,17 @@ SELECT ct.function_name, ct.entity_kind, ct.source_table,
        (SELECT COALESCE(array_agg(pt.relid::regclass::text ORDER BY 1), '{}')
           FROM pg_catalog.pg_partition_tree(src.rel) AS pt
          WHERE (SELECT count(*) FROM pg_catalog.pg_trigger t
-                 WHERE t.tgfoid = f.oid AND t.tgrelid = pt.relid) < 4)
+                 WHERE t.tgfoid = f.oid AND t.tgrelid = pt.relid) < 4),
+       (SELECT COALESCE(array_agg(DISTINCT t.tgenabled::text ORDER BY t.tgenabled::text), '{}')
+          FROM pg_catalog.pg_trigger t
+         WHERE t.tgfoid = f.oid),
+       (SELECT COALESCE(array_agg(t.tgname::text ORDER BY t.tgname), '{}')
+          FROM pg_catalog.pg_trigger t
+          JOIN pg_catalog.pg_proc rf ON rf.oid = t.tgfoid
+         WHERE rf.pronamespace = 'idxr'::regnamespace AND rf.pronargs = 0
+           AND rf.proname = %(replica_prefix)s::text
+               || pg_catalog.substr(ct.function_name, pg_catalog.length(%(prefix)s::text) + 1)
+           AND t.tgrelid = src.rel)
   FROM idxr.capture_triggers ct
  CROSS JOIN LATERAL pg_catalog.to_regclass(pg_catalog.format('%%I.%%I',
      pg_catalog.split_part(ct.source_table, '.', 1),
@@ -55,11 +68,21 @@ def lock_installs(conn: psycopg.Connection) -> None:
 
 
 def installed_rows(
-    conn: psycopg.Connection, kinds: Iterable[str] | None = None
-) -> list[tuple[str, str, str, list[str], list[str]]]:
-    """``(function, kind, source table, triggers on it, partitions missing triggers)`` per row."""
+    conn: psycopg.Connection,
+    kinds: Iterable[str] | None = None,
+    *,
+    replica_prefix: tuple[str, str] = ("capture_", "replica_"),
+) -> list[tuple[str, str, str, list[str], list[str], list[str], list[str]]]:
+    """``(function, kind, source table, triggers on it, partitions missing triggers, firing
+    modes of its triggers, row-level replica triggers on the source table)`` per row.
+
+    ``replica_prefix``: (prefix of a capture function's name, the prefix that replaces it in
+    the name of the kind's replica function).
+    """
     kind_list = None if kinds is None else list(kinds)
-    return conn.execute(_INSTALLED_SQL, {"kinds": kind_list}).fetchall()
+    prefix, replica = replica_prefix
+    params = {"kinds": kind_list, "prefix": prefix, "replica_prefix": replica}
+    return conn.execute(_INSTALLED_SQL, params).fetchall()
 
 
 def record_statement(

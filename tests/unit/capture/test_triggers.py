@@ -330,3 +330,101 @@ def test_function_refuses_tables_it_was_not_installed_for_before_enqueueing():
     assert guard in ddl
     assert "USING ERRCODE = 'insufficient_privilege'" in ddl
     assert ddl.index(guard) < ddl.index("IF TG_OP = 'INSERT'")
+
+
+# ---------------------------------------------------------------------------------------------
+# --always: logical-replication subscribers
+
+
+def always_plan(**kwargs) -> capture.PlannedCapture:
+    plan = plan_for(**kwargs)
+    return capture.PlannedCapture(plan.target, plan.table, plan.function_name, always=True)
+
+
+def test_a_replica_function_name_is_the_capture_name_with_another_prefix_of_the_same_length():
+    name = capture.function_name("sub", "app", "subs")
+    assert capture.replica_function_name(name) == "replica_sub__app__subs"
+    long = capture.function_name("k" * 40, "app", "t" * 40)
+    assert len(capture.replica_function_name(long)) == len(long) <= capture.MAX_IDENTIFIER
+
+
+def test_always_adds_replica_row_triggers_and_sets_every_trigger_firing_mode():
+    tree = (("app", "subs"), ("app", "subs_2024"))
+    plan = always_plan(tree=tree)
+    statements = [text(s) for s in capture.install_ddl(capture.InstallPlan((plan,), ()))]
+    function = 'idxr."replica_sub__app__subs"()'
+    assert sum(s.startswith(f"CREATE OR REPLACE FUNCTION {function[:-2]}") for s in statements)
+    assert f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC" in statements
+    rows = [s for s in statements if "FOR EACH ROW" in s]
+    assert [r.split("\n")[0] for r in rows] == [
+        f'CREATE OR REPLACE TRIGGER "idxr_sub_{e}_replica"' for e in ("insert", "update", "delete")
+    ]
+    assert all('ON "app"."subs"\n' in r and r.endswith(function) for r in rows)  # root only
+    for schema, name in tree:
+        for event in capture.EVENTS:
+            assert (
+                f'ALTER TABLE "{schema}"."{name}" ENABLE ALWAYS TRIGGER "idxr_sub_{event}"'
+                in statements
+            )
+        for event in ("insert", "update", "delete"):
+            assert (
+                f'ALTER TABLE "{schema}"."{name}" ENABLE REPLICA TRIGGER "idxr_sub_{event}_replica"'
+                in statements
+            )
+    # Modes are set after the CREATE OR REPLACE TRIGGERs (which reset them), before the record.
+    last_create = max(i for i, s in enumerate(statements) if s.startswith("CREATE OR REPLACE T"))
+    first_alter = min(i for i, s in enumerate(statements) if s.startswith("ALTER TABLE"))
+    assert last_create < first_alter
+    assert statements[-1].startswith("INSERT INTO idxr.capture_triggers")
+
+
+def test_without_always_no_firing_mode_is_touched_and_a_left_replica_function_is_dropped():
+    plain = [text(s) for s in capture.install_ddl(capture.InstallPlan((plan_for(),), ()))]
+    assert not any("ALTER TABLE" in s or "replica" in s for s in plain)
+    base = plan_for()
+    off = capture.PlannedCapture(base.target, base.table, base.function_name, drop_replica=True)
+    statements = [text(s) for s in capture.install_ddl(capture.InstallPlan((off,), ()))]
+    assert 'DROP FUNCTION IF EXISTS idxr."replica_sub__app__subs"() CASCADE' in statements
+    assert not any(s.startswith("ALTER TABLE") for s in statements)
+
+
+def test_the_replica_function_runs_the_statement_queueing_over_new_and_old():
+    ddl = text(capture.replica_function_ddl(always_plan()))
+    assert "SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp\n" in ddl
+    assert "IF (TG_TABLE_SCHEMA, TG_TABLE_NAME) NOT IN (('app', 'subs'))" in ddl
+    assert "WITH idxr_new AS (SELECT NEW.*)" in ddl
+    assert "WITH idxr_old AS (SELECT OLD.*), idxr_new AS (SELECT NEW.*)" in ddl
+    assert "WITH idxr_old AS (SELECT OLD.*)\n" in ddl
+    assert "TRUNCATE" not in ddl  # the ALWAYS statement trigger handles it
+    assert ddl.index("NOT IN") < ddl.index("IF TG_OP = 'INSERT'")
+
+
+def test_drop_also_drops_the_replica_function_of_an_always_install():
+    always = capture.InstalledCapture("capture_k__a__t", "k", "a.t", (), (), ("A",), ("r",))
+    statements = [text(s) for s in capture.drop_ddl([always])]
+    assert statements[0] == 'DROP FUNCTION IF EXISTS idxr."replica_k__a__t"() CASCADE'
+    assert statements[1] == 'DROP FUNCTION IF EXISTS idxr."capture_k__a__t"() CASCADE'
+
+
+@pytest.mark.parametrize(
+    ("firing", "replica", "flag", "chosen", "drop_replica"),
+    [
+        ((), (), None, False, False),  # first install: ORIGIN
+        (("O",), (), None, False, False),
+        (("A",), ("r",), None, True, False),  # sticky
+        (("A", "O"), (), None, True, False),  # a partition added later: still sticky
+        (("O",), ("r",), None, True, False),
+        (("A",), ("r",), False, False, True),  # --no-always
+        (("O",), (), True, True, False),  # --always
+    ],
+)
+def test_always_is_explicit_or_kept_from_what_is_installed(
+    firing, replica, flag, chosen, drop_replica
+):
+    base = plan_for()
+    installed = capture.InstalledCapture(
+        base.function_name, "sub", "app.subs", (), (), firing, replica
+    )
+    decided = capture._with_firing(base, installed if firing or replica else None, flag)
+    assert (decided.always, decided.drop_replica) == (chosen, drop_replica)
+    assert installed.always == (firing == ("A",) and bool(replica))
