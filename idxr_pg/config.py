@@ -45,6 +45,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("float32", "bfloat16"),
+    "onnx": ("float32", "int8"),
+}
+"""The precisions each inference backend runs (``embedding.backend`` / ``embedding.precision``)."""
+
+
 class EmbeddingSettings(_Strict):
     """How texts are turned into vectors."""
 
@@ -57,12 +64,34 @@ class EmbeddingSettings(_Strict):
         None, description="vector size; default: read from the model (384 for the default)"
     )
     device: str | None = Field(None, description="cuda, cpu, ... (default: CUDA when present)")
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="inference engine: torch (PyTorch), onnx (ONNX Runtime, CPU only, an export "
+        "of the model built once into the idxr-pg cache directory); auto: the fastest one whose "
+        "vectors stay within 0.99 cosine of float32 on this machine's CPU (docs/benchmarks.md)",
+    )
+    precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto",
+        description="float32 or bfloat16 (torch), float32 or int8 (onnx, int8: dynamically "
+        "quantized weights); auto: chosen with the backend from the CPU's flags",
+    )
     max_batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
     safe_margin_percent: Annotated[float, Field(ge=0, lt=100)] = 10.0
     fallback_max_tokens: Annotated[int, Field(gt=0)] = 512
     truncation: Literal["end", "middle_out"] = "end"
     max_attempts: Annotated[int, Field(gt=0, le=20)] = 3
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_of_backend(cls, value: str, info: ValidationInfo) -> str:
+        backend = info.data.get("backend", "auto")
+        allowed = BACKEND_PRECISIONS.get(backend)
+        if allowed is not None and value != "auto" and value not in allowed:
+            raise ValueError(
+                f"precision {value!r} does not exist for backend {backend!r}: use "
+                f"{' or '.join(('auto', *allowed))}"
+            )
+        return value
 
 
 class WatchedTable(_Strict):

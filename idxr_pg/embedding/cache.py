@@ -1,6 +1,9 @@
 """Content-addressed embedding cache in ``idxr.embedding_cache``: (model, sha256(text)) → vector.
 
-Identical texts, across entities and across time, are embedded once per model. Reads and
+Identical texts, across entities and across time, are embedded once per model and numeric
+path: the model key (`embedding_cache_key`) names the model, its files' fingerprint, and
+the backend and precision that computed the vectors, so torch float32, torch bfloat16,
+ONNX float32 and ONNX int8 vectors of one text are four entries, never mixed. Reads and
 writes are each their own short transaction, never part of a caller's transaction. The two
 statements live in `idxr_pg.db.embedding_cache`.
 """
@@ -19,7 +22,18 @@ from psycopg.pq import TransactionStatus
 
 from idxr_pg.db import embedding_cache as rows_db
 
-__all__ = ["EmbeddingCache", "text_hash"]
+__all__ = ["EmbeddingCache", "embedding_cache_key", "text_hash"]
+
+_PLAIN_PATH = ("torch", "float32")
+
+
+def embedding_cache_key(name: str, fingerprint: str, backend: str, precision: str) -> str:
+    """The cache's model key: ``name@fingerprint`` for torch float32 (the key from before
+    backends existed, so those cached vectors stay valid), else
+    ``name@fingerprint+backend-precision``."""
+    if (backend, precision) == _PLAIN_PATH:
+        return f"{name}@{fingerprint}"
+    return f"{name}@{fingerprint}+{backend}-{precision}"
 
 
 def text_hash(text: str) -> str:

@@ -9,8 +9,8 @@ import threading
 from idxr_pg.config import EmbeddingSettings
 from idxr_pg.embedding.base import Embedder, ModelLoadError
 from idxr_pg.embedding.deterministic import DETERMINISTIC_MODEL, DeterministicEmbedder
-from idxr_pg.embedding.device import choose_device, choose_precision
-from idxr_pg.embedding.resolve import locate_model, model_version
+from idxr_pg.embedding.device import choose_backend, choose_device
+from idxr_pg.embedding.resolve import identity_version, locate_model, model_version
 
 __all__ = ["forget_loaded_embedders", "load_embedder"]
 
@@ -30,6 +30,7 @@ def load_embedder(settings: EmbeddingSettings) -> Embedder:
         settings.model,
         settings.dimensions,
         settings.device,
+        settings.backend,
         settings.precision,
         settings.fallback_max_tokens,
     )
@@ -54,23 +55,47 @@ def _load(settings: EmbeddingSettings) -> Embedder:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     location = locate_model(settings.model)
-    device = choose_device(settings.device)
-    precision = choose_precision(device, settings.precision)
-    from idxr_pg.embedding.sentence_transformer import SentenceTransformerEmbedder
-
+    device = choose_device(
+        settings.device if settings.backend != "onnx" else settings.device or "cpu"
+    )
     try:
-        embedder = SentenceTransformerEmbedder.load(
-            location.path,
-            name=location.name,
-            version=model_version(location.path),
-            device=device,
-            precision=precision,
-            fallback_max_tokens=settings.fallback_max_tokens,
-        )
+        path = choose_backend(device, settings.backend, settings.precision)
+    except ValueError as exc:
+        raise ModelLoadError(f"embedding model {settings.model!r}: {exc}") from None
+    fingerprint = model_version(location.path)
+    version = identity_version(fingerprint, path.backend, path.precision)
+    try:
+        if path.backend == "onnx":
+            from idxr_pg.embedding.onnx_backend import OnnxEmbedder
+
+            embedder: Embedder = OnnxEmbedder.load_onnx(
+                location.path,
+                name=location.name,
+                fingerprint=fingerprint,
+                version=version,
+                precision=path.precision,
+                fallback_max_tokens=settings.fallback_max_tokens,
+            )
+        else:
+            from idxr_pg.embedding.sentence_transformer import SentenceTransformerEmbedder
+
+            embedder = SentenceTransformerEmbedder.load(
+                location.path,
+                name=location.name,
+                version=version,
+                device=device,
+                precision=path.precision,
+                fallback_max_tokens=settings.fallback_max_tokens,
+            )
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            f"embedding model {settings.model!r} on backend {path}: {exc}; install idxr-pg's "
+            "dependencies (make setup), or set embedding.backend to torch"
+        ) from exc
     except Exception as exc:
         raise ModelLoadError(
             f"embedding model {settings.model!r} from {location.source} could not be loaded on "
-            f"{device}: {type(exc).__name__}: {exc}"
+            f"{device} ({path}): {type(exc).__name__}: {exc}"
         ) from exc
     if settings.dimensions is not None and settings.dimensions != embedder.dimensions:
         raise ModelLoadError(

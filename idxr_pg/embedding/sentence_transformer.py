@@ -48,6 +48,7 @@ class SentenceTransformerEmbedder:
             _linear_weights_to_bf16(model)
         self.name = name
         self.version = version
+        self.fingerprint = version.partition("+")[0]
         self.device = device
         self.precision = precision
         self.dimensions = _dimensions(model)
@@ -59,6 +60,15 @@ class SentenceTransformerEmbedder:
         self._overhead = int(tokenizer.num_special_tokens_to_add(pair=False))
         # HF fast tokenizers are not safe to call from several threads at once.
         self._tokenizer_lock = threading.Lock()
+
+    backend = "torch"
+
+    @property
+    def cache_key(self) -> str:
+        """The embedding cache's model key: model, fingerprint, backend and precision."""
+        from idxr_pg.embedding.cache import embedding_cache_key
+
+        return embedding_cache_key(self.name, self.fingerprint, self.backend, self.precision)
 
     @classmethod
     def load(

@@ -85,7 +85,10 @@ class EmbeddingService:
         self.embedder = embedder
         self.settings = settings
         self.cache = cache
-        self.model_key = f"{embedder.name}@{embedder.version}"
+        # An embedder may name its numeric path in the key (`embedding_cache_key`).
+        self.model_key = (
+            getattr(embedder, "cache_key", None) or f"{embedder.name}@{embedder.version}"
+        )
         self.max_tokens = embedder.max_tokens
         self.token_budget = token_budget or batch_budget(
             self.max_tokens, settings.max_batch_size, settings.safe_margin_percent
