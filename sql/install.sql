@@ -167,6 +167,99 @@ CREATE TABLE IF NOT EXISTS idxr.capture_triggers (
 );
 CREATE INDEX IF NOT EXISTS capture_triggers_kind ON idxr.capture_triggers (entity_kind);
 
+-- ==== 011_coalescing_queue.sql ====
+-- idxr-pg revision 0002: the coalescing queue (issue 13). Revisioned: Alembic revision 0002 runs
+-- this file once after 010_tables.sql; sql/install.sql runs it after 010 too, so every
+-- statement is idempotent. The rules the runtime relies on (idxr_pg/db/queue.py owns the SQL):
+--
+-- * idxr.queue keeps at most ONE pending row per (entity_kind, entity_id): pending = not
+--   claimed by a worker (claimed_by IS NULL) and not in retry (attempts = 0); the partial
+--   unique index queue_pending enforces it and is the ON CONFLICT arbiter of the capture
+--   triggers. A hot row updated 10,000 times while no worker runs leaves one row.
+-- * A claim sets claimed_by, which takes the row out of queue_pending: a change committed after
+--   the claim inserts a new pending row, which the worker's finalize (it deletes the row ids it
+--   claimed) leaves alone, so the entity gets another pass (invariant 3). Rows in retry
+--   (attempts > 0) are outside queue_pending too: a fix made meanwhile gets a ready row at once.
+-- * A statement that changes more than a few keys writes ONE idxr.queue_batches row holding
+--   them all; the worker expands it into pending rows at the start of a claim.
+
+ALTER TABLE idxr.queue ADD COLUMN IF NOT EXISTS claimed_by text;  -- worker id; NULL: pending
+
+-- Rows queued under revision 0001 (one per captured change): merge the duplicates of each
+-- pending (kind, entity) into one row, keeping the oldest enqueued_at (the lag idxr.status
+-- shows) and the earliest not_before; rows in retry keep their attempts and stay as they are.
+-- The newest row (highest id) is the one kept. Run it with the workers stopped.
+WITH ranked AS (
+    SELECT id,
+           max(id) OVER w AS keep,
+           min(enqueued_at) OVER w AS oldest,
+           min(not_before) OVER w AS earliest
+      FROM idxr.queue
+     WHERE claimed_by IS NULL AND attempts = 0
+    WINDOW w AS (PARTITION BY entity_kind, entity_id)
+),
+merged AS (  -- a data-modifying WITH always runs to completion
+    DELETE FROM idxr.queue AS q
+     USING ranked AS r
+     WHERE q.id = r.id AND r.id <> r.keep
+    RETURNING q.id
+)
+UPDATE idxr.queue AS q
+   SET enqueued_at = r.oldest, not_before = r.earliest
+  FROM ranked AS r
+ WHERE q.id = r.id AND r.id = r.keep
+   AND (q.enqueued_at, q.not_before) IS DISTINCT FROM (r.oldest, r.earliest);
+
+-- One pending row per entity; the capture triggers' ON CONFLICT arbiter.
+CREATE UNIQUE INDEX IF NOT EXISTS queue_pending ON idxr.queue (entity_kind, entity_id)
+    WHERE claimed_by IS NULL AND attempts = 0;
+-- The other rows of an entity (claimed, or in retry), for the claim and the failure recorder.
+-- Capture triggers only ever insert pending rows, so writers never maintain this index.
+CREATE INDEX IF NOT EXISTS queue_held ON idxr.queue (entity_kind, entity_id)
+    WHERE claimed_by IS NOT NULL OR attempts > 0;
+-- queue_pending and queue_held together answer every per-entity look-up queue_entity served;
+-- one index fewer for every captured change. queue_ready (entity_kind, not_before, id) stays:
+-- the claim reads ready rows oldest first through it. The primary key stays: the worker
+-- deletes exactly the row ids it claimed.
+DROP INDEX IF EXISTS idxr.queue_entity;
+
+-- One row per bulk statement (more than capture.triggers.BATCH_THRESHOLD keys; TRUNCATE too):
+-- the statement's distinct entity keys as an array. The worker deletes it and inserts its keys
+-- into idxr.queue as pending rows in one statement of its claim transaction, so a crash in
+-- between loses nothing. No index but the primary key: few rows, read per kind in id order.
+CREATE TABLE IF NOT EXISTS idxr.queue_batches (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    entity_kind  text NOT NULL,
+    entity_ids   text[] NOT NULL,
+    source_table text,
+    operation    text,
+    enqueued_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Autovacuum: both tables are queues (every row is inserted, maybe updated once, then
+-- deleted), so their live size stays small while dead tuples pile up fast. The default
+-- scale factor (20% of a tiny table) would vacuum constantly when the queue is near empty and
+-- far too late after a burst has drained a large one; a fixed threshold of 1000 dead (or
+-- inserted) tuples keeps the heap and its indexes near their drained size after millions of
+-- changes. The claim's UPDATE of claimed_by is never a HOT update (claimed_by is in the
+-- predicates of queue_pending and queue_held), so fillfactor 90 only leaves the new version
+-- room on the same page, which keeps the heap compact; queue_batches rows are never updated.
+ALTER TABLE idxr.queue SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 1000,
+    fillfactor = 90
+);
+ALTER TABLE idxr.queue_batches SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 1000
+);
+
 -- ==== 020_dimensions.sql ====
 -- Vector dimensions are handled here and only here: the embedding column is typed vector(N)
 -- so the HNSW (cosine) index can exist. `idxr-pg migrate` calls this with the configured
@@ -792,7 +885,11 @@ $$;
 -- idxr.status: one row per entity kind known to the database (registered, indexed, queued
 -- or dead-lettered). idxr.stale: the kinds whose queue holds unprocessed changes.
 -- Both are plain views over the base tables; they count, so they scan the index once.
--- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql.
+-- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql and
+-- 011_coalescing_queue.sql. Queued changes are the rows of idxr.queue plus the keys of
+-- idxr.queue_batches (one row per bulk statement, expanded by the worker's next claim; its keys
+-- are ready at once). Inline in both views, not a function: a function in a view runs with the
+-- reader's rights, and idxr_reader may not read the queue tables.
 
 -- 'every 5m' -> 5 minutes; NULL for 'on_change', 'manual' or anything else.
 CREATE OR REPLACE FUNCTION idxr.refresh_interval(policy text)
@@ -820,10 +917,17 @@ AS $$
 $$;
 
 CREATE OR REPLACE VIEW idxr.status AS
-WITH kinds AS (
+WITH queued_keys AS (
+    SELECT entity_kind, entity_id, enqueued_at, not_before, attempts FROM idxr.queue
+    UNION ALL
+    SELECT b.entity_kind, k.id, b.enqueued_at, b.enqueued_at, 0
+      FROM idxr.queue_batches AS b CROSS JOIN LATERAL unnest(b.entity_ids) AS k(id)
+),
+kinds AS (
     SELECT name AS entity_kind FROM idxr.entity_kinds
     UNION SELECT DISTINCT entity_kind FROM idxr.search_index
     UNION SELECT DISTINCT entity_kind FROM idxr.queue
+    UNION SELECT DISTINCT entity_kind FROM idxr.queue_batches
     UNION SELECT DISTINCT entity_kind FROM idxr.dead_letters WHERE retried_at IS NULL
 ),
 indexed AS (
@@ -835,7 +939,7 @@ queued AS (
            count(DISTINCT entity_id) AS queued_entities,
            count(*) FILTER (WHERE attempts > 0) AS retrying_changes,
            min(enqueued_at) AS stale_since
-      FROM idxr.queue
+      FROM queued_keys
      GROUP BY entity_kind
 ),
 dead AS (
@@ -878,7 +982,12 @@ SELECT q.entity_kind,
        min(q.enqueued_at) AS stale_since,
        now() - min(q.enqueued_at) AS lag,
        ek.last_refresh_at
-  FROM idxr.queue q
+  FROM (
+        SELECT entity_kind, entity_id, enqueued_at, not_before, attempts FROM idxr.queue
+        UNION ALL
+        SELECT b.entity_kind, k.id, b.enqueued_at, b.enqueued_at, 0
+          FROM idxr.queue_batches AS b CROSS JOIN LATERAL unnest(b.entity_ids) AS k(id)
+  ) AS q
   LEFT JOIN idxr.entity_kinds ek ON ek.name = q.entity_kind
  GROUP BY q.entity_kind, ek.refresh_policy, ek.last_refresh_at;
 
@@ -956,6 +1065,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0001');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0002');
 
 COMMIT;

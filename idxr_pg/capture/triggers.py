@@ -3,9 +3,13 @@
 For every entity kind, its main table and each ``watch`` table get one trigger function in the
 ``idxr`` schema and four statement-level AFTER triggers calling it: INSERT (NEW TABLE), UPDATE
 (OLD and NEW TABLE), DELETE (OLD TABLE) and TRUNCATE. PostgreSQL refuses transition tables on a
-trigger with several events, hence one trigger per event. Each statement inserts one queue row
-per distinct affected entity key and, only if it enqueued something, sends one
-``pg_notify('idxr_queue', <kind>)``.
+trigger with several events, hence one trigger per event. Each statement collects its distinct
+affected entity keys; more than `BATCH_THRESHOLD` go into ONE ``idxr.queue_batches`` row, fewer
+into a pending ``idxr.queue`` row per key, coalescing into the key's pending row when it has
+one (``ON CONFLICT``: a hot row updated 10,000 times leaves one queue row; see
+`idxr_pg.db.queue` for the queue's rules). Only if it queued something new does it send
+``pg_notify('idxr_queue', <kind>)``, and only if no other open transaction is ringing for the
+kind (``pg_try_advisory_xact_lock``): NOTIFY holds a cluster-wide lock through commit.
 
 - UPDATE compares, per key, the multiset of text projections of the columns the entity reads
   (``columns``, else the whole row) before and after; unchanged rows cancel out, so a no-op
@@ -14,9 +18,8 @@ per distinct affected entity key and, only if it enqueued something, sends one
   value equality misses but the document shows (numeric 1.0 -> 1.00).
 - TRUNCATE has no transition table: it enqueues every entity of the kind that is indexed or
   leased (being processed), so the worker deletes (main table) or reloads (child table) them.
-- ``notify: false`` on a kind leaves the pg_notify out: NOTIFY takes a cluster-wide lock held
-  through each notifying transaction's commit, which serialises the commits of concurrent
-  writers (see docs/benchmarks.md); the worker then finds the rows by polling.
+- ``notify: false`` on a kind leaves the pg_notify (and its advisory lock) out: the worker then
+  finds the rows by polling.
 - Functions are SECURITY DEFINER with ``search_path = pg_catalog, pg_temp`` and qualify every
   name, so an application role needs no rights on the idxr schema. Dropping the idxr schema
   (``idxr-pg uninstall``) drops the functions and, with them, every trigger.
@@ -68,9 +71,11 @@ from idxr_pg.db import capture as bookkeeping
 from idxr_pg.db import catalog
 from idxr_pg.db.capture import INSTALL_LOCK_KEY
 from idxr_pg.db.queue import CHANNEL as QUEUE_CHANNEL
+from idxr_pg.db.queue import PENDING_CONFLICT, WAKE_NAMESPACE
 from idxr_pg.errors import IdxrError
 
 __all__ = [
+    "BATCH_THRESHOLD",
     "EVENTS",
     "INSTALL_LOCK_KEY",
     "QUEUE_CHANNEL",
@@ -100,6 +105,9 @@ __all__ = [
 ]
 
 EVENTS = ("insert", "update", "delete", "truncate")
+BATCH_THRESHOLD = 8
+"""A statement changing more keys than this writes one idxr.queue_batches row with all of them
+(the worker expands it) instead of a queue row per key."""
 MAX_IDENTIFIER = 63
 
 _BODY_TAG = "$idxr_capture$"
@@ -471,18 +479,51 @@ def _key(reader: Reader, alias: sql.Identifier) -> sql.Composable:
     return sql.SQL("({})::text").format(sql.SQL(reader.key))
 
 
-def _enqueue(plan: PlannedCapture, operation: str, keys: sql.Composable) -> sql.Composable:
+def _collect(keys: sql.Composable) -> sql.Composable:
+    """Assign the statement's distinct, non-NULL entity keys to ``idxr_keys``."""
     return sql.SQL(
-        "INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)\n"
-        "        SELECT DISTINCT {kind}, changed.k, {source}, {op}\n"
-        "          FROM ({keys}) AS changed (k)\n"
-        "         WHERE changed.k IS NOT NULL;"
+        "idxr_keys := ARRAY(SELECT DISTINCT changed.k\n"
+        "                         FROM ({keys}) AS changed (k)\n"
+        "                        WHERE changed.k IS NOT NULL);"
+    ).format(keys=keys)
+
+
+def _enqueue(plan: PlannedCapture) -> sql.Composable:
+    """Queue ``idxr_keys``: one batch row when more than `BATCH_THRESHOLD` (a bulk statement),
+    else a pending row per key, coalescing into the key's pending row if it has one
+    (`idxr_pg.db.queue.PENDING_CONFLICT`). ``enqueued``: rows written."""
+    return sql.SQL(
+        "    IF pg_catalog.cardinality(idxr_keys) > {threshold} THEN\n"
+        "        INSERT INTO idxr.queue_batches (entity_kind, entity_ids, source_table, operation)\n"
+        "        VALUES ({kind}, idxr_keys, {source}, TG_OP);\n"
+        "        enqueued := 1;\n"
+        "    ELSIF pg_catalog.cardinality(idxr_keys) > 0 THEN\n"
+        "        INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)\n"
+        "        SELECT {kind}, k.id, {source}, TG_OP FROM pg_catalog.unnest(idxr_keys) AS k (id)\n"
+        "        {conflict};\n"
+        "        GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
+        "    END IF;\n"
     ).format(
+        threshold=sql.Literal(BATCH_THRESHOLD),
         kind=sql.Literal(plan.target.kind),
         source=sql.Literal(plan.table.qualified),
-        op=sql.Literal(operation),
-        keys=keys,
+        conflict=sql.SQL(PENDING_CONFLICT.replace("\n", "\n        ")),
     )
+
+
+def _wake(plan: PlannedCapture) -> sql.Composable:
+    """Ring `QUEUE_CHANNEL` if something was queued and no other open transaction rings for the
+    kind (`idxr_pg.db.queue.CHANNEL` says why); nothing at all with ``notify: false``."""
+    if not plan.target.notify:
+        return sql.SQL("    -- notify: false in the config: workers find these rows by polling\n")
+    kind = sql.Literal(plan.target.kind)
+    return sql.SQL(
+        "    IF enqueued > 0 THEN\n"
+        "        IF pg_catalog.pg_try_advisory_xact_lock({ns}, pg_catalog.hashtext({kind})) THEN\n"
+        "            PERFORM pg_catalog.pg_notify({channel}, {kind});\n"
+        "        END IF;\n"
+        "    END IF;\n"
+    ).format(ns=sql.Literal(WAKE_NAMESPACE), kind=kind, channel=sql.Literal(QUEUE_CHANNEL))
 
 
 def _rows_keys(plan: PlannedCapture, rows: str) -> sql.Composable:
@@ -561,18 +602,10 @@ def _guard(plan: PlannedCapture) -> sql.Composed:
 
 def function_ddl(plan: PlannedCapture) -> sql.Composed:
     """CREATE OR REPLACE FUNCTION for one target."""
-    if plan.target.notify:
-        wake = sql.SQL(
-            "    GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
-            "    IF enqueued > 0 THEN\n"
-            "        PERFORM pg_catalog.pg_notify({channel}, {kind});\n"
-            "    END IF;\n"
-        ).format(channel=sql.Literal(QUEUE_CHANNEL), kind=sql.Literal(plan.target.kind))
-    else:
-        wake = sql.SQL("    -- notify: false in the config: workers find these rows by polling\n")
     body = sql.SQL(
         "\nDECLARE\n"
-        "    enqueued bigint;\n"
+        "    idxr_keys text[];\n"
+        "    enqueued bigint := 0;\n"
         "BEGIN\n"
         "{guard}"
         "    IF TG_OP = 'INSERT' THEN\n"
@@ -584,15 +617,17 @@ def function_ddl(plan: PlannedCapture) -> sql.Composed:
         "    ELSE\n"
         "        {truncate}\n"
         "    END IF;\n"
+        "{enqueue}"
         "{wake}"
         "    RETURN NULL;\n"
         "END\n"
     ).format(
-        insert=_enqueue(plan, "INSERT", _rows_keys(plan, "idxr_new")),
-        update=_enqueue(plan, "UPDATE", _changed_keys(plan)),
-        delete=_enqueue(plan, "DELETE", _rows_keys(plan, "idxr_old")),
-        truncate=_enqueue(plan, "TRUNCATE", _truncated_keys(plan)),
-        wake=wake,
+        insert=_collect(_rows_keys(plan, "idxr_new")),
+        update=_collect(_changed_keys(plan)),
+        delete=_collect(_rows_keys(plan, "idxr_old")),
+        truncate=_collect(_truncated_keys(plan)),
+        enqueue=_enqueue(plan),
+        wake=_wake(plan),
         guard=_guard(plan),
     )
     return sql.SQL(
@@ -649,13 +684,15 @@ def replica_function_ddl(plan: PlannedCapture) -> sql.Composed:
 
     It queues what the statement function queues for a one-row statement, with the same
     builders: the transition tables ``idxr_new`` / ``idxr_old`` are CTEs over ``NEW`` / ``OLD``.
-    No wake-up: the worker's poll finds these rows.
     """
     new = sql.SQL("WITH idxr_new AS (SELECT NEW.*)\n                ")
     old = sql.SQL("WITH idxr_old AS (SELECT OLD.*)\n                ")
     both = sql.SQL("WITH idxr_old AS (SELECT OLD.*), idxr_new AS (SELECT NEW.*)\n                ")
     body = sql.SQL(
-        "\nBEGIN\n"
+        "\nDECLARE\n"
+        "    idxr_keys text[];\n"
+        "    enqueued bigint := 0;\n"
+        "BEGIN\n"
         "{guard}"
         "    IF TG_OP = 'INSERT' THEN\n"
         "        {insert}\n"
@@ -664,13 +701,17 @@ def replica_function_ddl(plan: PlannedCapture) -> sql.Composed:
         "    ELSE\n"
         "        {delete}\n"
         "    END IF;\n"
+        "{enqueue}"
+        "{wake}"
         "    RETURN NULL;\n"
         "END\n"
     ).format(
         guard=_guard(plan),
-        insert=_enqueue(plan, "INSERT", new + _rows_keys(plan, "idxr_new")),
-        update=_enqueue(plan, "UPDATE", both + _changed_keys(plan)),
-        delete=_enqueue(plan, "DELETE", old + _rows_keys(plan, "idxr_old")),
+        insert=_collect(new + _rows_keys(plan, "idxr_new")),
+        update=_collect(both + _changed_keys(plan)),
+        delete=_collect(old + _rows_keys(plan, "idxr_old")),
+        enqueue=_enqueue(plan),
+        wake=_wake(plan),
     )
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION idxr.{name}()\n"

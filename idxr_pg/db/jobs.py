@@ -32,12 +32,14 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from idxr_pg.db.advisory import BACKFILL_NAMESPACE
 from idxr_pg.errors import IdxrError
 from idxr_pg.records.counts import Counts
 
 BACKFILL = "backfill"
-# First key of the two-int advisory lock: "idxr" in ASCII; the second is hashtext(kind).
-LOCK_NAMESPACE = 0x69647872
+# First key of the two-int advisory lock (its owner: db/advisory.py); the second is
+# hashtext(kind).
+LOCK_NAMESPACE = BACKFILL_NAMESPACE
 
 RUNNING = "running"
 SUCCEEDED = "succeeded"

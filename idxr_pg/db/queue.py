@@ -1,18 +1,36 @@
-"""The runtime SQL of ``idxr.queue``: claiming, enqueueing, completion, retry backoff.
+"""The runtime SQL of ``idxr.queue`` and ``idxr.queue_batches``: claiming, enqueueing,
+completion, retry backoff, and the wake-up rule.
 
 Every function runs ONE short statement (or a few inside the caller's short transaction);
 none of them is ever called with a transaction open across model inference.
 
+The queue's shape (revision 0002, ``schema/011_coalescing_queue.sql``): at most one *pending*
+row per (kind, entity) (``claimed_by IS NULL AND attempts = 0``, unique index
+``queue_pending``); writers coalesce into it with `PENDING_CONFLICT`. A statement changing more
+than a few keys writes one ``idxr.queue_batches`` row with all of them instead.
+
 Claiming (`claim`), in one short transaction:
+  0. the kind's batch rows are expanded into pending rows (`_EXPAND_SQL`: one statement that
+     deletes them and inserts their keys, so a crash in between loses nothing);
   1. ready rows of one kind (``not_before <= now()``, entity not under a live lease), oldest
      first, ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait for each other;
   2. the first ``batch_size`` distinct entities among them (`choose_entities`) get a lease
      (`idxr_pg.db.leases`; `keep_leased`): an expired lease (crashed worker) is taken over;
   3. the other ready rows of the leased entities are claimed too (`add_rows`: one pass serves
-     them all).
+     them all);
+  4. every claimed row gets ``claimed_by = owner``, which takes it out of ``queue_pending``: a
+     change committed from now on inserts a new pending row that the finalize leaves alone
+     (invariant 3). A row claimed by a worker whose lease expired is ready again (step 1).
   The caller remembers the exact row ids per entity: sequence order is not commit order, so
   "ids <= max" would delete a row committed late by a slow transaction. The claim's `Leases`
   go to `Pipeline.index`, which releases them in its write transaction.
+
+Why writers lock the pending row they coalesce into (`PENDING_CONFLICT` is ``DO UPDATE ...
+WHERE false``, not ``DO NOTHING``): ``DO NOTHING`` takes no lock, so a claim could take the
+pending row, load the document and delete the row before the coalescing writer commits, and
+that writer's change would never be indexed. The lock-only update (no new row version) makes
+the claim skip the row until the writer commits (``SKIP LOCKED``), and a writer that meets a row
+being claimed waits for the claim's commit, then finds no pending row and inserts one.
 """
 
 from __future__ import annotations
@@ -24,10 +42,15 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
+from idxr_pg.db.advisory import WAKE_NAMESPACE
 from idxr_pg.db.leases import Leases, acquire_ids
 
 __all__ = [
     "CHANNEL",
+    "EXPAND_BATCHES",
+    "PENDING_CONFLICT",
+    "WAKE_NAMESPACE",
+    "WAKE_SQL",
     "Claim",
     "FailureRows",
     "add_rows",
@@ -43,7 +66,45 @@ __all__ = [
 ]
 
 CHANNEL = "idxr_queue"
-"""The NOTIFY channel the capture triggers signal (payload: the entity kind)."""
+"""The NOTIFY channel the capture triggers signal (payload: the entity kind).
+
+A transaction rings only when ``pg_try_advisory_xact_lock(WAKE_NAMESPACE, hashtext(kind))``
+succeeds (`WAKE_SQL`): NOTIFY takes a cluster-wide lock held through commit, so at most one
+ringing transaction per kind at a time keeps concurrent writers' commits from running one at
+a time. The worker claims once more shortly after a drain (`Worker`) to catch the writers that
+skipped ringing while the ringer's commit woke it; its poll is the safety net."""
+
+PENDING_CONFLICT = (
+    "ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0\n"
+    "DO UPDATE SET claimed_by = NULL WHERE false"
+)
+"""How a writer coalesces into an entity's pending row: locks it, writes no new version (see
+the module docstring for why not ``DO NOTHING``). ``ROW_COUNT`` counts only rows inserted."""
+
+WAKE_SQL = (
+    "SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock(%(ns)s, pg_catalog.hashtext(%(kind)s))"
+    " THEN pg_catalog.pg_notify(%(channel)s, %(kind)s) END"
+)
+"""Ring for a kind unless another open transaction already rings for it (see `CHANNEL`)."""
+
+EXPAND_BATCHES = 32
+"""Batch rows (bulk statements) a claim expands at most."""
+
+_EXPAND_SQL = """
+WITH taken AS (
+    DELETE FROM idxr.queue_batches
+     WHERE id IN (SELECT id FROM idxr.queue_batches WHERE entity_kind = %(kind)s
+                   ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING entity_kind, entity_ids, source_table, operation, enqueued_at
+)
+INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation, enqueued_at, not_before)
+SELECT DISTINCT ON (k.id) t.entity_kind, k.id, t.source_table, t.operation, t.enqueued_at,
+       t.enqueued_at
+  FROM taken AS t CROSS JOIN LATERAL unnest(t.entity_ids) AS k(id)
+ WHERE k.id IS NOT NULL
+ ORDER BY k.id, t.enqueued_at
+ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0 DO NOTHING
+"""
 
 _READY_SQL = """
 SELECT q.id, q.entity_id
@@ -60,28 +121,44 @@ LIMIT %(limit)s
 FOR UPDATE OF q SKIP LOCKED
 """
 
+# The two arms match the predicates of the partial indexes queue_pending and queue_held.
 _MORE_ROWS_SQL = """
 SELECT q.id, q.entity_id
 FROM idxr.queue AS q
-WHERE q.entity_kind = %(kind)s
-  AND q.entity_id = ANY(%(ids)s::text[])
+WHERE q.id IN (
+    SELECT p.id FROM idxr.queue AS p
+     WHERE p.entity_kind = %(kind)s AND p.entity_id = ANY(%(ids)s::text[])
+       AND p.claimed_by IS NULL AND p.attempts = 0
+    UNION ALL
+    SELECT h.id FROM idxr.queue AS h
+     WHERE h.entity_kind = %(kind)s AND h.entity_id = ANY(%(ids)s::text[])
+       AND (h.claimed_by IS NOT NULL OR h.attempts > 0)
+  )
   AND q.not_before <= now()
   AND NOT (q.id = ANY(%(claimed)s::bigint[]))
 FOR UPDATE OF q SKIP LOCKED
 """
 
+_MARK_CLAIMED_SQL = """
+UPDATE idxr.queue SET claimed_by = %(owner)s
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by IS DISTINCT FROM %(owner)s
+"""
+
 _DELETE_ROWS_SQL = "DELETE FROM idxr.queue WHERE id = ANY(%(ids)s::bigint[])"
 
-_NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
-
-_ENQUEUE_SQL = """
+_ENQUEUE_SQL = f"""
 INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)
-SELECT %(kind)s, k.id, %(source)s, %(operation)s FROM unnest(%(ids)s::text[]) AS k(id)
+SELECT DISTINCT %(kind)s, k.id, %(source)s, %(operation)s FROM unnest(%(ids)s::text[]) AS k(id)
+{PENDING_CONFLICT}
 """
 
 _READY_KINDS_SQL = """
-SELECT entity_kind, count(*) FROM idxr.queue
-WHERE not_before <= now() GROUP BY entity_kind
+SELECT entity_kind, sum(n)::bigint FROM (
+    SELECT entity_kind, count(*) AS n FROM idxr.queue
+     WHERE not_before <= now() GROUP BY entity_kind
+    UNION ALL
+    SELECT entity_kind, sum(cardinality(entity_ids)) FROM idxr.queue_batches GROUP BY entity_kind
+) AS ready GROUP BY entity_kind
 """
 
 
@@ -152,6 +229,7 @@ def claim(
 ) -> Claim:
     """Claim up to ``batch_size`` distinct entities of ``kind`` with their ready queue rows."""
     with conn.transaction():
+        conn.execute(_EXPAND_SQL, {"kind": kind, "limit": EXPAND_BATCHES})
         ready = conn.execute(
             _READY_SQL, {"kind": kind, "owner": owner, "limit": batch_size * scan_factor}
         ).fetchall()
@@ -165,6 +243,9 @@ def claim(
                 _MORE_ROWS_SQL, {"kind": kind, "ids": list(rows), "claimed": claimed}
             ).fetchall()
             rows = add_rows(rows, more)
+            conn.execute(
+                _MARK_CLAIMED_SQL, {"owner": owner, "ids": [i for r in rows.values() for i in r]}
+            )
         return Claim(kind, owner, rows)
 
 
@@ -186,14 +267,16 @@ def enqueue(
     source_table: str | None = None,
     operation: str = "retry",
 ) -> int:
-    """Queue entity keys for (re-)indexing and wake the workers (commits with the caller)."""
+    """Queue entity keys for (re-)indexing and wake the workers (commits with the caller).
+
+    An entity that already has a pending row keeps that one row (returns the rows inserted)."""
     if not ids:
         return 0
     count = conn.execute(
         _ENQUEUE_SQL,
         {"kind": kind, "ids": list(ids), "source": source_table, "operation": operation},
     ).rowcount
-    conn.execute(_NOTIFY_SQL, [CHANNEL, kind])
+    conn.execute(WAKE_SQL, {"ns": WAKE_NAMESPACE, "kind": kind, "channel": CHANNEL})
     return count
 
 
@@ -203,7 +286,7 @@ def listen(conn: psycopg.Connection) -> None:
 
 
 def ready_counts(conn: psycopg.Connection) -> Mapping[str, int]:
-    """Ready queue rows per kind (for logs and `--once`)."""
+    """Ready queue rows per kind, the keys of batch rows included (for logs and `--once`)."""
     return dict(conn.execute(_READY_KINDS_SQL).fetchall())
 
 
@@ -221,9 +304,12 @@ WHERE entity_kind = %(kind)s AND entity_id = %(entity_id)s AND attempts > 0
 ORDER BY id
 FOR UPDATE
 """
+# attempts > 0 and claimed_by NULL: out of queue_pending, so a change made meanwhile gets a
+# ready row of its own at once; ready again for any claimer once not_before passes.
 _BACKOFF_SQL = """
 UPDATE idxr.queue
-SET attempts = %(attempts)s,
+SET claimed_by = NULL,
+    attempts = %(attempts)s,
     not_before = now() + make_interval(secs => %(delay)s),
     first_failed_at = %(first_failed_at)s,
     last_error = %(error)s

@@ -6,6 +6,9 @@ the ready queue of some kinds and returns (``--once``, ``idxr-pg refresh KIND``)
 - Wake-ups: a dedicated autocommit connection LISTENs on `idxr_pg.db.queue.CHANNEL` (payload:
   the entity kind); the loop waits for a notification of an ``on_change`` kind it serves, at
   most ``poll_interval`` seconds, then polls anyway: a missed notification costs one interval.
+  Writers ring only when no other open transaction rings for the kind (`idxr_pg.db.queue.CHANNEL`),
+  so after a drain that found work the worker claims once more ``SETTLE_SECONDS`` later: that
+  catches the writers that skipped ringing while the ringer's commit woke it.
 - Refresh policies: ``on_change`` kinds are drained whenever there is work; ``manual`` kinds are
   never processed by `run` (only by `drain`, i.e. ``idxr-pg refresh``); ``every <interval>``
   kinds are drained at most once per interval (``idxr.entity_kinds.last_refresh_at``, shared
@@ -60,6 +63,7 @@ __all__ = ["Worker", "WorkerSetupError", "make_worker_id"]
 log = logging.getLogger(__name__)
 
 WAIT_SLICE_SECONDS = 0.5  # how often a waiting worker checks its stop flag
+SETTLE_SECONDS = 0.05  # after a drain that found work: the pause before one more claim
 
 
 def make_worker_id() -> str:
@@ -131,9 +135,15 @@ class Worker:
                     "use `idxr-pg refresh KIND`; waiting for a stop signal"
                 )
             log.info("worker %s serving %s", self.worker_id, ", ".join(served) or "nothing")
+            settle = False  # the last cycle found work: claim once more before waiting
             while not self.stopping:
                 try:
-                    if not self._cycle(served, force_due=False):
+                    if self._cycle(served, force_due=False):
+                        settle = True
+                    elif settle:
+                        settle = False
+                        self._stop.wait(SETTLE_SECONDS)
+                    else:
                         self._wait(served)
                 except Exception as exc:
                     self._on_error(exc)

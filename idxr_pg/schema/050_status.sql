@@ -2,7 +2,11 @@
 -- idxr.status: one row per entity kind known to the database (registered, indexed, queued
 -- or dead-lettered). idxr.stale: the kinds whose queue holds unprocessed changes.
 -- Both are plain views over the base tables; they count, so they scan the index once.
--- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql.
+-- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql and
+-- 011_coalescing_queue.sql. Queued changes are the rows of idxr.queue plus the keys of
+-- idxr.queue_batches (one row per bulk statement, expanded by the worker's next claim; its keys
+-- are ready at once). Inline in both views, not a function: a function in a view runs with the
+-- reader's rights, and idxr_reader may not read the queue tables.
 
 -- 'every 5m' -> 5 minutes; NULL for 'on_change', 'manual' or anything else.
 CREATE OR REPLACE FUNCTION idxr.refresh_interval(policy text)
@@ -30,10 +34,17 @@ AS $$
 $$;
 
 CREATE OR REPLACE VIEW idxr.status AS
-WITH kinds AS (
+WITH queued_keys AS (
+    SELECT entity_kind, entity_id, enqueued_at, not_before, attempts FROM idxr.queue
+    UNION ALL
+    SELECT b.entity_kind, k.id, b.enqueued_at, b.enqueued_at, 0
+      FROM idxr.queue_batches AS b CROSS JOIN LATERAL unnest(b.entity_ids) AS k(id)
+),
+kinds AS (
     SELECT name AS entity_kind FROM idxr.entity_kinds
     UNION SELECT DISTINCT entity_kind FROM idxr.search_index
     UNION SELECT DISTINCT entity_kind FROM idxr.queue
+    UNION SELECT DISTINCT entity_kind FROM idxr.queue_batches
     UNION SELECT DISTINCT entity_kind FROM idxr.dead_letters WHERE retried_at IS NULL
 ),
 indexed AS (
@@ -45,7 +56,7 @@ queued AS (
            count(DISTINCT entity_id) AS queued_entities,
            count(*) FILTER (WHERE attempts > 0) AS retrying_changes,
            min(enqueued_at) AS stale_since
-      FROM idxr.queue
+      FROM queued_keys
      GROUP BY entity_kind
 ),
 dead AS (
@@ -88,7 +99,12 @@ SELECT q.entity_kind,
        min(q.enqueued_at) AS stale_since,
        now() - min(q.enqueued_at) AS lag,
        ek.last_refresh_at
-  FROM idxr.queue q
+  FROM (
+        SELECT entity_kind, entity_id, enqueued_at, not_before, attempts FROM idxr.queue
+        UNION ALL
+        SELECT b.entity_kind, k.id, b.enqueued_at, b.enqueued_at, 0
+          FROM idxr.queue_batches AS b CROSS JOIN LATERAL unnest(b.entity_ids) AS k(id)
+  ) AS q
   LEFT JOIN idxr.entity_kinds ek ON ek.name = q.entity_kind
  GROUP BY q.entity_kind, ek.refresh_policy, ek.last_refresh_at;
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 VERSION_TABLE = "alembic_version"
 SCHEMA = "idxr"
 
@@ -39,6 +39,7 @@ class SchemaFile:
 
 SCHEMA_FILES: tuple[SchemaFile, ...] = (
     SchemaFile("010_tables.sql", revision="0001"),
+    SchemaFile("011_coalescing_queue.sql", revision="0002"),
     SchemaFile("020_dimensions.sql"),
     SchemaFile("040_search.sql"),
     SchemaFile("050_status.sql"),

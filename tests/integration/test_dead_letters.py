@@ -183,11 +183,11 @@ def test_record_failure_on_claimed_rows_counts_from_their_highest_attempt(isolat
     with psycopg.connect(url, autocommit=True) as conn:
         ids = [
             conn.execute(
-                "INSERT INTO idxr.queue (entity_kind, entity_id, attempts) VALUES ('thing', '1', %s)"
-                " RETURNING id",
-                [attempts],
+                "INSERT INTO idxr.queue (entity_kind, entity_id, attempts, claimed_by)"
+                " VALUES ('thing', '1', %s, %s) RETURNING id",
+                [attempts, claimer],
             ).fetchone()[0]
-            for attempts in (2, 0, 0)
+            for attempts, claimer in ((2, "w"), (0, "w"), (0, None))
         ]
         with conn.transaction():
             outcome = record_failure(
@@ -202,3 +202,6 @@ def test_record_failure_on_claimed_rows_counts_from_their_highest_attempt(isolat
             )
     assert (outcome.action, outcome.attempts, outcome.delay) == ("retry", 3, 4.0)
     assert [row[2] for row in _queue(url)] == [3, 3, 0]  # the unclaimed row is untouched
+    with psycopg.connect(url) as conn:  # backed off: no longer claimed, out of queue_pending
+        claimers = conn.execute("SELECT claimed_by FROM idxr.queue ORDER BY id").fetchall()
+    assert claimers == [(None,), (None,), (None,)]

@@ -75,9 +75,9 @@ def populated(isolated_database_url: str) -> str:
                 [entity_id, path, vector if embedded else None],
             )
         conn.execute(
-            "INSERT INTO idxr.queue (entity_kind, entity_id, enqueued_at) VALUES "
-            "('alpha', '1', now() - interval '10 minutes'), ('alpha', '1', now()), "
-            "('gamma', '9', now() - interval '1 minute')"
+            "INSERT INTO idxr.queue (entity_kind, entity_id, enqueued_at, claimed_by) VALUES "
+            "('alpha', '1', now() - interval '10 minutes', 'a-worker'), ('alpha', '1', now(), NULL), "
+            "('gamma', '9', now() - interval '1 minute', NULL)"
         )
         conn.execute(
             "INSERT INTO idxr.queue (entity_kind, entity_id, enqueued_at, not_before, attempts) "

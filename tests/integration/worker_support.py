@@ -223,7 +223,10 @@ def actual_index(url: str, kind: str) -> set[tuple[str, str, str, str, str, bool
 def queue_depth(url: str, kind: str | None = None) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(
-            "SELECT count(*) FROM idxr.queue WHERE %(k)s::text IS NULL OR entity_kind = %(k)s",
+            "SELECT (SELECT count(*) FROM idxr.queue"
+            "         WHERE %(k)s::text IS NULL OR entity_kind = %(k)s)"
+            " + (SELECT COALESCE(sum(cardinality(entity_ids)), 0) FROM idxr.queue_batches"
+            "     WHERE %(k)s::text IS NULL OR entity_kind = %(k)s)",
             {"k": kind},
         ).fetchone()[0]
 

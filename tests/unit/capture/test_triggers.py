@@ -34,10 +34,11 @@ def plan_for(
 
 
 def branch(function_sql: str, operation: str) -> str:
-    """The queue INSERT of one TG_OP branch of a capture function."""
+    """The key collection of one TG_OP branch of a capture function."""
+    opening = "ELSE" if operation == "TRUNCATE" else f"IF TG_OP = '{operation}' THEN"
     match = re.search(
-        rf"INSERT INTO idxr\.queue \(entity_kind, entity_id, source_table, operation\)\n"
-        rf"        SELECT DISTINCT [^\n]*'{operation}'\n.*?WHERE changed\.k IS NOT NULL;",
+        rf"{opening}\n        idxr_keys := ARRAY\(SELECT DISTINCT changed\.k\n"
+        rf".*?WHERE changed\.k IS NOT NULL\);",
         function_sql,
         re.DOTALL,
     )
@@ -124,14 +125,15 @@ def test_function_is_security_definer_with_a_safe_search_path():
     assert "RETURNS trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\n" in ddl
     assert "SET search_path = pg_catalog, pg_temp\n" in ddl
     assert "AS $idxr_capture$\n" in ddl and ddl.endswith("END\n$idxr_capture$")
-    assert ddl.count("INSERT INTO idxr.queue") == 4
+    assert ddl.count("idxr_keys := ARRAY(") == 4  # one key collection per TG_OP
+    assert ddl.count("INSERT INTO idxr.queue (") == 1 and ddl.count("idxr.queue_batches") == 1
     assert "RETURN NULL;" in ddl
 
 
 def test_insert_and_delete_enqueue_the_keys_of_their_transition_table():
     ddl = text(capture.function_ddl(plan_for()))
     insert = branch(ddl, "INSERT")
-    assert "SELECT DISTINCT 'sub', changed.k, 'app.subs', 'INSERT'" in insert
+    assert "SELECT 'sub', k.id, 'app.subs', TG_OP FROM pg_catalog.unnest(idxr_keys)" in ddl
     assert 'SELECT ("subs"."id")::text FROM "idxr_new" AS "subs"' in insert
     assert "idxr_old" not in insert
     delete = branch(ddl, "DELETE")
@@ -194,19 +196,39 @@ def test_truncate_enqueues_every_indexed_or_leased_entity_of_the_kind():
 def test_notify_uses_the_queue_channel_and_only_when_something_was_enqueued():
     assert capture.QUEUE_CHANNEL == queue.CHANNEL
     ddl = text(capture.function_ddl(plan_for()))
+    assert "        GET DIAGNOSTICS enqueued = ROW_COUNT;\n" in ddl
     assert (
-        "    GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
         "    IF enqueued > 0 THEN\n"
-        f"        PERFORM pg_catalog.pg_notify('{queue.CHANNEL}', 'sub');\n"
+        "        IF pg_catalog.pg_try_advisory_xact_lock("
+        f"{queue.WAKE_NAMESPACE}, pg_catalog.hashtext('sub')) THEN\n"
+        f"            PERFORM pg_catalog.pg_notify('{queue.CHANNEL}', 'sub');\n"
+        "        END IF;\n"
         "    END IF;\n"
     ) in ddl
 
 
+def test_bulk_statements_write_one_batch_row_and_few_keys_coalesce():
+    ddl = text(capture.function_ddl(plan_for()))
+    assert f"IF pg_catalog.cardinality(idxr_keys) > {capture.BATCH_THRESHOLD} THEN" in ddl
+    assert "VALUES ('sub', idxr_keys, 'app.subs', TG_OP);" in ddl
+    assert (
+        "ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0\n"
+        "        DO UPDATE SET claimed_by = NULL WHERE false;"
+    ) in ddl
+
+
+def test_the_wake_namespace_is_not_the_backfill_namespace():
+    from idxr_pg.db import advisory, jobs
+
+    assert queue.WAKE_NAMESPACE == advisory.WAKE_NAMESPACE != jobs.LOCK_NAMESPACE
+    assert jobs.LOCK_NAMESPACE == advisory.BACKFILL_NAMESPACE
+
+
 def test_notify_false_leaves_the_notify_out():
     ddl = text(capture.function_ddl(plan_for(notify=False)))
-    assert "pg_notify" not in ddl
+    assert "pg_notify" not in ddl and "advisory" not in ddl
     assert "notify: false in the config" in ddl
-    assert ddl.count("INSERT INTO idxr.queue") == 4
+    assert ddl.count("INSERT INTO idxr.queue (") == 1 and ddl.count("idxr.queue_batches") == 1
 
 
 def test_odd_identifiers_and_literals_are_quoted():
@@ -219,11 +241,11 @@ def test_odd_identifiers_and_literals_are_quoted():
     assert f'SELECT ({alias}."Id")::text FROM "idxr_new" AS {alias}' in ddl
     assert f'ROW({alias}."we""ird col", {alias}."Upper")::text' in ddl
     # the source table is a literal of the unquoted qualified name; quotes doubled
-    assert "SELECT DISTINCT 'k', changed.k, 'My Schema.t\"able', 'INSERT'" in ddl
+    assert "SELECT 'k', k.id, 'My Schema.t\"able', TG_OP" in ddl
     triggers = [text(s) for s in capture.trigger_ddl(plan)]
     assert all('ON "My Schema"."t""able"' in t for t in triggers)
     kind_literal = text(capture.function_ddl(plan_for(kind="it's")))
-    assert "SELECT DISTINCT 'it''s', changed.k" in kind_literal
+    assert "SELECT 'it''s', k.id" in kind_literal
     assert "pg_notify('idxr_queue', 'it''s')" in kind_literal
 
 
