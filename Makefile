@@ -12,17 +12,30 @@ export TRANSFORMERS_OFFLINE := 1
 # The install stamp depends on pyproject.toml: editing dependencies re-runs the install.
 INSTALL_STAMP := $(VENV)/.idxr-installed
 
-.PHONY: setup venv database test lint demo bench clean help
+.PHONY: setup venv onnx-export database test lint demo bench clean help
 
 help:
-	@echo "make setup   - virtualenv, package + test extras, PostgreSQL extensions (vector, ltree)"
+	@echo "make setup   - virtualenv, package + test extras, ONNX export of the default model,"
+	@echo "               PostgreSQL extensions (vector, ltree)"
 	@echo "make test    - set-up, then lint and the whole test suite"
 	@echo "make demo    - set-up, then the main job end to end on sample data"
 	@echo "make bench   - set-up, then every benchmark in bench/"
 
-setup: venv database
+setup: venv onnx-export database
 
 venv: $(INSTALL_STAMP)
+
+# The ONNX Runtime exports (float32, int8) of the default model, built offline from the
+# packaged weights into the idxr-pg cache directory (~/.cache/idxr-pg, or $$IDXR_PG_CACHE_DIR;
+# never in the tree). Once: the stamp follows the install. A missing export is also built on
+# first use by a worker with embedding.backend onnx.
+ONNX_STAMP := $(VENV)/.idxr-onnx-exported
+
+onnx-export: $(ONNX_STAMP)
+
+$(ONNX_STAMP): $(INSTALL_STAMP)
+	$(BIN)/python -m idxr_pg.embedding.onnx_export
+	@touch $@
 
 $(INSTALL_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -268,6 +268,8 @@ def _check_model(conn: psycopg.Connection, embedder: Any, kind: str | None) -> N
     for name, model_name, version, model_dims in kinds:
         same_version = not version or not embedder.version or version == embedder.version
         if model_name != embedder.name or not same_version or model_dims not in (None, dims):
+            if model_name == embedder.name and version and embedder.version:
+                _check_numeric_path(name, version, embedder.version)
             built = f"{model_name!r}" + (f" version {version}" if version else "")
             raise ModelMismatchError(
                 f"entity kind {name!r} was indexed with embedding model {built} but the "
@@ -275,6 +277,25 @@ def _check_model(conn: psycopg.Connection, embedder: Any, kind: str | None) -> N
                 "between them are meaningless. Configure the model the index was built with, "
                 f"or re-index: `idxr-pg backfill {name} --force`"
             )
+
+
+def _check_numeric_path(kind: str, built: str, configured: str) -> None:
+    """Same weights, another inference backend (the ``+onnx-int8`` part of the version, see
+    `idxr_pg.embedding.resolve.identity_version`): refused, naming the settings to change."""
+    built_weights, _, built_path = built.partition("+")
+    weights, _, path = configured.partition("+")
+    if built_weights != weights or built_path == path:
+        return
+    backend, _, precision = (built_path or "torch-").partition("-")
+    fix = f"embedding.backend: {backend}" + (
+        f", embedding.precision: {precision}" if precision else ""
+    )
+    raise ModelMismatchError(
+        f"entity kind {kind!r} was indexed with the same model on the "
+        f"{built_path or 'torch'} backend, but this query would be embedded with "
+        f"{path or 'torch'}: vectors of different numeric paths are not mixed. Set {fix} "
+        f"in the config, or re-index: `idxr-pg backfill {kind} --force`"
+    )
 
 
 def _hits(rows: Iterable[Sequence[Any]]) -> list[SearchHit]:
