@@ -480,11 +480,13 @@ def _key(reader: Reader, alias: sql.Identifier) -> sql.Composable:
 
 
 def _collect(keys: sql.Composable) -> sql.Composable:
-    """Assign the statement's distinct, non-NULL entity keys to ``idxr_keys``."""
+    """Assign the statement's distinct, non-NULL entity keys to ``idxr_keys``, sorted: every
+    writer then locks the pending rows it coalesces into in the same order (no deadlock
+    between two statements queueing overlapping keys)."""
     return sql.SQL(
-        "idxr_keys := ARRAY(SELECT DISTINCT changed.k\n"
+        'idxr_keys := ARRAY(SELECT DISTINCT changed.k COLLATE pg_catalog."C"\n'
         "                         FROM ({keys}) AS changed (k)\n"
-        "                        WHERE changed.k IS NOT NULL);"
+        "                        WHERE changed.k IS NOT NULL ORDER BY 1);"
     ).format(keys=keys)
 
 

@@ -98,11 +98,11 @@ WITH taken AS (
     RETURNING entity_kind, entity_ids, source_table, operation, enqueued_at
 )
 INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation, enqueued_at, not_before)
-SELECT DISTINCT ON (k.id) t.entity_kind, k.id, t.source_table, t.operation, t.enqueued_at,
+SELECT DISTINCT ON (k.id COLLATE "C") t.entity_kind, k.id, t.source_table, t.operation, t.enqueued_at,
        t.enqueued_at
   FROM taken AS t CROSS JOIN LATERAL unnest(t.entity_ids) AS k(id)
  WHERE k.id IS NOT NULL
- ORDER BY k.id, t.enqueued_at
+ ORDER BY k.id COLLATE "C", t.enqueued_at
 ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0 DO NOTHING
 """
 
@@ -148,7 +148,9 @@ _DELETE_ROWS_SQL = "DELETE FROM idxr.queue WHERE id = ANY(%(ids)s::bigint[])"
 
 _ENQUEUE_SQL = f"""
 INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)
-SELECT DISTINCT %(kind)s, k.id, %(source)s, %(operation)s FROM unnest(%(ids)s::text[]) AS k(id)
+SELECT DISTINCT %(kind)s, k.id COLLATE "C", %(source)s, %(operation)s
+  FROM unnest(%(ids)s::text[]) AS k(id)
+ ORDER BY 2  -- the capture triggers' lock order
 {PENDING_CONFLICT}
 """
 

@@ -37,8 +37,8 @@ def branch(function_sql: str, operation: str) -> str:
     """The key collection of one TG_OP branch of a capture function."""
     opening = "ELSE" if operation == "TRUNCATE" else f"IF TG_OP = '{operation}' THEN"
     match = re.search(
-        rf"{opening}\n        idxr_keys := ARRAY\(SELECT DISTINCT changed\.k\n"
-        rf".*?WHERE changed\.k IS NOT NULL\);",
+        rf"{opening}\n        idxr_keys := ARRAY\(SELECT DISTINCT changed\.k COLLATE [^\n]*\n"
+        rf".*?WHERE changed\.k IS NOT NULL ORDER BY 1\);",
         function_sql,
         re.DOTALL,
     )
