@@ -19,7 +19,7 @@ from idxr_pg.embedding import (
     ModelLoadError,
     load_embedder,
 )
-from idxr_pg.embedding.device import cpu_has_fast_bf16
+from idxr_pg.embedding.device import NumericPath, choose_backend, cpu_has_fast_bf16
 from idxr_pg.embedding.sentence_transformer import SentenceTransformerEmbedder
 
 LONG_TEXT = "subscription.contract.terms: " + " ".join(
@@ -55,8 +55,15 @@ def test_default_model_shape_and_identity(fp32: SentenceTransformerEmbedder) -> 
 @pytest.mark.model
 def test_auto_precision_follows_the_cpu(bf16: SentenceTransformerEmbedder) -> None:
     auto = load_embedder(EmbeddingSettings())
-    assert auto.precision == ("bfloat16" if cpu_has_fast_bf16() else "float32")  # type: ignore[attr-defined]
-    assert auto.version == bf16.version  # precision does not change the model's identity
+    chosen = choose_backend("cpu", "auto", "auto")
+    assert (getattr(auto, "backend", None), auto.precision) == (chosen.backend, chosen.precision)  # type: ignore[attr-defined]
+    if cpu_has_fast_bf16():
+        assert chosen == NumericPath("torch", "bfloat16")
+    torch_auto = load_embedder(EmbeddingSettings(backend="torch"))
+    assert torch_auto.precision == ("bfloat16" if cpu_has_fast_bf16() else "float32")  # type: ignore[attr-defined]
+    assert torch_auto.version == bf16.version  # torch precision does not change the identity
+    fp32_key = load_embedder(EmbeddingSettings(precision="float32")).cache_key  # type: ignore[attr-defined]
+    assert (torch_auto.cache_key == fp32_key) == (torch_auto.precision == "float32")  # type: ignore[attr-defined]
 
 
 @pytest.mark.model
