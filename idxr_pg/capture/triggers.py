@@ -493,9 +493,17 @@ def _collect(keys: sql.Composable) -> sql.Composable:
 def _enqueue(plan: PlannedCapture) -> sql.Composable:
     """Queue ``idxr_keys``: one batch row when more than `BATCH_THRESHOLD` (a bulk statement),
     else a pending row per key, coalescing into the key's pending row if it has one
-    (`idxr_pg.db.queue.PENDING_CONFLICT`). ``enqueued``: rows written."""
+    (`idxr_pg.db.queue.PENDING_CONFLICT`). ``enqueued``: rows written.
+
+    A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: ``ON CONFLICT``
+    against a pending row committed after its snapshot (or claimed meanwhile) raises a
+    serialization failure there, which the application's writes must never get from capture.
+    The worker's expansion coalesces those rows instead."""
     return sql.SQL(
-        "    IF pg_catalog.cardinality(idxr_keys) > {threshold} THEN\n"
+        "    IF pg_catalog.cardinality(idxr_keys) > {threshold}\n"
+        "       OR (pg_catalog.cardinality(idxr_keys) > 0\n"
+        "           AND pg_catalog.current_setting('transaction_isolation') <> 'read committed')"
+        " THEN\n"
         "        INSERT INTO idxr.queue_batches (entity_kind, entity_ids, source_table, operation)\n"
         "        VALUES ({kind}, idxr_keys, {source}, TG_OP);\n"
         "        enqueued := 1;\n"

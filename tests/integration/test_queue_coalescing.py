@@ -182,6 +182,33 @@ def test_a_writer_coalescing_into_a_pending_row_keeps_the_claim_off_it_until_it_
     assert pending == [("1", None, 0)]
 
 
+def test_repeatable_read_writers_never_get_a_serialization_failure_from_capture(
+    isolated_database_url, tmp_path
+):
+    """ON CONFLICT against a pending row committed after a REPEATABLE READ snapshot would fail
+    the application's statement; such transactions write a batch row instead."""
+    url = isolated_database_url
+    config = setup(url, tmp_path)
+    execute(url, "INSERT INTO items (id, title, n) VALUES (1, 'a', 0), (2, 'b', 0)")
+    execute(url, "TRUNCATE idxr.queue")
+    for isolation in ("REPEATABLE READ", "SERIALIZABLE"):
+        with psycopg.connect(url) as app:
+            app.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            app.execute("SELECT count(*) FROM items")  # the snapshot is taken
+            # a pending row for entity 1 commits meanwhile (a child-table write, a retry, ...)
+            execute(url, "INSERT INTO idxr.queue (entity_kind, entity_id) VALUES ('item', '1')")
+            app.execute("UPDATE items SET title = %s WHERE id = 1", [f"changed in {isolation}"])
+            app.commit()
+        execute(url, "DELETE FROM idxr.queue WHERE operation IS NULL")
+    assert rows(url) == 0 and rows(url, "idxr.queue_batches") == 2
+    assert status(url) == (2, 1)
+    Worker(url, config, embedder=DeterministicEmbedder()).drain()
+    assert queue_depth(url) == 0
+    assert actual_index(url, "item") == expected_index(
+        url, "item", Item, ALL_ITEMS + " WHERE id = 1"
+    )
+
+
 def test_only_one_open_transaction_per_kind_rings(isolated_database_url, tmp_path):
     url = isolated_database_url
     setup(url, tmp_path)

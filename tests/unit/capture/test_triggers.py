@@ -209,7 +209,8 @@ def test_notify_uses_the_queue_channel_and_only_when_something_was_enqueued():
 
 def test_bulk_statements_write_one_batch_row_and_few_keys_coalesce():
     ddl = text(capture.function_ddl(plan_for()))
-    assert f"IF pg_catalog.cardinality(idxr_keys) > {capture.BATCH_THRESHOLD} THEN" in ddl
+    assert f"IF pg_catalog.cardinality(idxr_keys) > {capture.BATCH_THRESHOLD}\n" in ddl
+    assert "current_setting('transaction_isolation') <> 'read committed') THEN\n" in ddl
     assert "VALUES ('sub', idxr_keys, 'app.subs', TG_OP);" in ddl
     assert (
         "ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0\n"
