@@ -5,6 +5,10 @@ of mixed lengths (names, product descriptions, notes; about 2% longer than the m
 256 tokens). Both sides use the same model object, batch size and precision; the service
 runs without a cache, so the ratio is the price of idxr-pg's own work (token counting,
 truncation, hashing, batching). bf16 vs fp32 is measured on raw encode and on the service.
+The ONNX Runtime backend (float32 and int8 exports, `idxr_pg.embedding.onnx_export`) runs
+through the same service; every variant's speed is also given as a ratio to raw torch fp32
+``encode``, and its quality as the p1 (1st percentile) and minimum cosine of its vectors to
+torch fp32's, text by text (the bar for a default: p1 >= 0.99).
 
 Each measurement is repeated ``--rounds`` times, interleaved (raw and idxr-pg back to back,
 their order alternating by round). Ratios are the median over rounds of the ratio within a
@@ -34,6 +38,7 @@ import torch  # noqa: E402
 
 from idxr_pg.config import EmbeddingSettings  # noqa: E402
 from idxr_pg.embedding import EmbeddingService, EmbedRequest, load_embedder  # noqa: E402
+from idxr_pg.embedding.onnx_backend import OnnxEmbedder  # noqa: E402
 from idxr_pg.embedding.sentence_transformer import SentenceTransformerEmbedder  # noqa: E402
 
 COMPANIES = ["Acme Logistics", "Noordzee Data", "Brightwave Media", "Helix Health", "Polder Energy"]
@@ -155,22 +160,26 @@ def cpu_flags() -> list[str]:
         for line in handle:
             if line.startswith("flags"):
                 flags = set(line.partition(":")[2].split())
-                return sorted(flags & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+                wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+                wanted |= {"avx512_vnni", "avx_vnni", "amx_int8"}
+                return sorted(flags & wanted)
     return []
 
 
 Key = tuple[str, str]
 PRECISIONS = ("bfloat16", "float32")
+ONNX = ("onnx-float32", "onnx-int8")
+VARIANTS = (*PRECISIONS, *ONNX)
+BASE: Key = ("raw", "float32")
 
 
 def schedule(rounds: int) -> Iterator[Key]:
-    """Every (side, precision) once per round; odd rounds run each pair in reverse order so
+    """Every (side, variant) once per round; odd rounds run the round in reverse order so
     that a load change during a round does not always favour the same side."""
+    keys = [(side, p) for p in PRECISIONS for side in ("raw", "idxr")]
+    keys += [("idxr", variant) for variant in ONNX]
     for number in range(rounds):
-        for precision in PRECISIONS:
-            sides = ("raw", "idxr") if number % 2 == 0 else ("idxr", "raw")
-            for side in sides:
-                yield (side, precision)
+        yield from keys if number % 2 == 0 else reversed(keys)
 
 
 def paired_median(rates: dict[Key, list[float]], top: Key, bottom: Key) -> float:
@@ -189,17 +198,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     texts = realistic_texts(args.texts)
-    embedders = {
-        precision: load_embedder(EmbeddingSettings(precision=precision))
-        for precision in ("bfloat16", "float32")
+    embedders: dict[str, SentenceTransformerEmbedder] = {
+        precision: load_embedder(EmbeddingSettings(backend="torch", precision=precision))
+        for precision in PRECISIONS
     }
+    for variant in ONNX:
+        precision = variant.split("-", 1)[1]
+        embedders[variant] = load_embedder(EmbeddingSettings(backend="onnx", precision=precision))
     for embedder in embedders.values():
         assert isinstance(embedder, SentenceTransformerEmbedder), embedder
+    auto = load_embedder(EmbeddingSettings())
     tokens = np.array(embedders["float32"].count_tokens(texts))
     limit = embedders["float32"].max_tokens
 
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, flags {' '.join(cpu_flags())}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    import onnxruntime
+
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, threads "
+        f"{torch.get_num_threads()}, device cpu; auto choice here: {auto!r}"
+    )
     print(
         f"texts: {len(texts)} distinct, tokens mean {tokens.mean():.0f} / median "
         f"{np.median(tokens):.0f} / max {tokens.max()}, {(tokens > limit).sum()} over {limit}"
@@ -209,7 +227,8 @@ def main() -> None:
     runners = {}
     for precision, embedder in embedders.items():
         embedder.embed(texts[:64])  # warm-up: first calls allocate and pick kernels
-        runners[("raw", precision)] = raw_runner(embedder, texts, args.batch_size)
+        if not isinstance(embedder, OnnxEmbedder):
+            runners[("raw", precision)] = raw_runner(embedder, texts, args.batch_size)
         runners[("idxr", precision)] = service_runner(embedder, texts, args.batch_size)
 
     print(f"load average before: {load_average()}")
@@ -227,13 +246,9 @@ def main() -> None:
     print(f"load average after: {load_average()}\n")
 
     print("texts/s wall clock (best round) | texts per CPU-second (best round)")
-    for precision in PRECISIONS:
-        for side, label in (("raw", "raw encode"), ("idxr", "idxr-pg embedder")):
-            key = (side, precision)
-            print(
-                f"  {precision:<9} {label:<17} {max(wall_rate[key]):8.1f} | "
-                f"{max(cpu_rate[key]):8.1f}"
-            )
+    for key in runners:
+        label = "raw encode" if key[0] == "raw" else "idxr-pg embedder"
+        print(f"  {key[1]:<12} {label:<17} {max(wall_rate[key]):8.1f} | {max(cpu_rate[key]):8.1f}")
     print("\nratios: median over rounds of the ratio within each round (wall | CPU)")
     for precision in PRECISIONS:
         wall_ratio = paired_median(wall_rate, ("idxr", precision), ("raw", precision))
@@ -246,9 +261,21 @@ def main() -> None:
         wall_ratio = paired_median(wall_rate, (side, "bfloat16"), (side, "float32"))
         cpu_ratio = paired_median(cpu_rate, (side, "bfloat16"), (side, "float32"))
         print(f"  bf16 speed-up over fp32, {label:<10} {wall_ratio:5.2f}x | {cpu_ratio:5.2f}x")
-    cosine = (vectors[("idxr", "bfloat16")] * vectors[("idxr", "float32")]).sum(axis=1)
+    reference = vectors[("idxr", "float32")]
+    print("\nevery variant through the idxr-pg embedder, against raw torch fp32 encode:")
+    print("  variant       speed (wall | CPU)   cosine to torch fp32: p1 / min / mean")
+    for variant in VARIANTS:
+        key = ("idxr", variant)
+        wall_ratio = paired_median(wall_rate, key, BASE)
+        cpu_ratio = paired_median(cpu_rate, key, BASE)
+        cosine = (vectors[key] * reference).sum(axis=1)
+        verdict = "passes" if np.percentile(cosine, 1) >= 0.99 else "FAILS"
+        print(
+            f"  {variant:<12} {wall_ratio:5.2f}x | {cpu_ratio:5.2f}x       "
+            f"{np.percentile(cosine, 1):.5f} / {cosine.min():.5f} / {cosine.mean():.5f}"
+            f"  ({verdict} p1 >= 0.99)"
+        )
     agree = (vectors[("idxr", "float32")] * vectors[("raw", "float32")]).sum(axis=1)
-    print(f"cosine bf16 vs fp32: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
     print(f"cosine idxr vs raw (fp32, same texts): min {agree.min():.5f}")
 
 
