@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import psycopg
 
-__all__ = ["recorded_fingerprint", "upsert_embedding_model", "upsert_entity_kind"]
+__all__ = [
+    "model_has_vectors",
+    "recorded_fingerprint",
+    "recorded_model_version",
+    "upsert_embedding_model",
+    "upsert_entity_kind",
+]
 
 _UPSERT_MODEL_SQL = """
 INSERT INTO idxr.embedding_models (name, version, dimensions, max_tokens)
@@ -32,6 +38,14 @@ WHERE (idxr.entity_kinds.model_name, idxr.entity_kinds.source_table,
                         excluded.schema_fingerprint)
 """
 _FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
+_MODEL_VERSION_SQL = "SELECT version FROM idxr.embedding_models WHERE name = %s"
+_MODEL_HAS_VECTORS_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM idxr.search_index si
+    JOIN idxr.entity_kinds ek ON ek.name = si.entity_kind
+    WHERE ek.model_name = %s AND si.embedding IS NOT NULL
+)
+"""
 
 
 def upsert_embedding_model(
@@ -55,3 +69,15 @@ def upsert_entity_kind(
     fingerprint: str,
 ) -> None:
     conn.execute(_UPSERT_KIND_SQL, [name, model_name, source_table, refresh_policy, fingerprint])
+
+
+def recorded_model_version(conn: psycopg.Connection, name: str) -> str | None:
+    """The version recorded for embedding model ``name`` (None: never registered)."""
+    row = conn.execute(_MODEL_VERSION_SQL, [name]).fetchone()
+    return None if row is None else row[0]
+
+
+def model_has_vectors(conn: psycopg.Connection, name: str) -> bool:
+    """Whether ``idxr.search_index`` holds vectors of kinds recorded with model ``name``."""
+    row = conn.execute(_MODEL_HAS_VECTORS_SQL, [name]).fetchone()
+    return bool(row and row[0])

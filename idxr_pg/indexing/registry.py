@@ -174,6 +174,31 @@ def resolve_kinds(
     return {entity.name: resolve_kind(conn, entity) for entity in entities}
 
 
+def _refuse_another_numeric_path(conn: psycopg.Connection, embedder: Any) -> None:
+    """Same weights on another backend (``fingerprint+onnx-int8`` vs ``fingerprint``, see
+    `idxr_pg.embedding.resolve.identity_version`) while the index holds vectors of the
+    recorded one: refused, so that workers on machines whose CPUs pick different backends
+    never mix their vectors in one index."""
+    recorded = kinds_db.recorded_model_version(conn, embedder.name)
+    version = str(embedder.version or "")
+    if not recorded or recorded == version:
+        return
+    weights, _, path = version.partition("+")
+    recorded_weights, _, recorded_path = recorded.partition("+")
+    if weights != recorded_weights or not kinds_db.model_has_vectors(conn, embedder.name):
+        return
+    built = recorded_path or "torch"
+    backend, _, precision = built.partition("-")
+    fix = f"embedding.backend: {backend}" + (
+        f", embedding.precision: {precision}" if precision else ""
+    )
+    raise RegistryError(
+        f"embedding model {embedder.name!r}: the index holds vectors computed on the {built} "
+        f"backend, and this process would add {path or 'torch'} ones: set {fix} in the config "
+        "(on every worker), or empty the index of its kinds before re-indexing on the new backend"
+    )
+
+
 def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder: Any) -> None:
     """Record the embedding model and the kinds (refresh policy, model fingerprint); one transaction.
 
@@ -189,6 +214,7 @@ def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder
                 f"`idxr-pg migrate --dimensions {embedder.dimensions}` on an empty index, or "
                 "configure the model the index was built with"
             )
+        _refuse_another_numeric_path(conn, embedder)
         kinds_db.upsert_embedding_model(
             conn, embedder.name, embedder.version, embedder.dimensions, embedder.max_tokens
         )

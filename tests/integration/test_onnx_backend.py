@@ -17,6 +17,7 @@ from idxr_pg.embedding.onnx_backend import OnnxEmbedder
 from idxr_pg.embedding.onnx_export import OnnxExport, build_export, ensure_export
 from idxr_pg.embedding.resolve import locate_model, model_version
 from idxr_pg.embedding.sentence_transformer import SentenceTransformerEmbedder
+from idxr_pg.indexing.registry import RegistryError, register
 from idxr_pg.search import ModelMismatchError, search
 from tests.integration import search_data
 
@@ -113,6 +114,24 @@ def test_search_refuses_a_query_from_another_backend(isolated_database_url, int8
     assert "embedding.backend: torch" in message
     torch_config = IdxrConfig(embedding=EmbeddingSettings(backend="torch"))
     assert search("internet", database_url=isolated_database_url, config=torch_config) == []
+
+
+@pytest.mark.model
+def test_register_refuses_a_worker_on_another_backend(isolated_database_url, int8, fp32) -> None:
+    with connect(isolated_database_url, autocommit=True) as conn:
+        register(conn, [], int8)  # an empty index may be (re)built on any backend
+        register(conn, [], fp32)
+        search_data.index_catalogue(conn, fp32)  # now it holds torch vectors
+        register(conn, [], fp32)  # the same path again: fine
+        with pytest.raises(RegistryError) as excinfo:
+            register(conn, [], int8)
+        message = str(excinfo.value)
+        assert "vectors computed on the torch backend" in message and "onnx-int8" in message
+        assert "embedding.backend: torch" in message
+        recorded = conn.execute(
+            "SELECT version FROM idxr.embedding_models WHERE name = %s", [fp32.name]
+        ).fetchone()
+    assert recorded == (fp32.version,)  # the refusal changed nothing
 
 
 @pytest.mark.model
