@@ -13,6 +13,7 @@ import pytest
 from idxr_pg.config import EmbeddingSettings, IdxrConfig
 from idxr_pg.db.connection import connect
 from idxr_pg.embedding import EmbeddingCache, EmbeddingService, EmbedRequest, load_embedder
+from idxr_pg.embedding.cache import text_hash
 from idxr_pg.embedding.onnx_backend import OnnxEmbedder
 from idxr_pg.embedding.onnx_export import OnnxExport, build_export, ensure_export
 from idxr_pg.embedding.resolve import locate_model, model_version
@@ -96,8 +97,9 @@ def test_the_cache_keeps_int8_and_float32_apart(
     assert not np.array_equal(from_onnx, from_torch)
     assert np.allclose(from_onnx, int8.embed([text])[0], atol=1e-6)
     keys = db_conn.execute(
-        "SELECT model FROM idxr.embedding_cache WHERE model IN (%s, %s) ORDER BY model",
-        [torch_service.model_key, onnx_service.model_key],
+        "SELECT model FROM idxr.embedding_cache WHERE model IN (%s, %s) AND text_hash = %s"
+        " ORDER BY model",
+        [torch_service.model_key, onnx_service.model_key, text_hash(text)],
     ).fetchall()
     assert [k for (k,) in keys] == sorted([torch_service.model_key, onnx_service.model_key])
 
