@@ -610,14 +610,34 @@ def _guard(plan: PlannedCapture) -> sql.Composed:
     )
 
 
-def function_ddl(plan: PlannedCapture) -> sql.Composed:
-    """CREATE OR REPLACE FUNCTION for one target."""
+def _capture_function(plan: PlannedCapture, name: str, branches: sql.Composable) -> sql.Composed:
+    """CREATE OR REPLACE FUNCTION idxr.<name>: the table guard, ``branches`` (per TG_OP, each
+    sets ``idxr_keys``), then the queueing and the wake-up shared by every capture function."""
     body = sql.SQL(
         "\nDECLARE\n"
         "    idxr_keys text[];\n"
         "    enqueued bigint := 0;\n"
         "BEGIN\n"
         "{guard}"
+        "{branches}"
+        "{enqueue}"
+        "{wake}"
+        "    RETURN NULL;\n"
+        "END\n"
+    ).format(guard=_guard(plan), branches=branches, enqueue=_enqueue(plan), wake=_wake(plan))
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION idxr.{name}()\n"
+        "RETURNS trigger\n"
+        "LANGUAGE plpgsql\n"
+        "SECURITY DEFINER\n"
+        "SET search_path = pg_catalog, pg_temp\n"
+        "AS {tag}{body}{tag}"
+    ).format(name=sql.Identifier(name), tag=sql.SQL(_BODY_TAG), body=body)
+
+
+def function_ddl(plan: PlannedCapture) -> sql.Composed:
+    """CREATE OR REPLACE FUNCTION for one target."""
+    branches = sql.SQL(
         "    IF TG_OP = 'INSERT' THEN\n"
         "        {insert}\n"
         "    ELSIF TG_OP = 'UPDATE' THEN\n"
@@ -627,27 +647,13 @@ def function_ddl(plan: PlannedCapture) -> sql.Composed:
         "    ELSE\n"
         "        {truncate}\n"
         "    END IF;\n"
-        "{enqueue}"
-        "{wake}"
-        "    RETURN NULL;\n"
-        "END\n"
     ).format(
         insert=_collect(_rows_keys(plan, "idxr_new")),
         update=_collect(_changed_keys(plan)),
         delete=_collect(_rows_keys(plan, "idxr_old")),
         truncate=_collect(_truncated_keys(plan)),
-        enqueue=_enqueue(plan),
-        wake=_wake(plan),
-        guard=_guard(plan),
     )
-    return sql.SQL(
-        "CREATE OR REPLACE FUNCTION idxr.{name}()\n"
-        "RETURNS trigger\n"
-        "LANGUAGE plpgsql\n"
-        "SECURITY DEFINER\n"
-        "SET search_path = pg_catalog, pg_temp\n"
-        "AS {tag}{body}{tag}"
-    ).format(name=sql.Identifier(plan.function_name), tag=sql.SQL(_BODY_TAG), body=body)
+    return _capture_function(plan, plan.function_name, branches)
 
 
 _TRIGGER_CLAUSES = {
@@ -698,12 +704,7 @@ def replica_function_ddl(plan: PlannedCapture) -> sql.Composed:
     new = sql.SQL("WITH idxr_new AS (SELECT NEW.*)\n                ")
     old = sql.SQL("WITH idxr_old AS (SELECT OLD.*)\n                ")
     both = sql.SQL("WITH idxr_old AS (SELECT OLD.*), idxr_new AS (SELECT NEW.*)\n                ")
-    body = sql.SQL(
-        "\nDECLARE\n"
-        "    idxr_keys text[];\n"
-        "    enqueued bigint := 0;\n"
-        "BEGIN\n"
-        "{guard}"
+    branches = sql.SQL(
         "    IF TG_OP = 'INSERT' THEN\n"
         "        {insert}\n"
         "    ELSIF TG_OP = 'UPDATE' THEN\n"
@@ -711,30 +712,12 @@ def replica_function_ddl(plan: PlannedCapture) -> sql.Composed:
         "    ELSE\n"
         "        {delete}\n"
         "    END IF;\n"
-        "{enqueue}"
-        "{wake}"
-        "    RETURN NULL;\n"
-        "END\n"
     ).format(
-        guard=_guard(plan),
         insert=_collect(new + _rows_keys(plan, "idxr_new")),
         update=_collect(both + _changed_keys(plan)),
         delete=_collect(old + _rows_keys(plan, "idxr_old")),
-        enqueue=_enqueue(plan),
-        wake=_wake(plan),
     )
-    return sql.SQL(
-        "CREATE OR REPLACE FUNCTION idxr.{name}()\n"
-        "RETURNS trigger\n"
-        "LANGUAGE plpgsql\n"
-        "SECURITY DEFINER\n"
-        "SET search_path = pg_catalog, pg_temp\n"
-        "AS {tag}{body}{tag}"
-    ).format(
-        name=sql.Identifier(replica_function_name(plan.function_name)),
-        tag=sql.SQL(_BODY_TAG),
-        body=body,
-    )
+    return _capture_function(plan, replica_function_name(plan.function_name), branches)
 
 
 def replica_trigger_ddl(plan: PlannedCapture) -> list[sql.Composed]:

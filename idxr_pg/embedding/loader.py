@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from idxr_pg.config import EmbeddingSettings
 from idxr_pg.embedding.base import Embedder, ModelLoadError
@@ -65,28 +67,25 @@ def _load(settings: EmbeddingSettings) -> Embedder:
     fingerprint = model_version(location.path)
     version = identity_version(fingerprint, path.backend, path.precision)
     try:
+        load: Callable[..., Embedder]
         if path.backend == "onnx":
             from idxr_pg.embedding.onnx_backend import OnnxEmbedder
 
-            embedder: Embedder = OnnxEmbedder.load_onnx(
-                location.path,
-                name=location.name,
-                fingerprint=fingerprint,
-                version=version,
-                precision=path.precision,
-                fallback_max_tokens=settings.fallback_max_tokens,
-            )
+            backend_options: dict[str, Any] = {"fingerprint": fingerprint}
+            load = OnnxEmbedder.load_onnx
         else:
             from idxr_pg.embedding.sentence_transformer import SentenceTransformerEmbedder
 
-            embedder = SentenceTransformerEmbedder.load(
-                location.path,
-                name=location.name,
-                version=version,
-                device=device,
-                precision=path.precision,
-                fallback_max_tokens=settings.fallback_max_tokens,
-            )
+            backend_options = {"device": device}
+            load = SentenceTransformerEmbedder.load
+        embedder = load(
+            location.path,
+            name=location.name,
+            version=version,
+            precision=path.precision,
+            fallback_max_tokens=settings.fallback_max_tokens,
+            **backend_options,
+        )
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
             f"embedding model {settings.model!r} on backend {path}: {exc}; install idxr-pg's "
