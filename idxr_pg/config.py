@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -19,6 +19,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from idxr_pg.errors import IdxrError
+
+if TYPE_CHECKING:
+    from idxr_pg.runtime.windows import TimeWindow
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_CONFIG_PATH = Path("idxr.yaml")
@@ -130,6 +133,12 @@ class EntityConfig(_Strict):
     columns: list[str] | None = None
     watch: list[WatchedTable] = Field(default_factory=list)
     refresh: str = "on_change"
+    window: str | None = Field(
+        None,
+        description="off-peak window 'HH:MM-HH:MM' in UTC (may cross midnight, e.g. "
+        "'22:00-06:00'): the worker processes the kind only inside it; changes accumulate "
+        "outside it",
+    )
     max_depth: Annotated[int, Field(gt=0)] = 32
     max_records: Annotated[int, Field(gt=0)] = 10_000
     exclude_paths: list[str] = Field(
@@ -216,6 +225,26 @@ class EntityConfig(_Strict):
     def refresh_interval(self) -> int | None:
         """Seconds between refreshes for 'every <interval>', else None."""
         return refresh_interval_seconds(self.refresh)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        from idxr_pg.runtime.windows import WindowError, parse_window
+
+        if value is None:
+            return None
+        try:
+            parse_window(value)
+        except WindowError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def time_window(self) -> TimeWindow | None:
+        """The parsed off-peak window (None: any time)."""
+        from idxr_pg.runtime.windows import parse_window
+
+        return None if self.window is None else parse_window(self.window)
 
 
 class WorkerSettings(_Strict):

@@ -260,6 +260,17 @@ ALTER TABLE idxr.queue_batches SET (
     autovacuum_vacuum_insert_threshold = 1000
 );
 
+-- ==== 012_pause.sql ====
+-- idxr-pg revision 0003: pausing a kind (issue 18). Revisioned: Alembic revision 0003 runs this
+-- file once after 011_coalescing_queue.sql; sql/install.sql runs it too, so it is idempotent.
+--
+-- idxr.entity_kinds.paused_at: set by `idxr-pg pause KIND` (NULL: not paused), cleared by
+-- `idxr-pg resume KIND`. While it is set the capture triggers keep queueing the kind's changes
+-- and no worker claims them (runtime/worker.py asks db/kinds.py `is_paused`); idxr.status shows
+-- it (columns paused, paused_since).
+
+ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS paused_at timestamptz;
+
 -- ==== 020_dimensions.sql ====
 -- Vector dimensions are handled here and only here: the embedding column is typed vector(N)
 -- so the HNSW (cosine) index can exist. `idxr-pg migrate` calls this with the configured
@@ -885,8 +896,9 @@ $$;
 -- idxr.status: one row per entity kind known to the database (registered, indexed, queued
 -- or dead-lettered). idxr.stale: the kinds whose queue holds unprocessed changes.
 -- Both are plain views over the base tables; they count, so they scan the index once.
--- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql and
--- 011_coalescing_queue.sql. Queued changes are the rows of idxr.queue plus the keys of
+-- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql,
+-- 011_coalescing_queue.sql and 012_pause.sql (paused_at, which idxr.status shows as paused and
+-- paused_since). Queued changes are the rows of idxr.queue plus the keys of
 -- idxr.queue_batches (one row per bulk statement, expanded by the worker's next claim; its keys
 -- are ready at once). Inline in both views, not a function: a function in a view runs with the
 -- reader's rights, and idxr_reader may not read the queue tables.
@@ -962,7 +974,9 @@ SELECT k.entity_kind,
        now() - q.stale_since AS lag,
        ek.last_refresh_at,
        ek.last_embedded_at,
-       COALESCE(d.dead_letters, 0) AS dead_letters
+       COALESCE(d.dead_letters, 0) AS dead_letters,
+       ek.paused_at IS NOT NULL AS paused,
+       ek.paused_at AS paused_since
   FROM kinds k
   LEFT JOIN idxr.entity_kinds ek ON ek.name = k.entity_kind
   LEFT JOIN indexed i USING (entity_kind)
@@ -970,7 +984,7 @@ SELECT k.entity_kind,
   LEFT JOIN dead d USING (entity_kind);
 
 COMMENT ON VIEW idxr.status IS
-    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters.';
+    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters, paused.';
 
 CREATE OR REPLACE VIEW idxr.stale AS
 SELECT q.entity_kind,
@@ -1065,6 +1079,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0002');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0003');
 
 COMMIT;

@@ -46,6 +46,13 @@ def _echo_kind(kind: KindStatus) -> None:
     click.echo(f"  source table:   {kind.source_table or '-'}")
     click.echo(f"  model:          {kind.model_name or '-'}")
     click.echo(f"  refresh:        {kind.refresh_policy}")
+    if kind.window:
+        click.echo(f"  window:         {kind.window} UTC (processed only inside it)")
+    if kind.paused:
+        click.echo(
+            f"  paused:         since {when(kind.paused_since)}: changes accumulate, nothing "
+            f"is embedded (`idxr-pg resume {kind.entity_kind}`)"
+        )
     click.echo(
         f"  indexed:        {kind.indexed_entities:,} entities, {kind.indexed_records:,} "
         f"records ({kind.embedded_records:,} embedded)"

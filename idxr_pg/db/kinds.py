@@ -1,17 +1,23 @@
 """Rows of ``idxr.entity_kinds`` and ``idxr.embedding_models``: what `register` records.
 
 Each upsert writes only when something changed, so registering the same kinds again (every
-worker and backfill start) touches no row.
+worker and backfill start) touches no row. ``paused_at`` (`idxr-pg pause` / `resume`) is set
+and cleared here only; registering a kind leaves it as it is.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import psycopg
 
 __all__ = [
+    "is_paused",
     "model_has_vectors",
+    "pause_kind",
     "recorded_fingerprint",
     "recorded_model_version",
+    "resume_kind",
     "upsert_embedding_model",
     "upsert_entity_kind",
 ]
@@ -37,6 +43,21 @@ WHERE (idxr.entity_kinds.model_name, idxr.entity_kinds.source_table,
       IS DISTINCT FROM (excluded.model_name, excluded.source_table, excluded.refresh_policy,
                         excluded.schema_fingerprint)
 """
+# Pausing a kind the database has not registered yet creates its row (the worker's `register`
+# fills in the rest). Pausing twice keeps the first paused_at. RETURNING: the paused_at now.
+_PAUSE_SQL = """
+INSERT INTO idxr.entity_kinds (name, paused_at) VALUES (%s, now())
+ON CONFLICT (name) DO UPDATE SET paused_at = COALESCE(idxr.entity_kinds.paused_at, now())
+RETURNING paused_at, paused_at < now() AS already
+"""
+# RETURNING the old paused_at (NULL: it was not paused) via a self-join on the locked row.
+_RESUME_SQL = """
+UPDATE idxr.entity_kinds AS ek SET paused_at = NULL
+  FROM idxr.entity_kinds AS old
+ WHERE ek.name = %s AND old.name = ek.name
+RETURNING old.paused_at
+"""
+_IS_PAUSED_SQL = "SELECT paused_at IS NOT NULL FROM idxr.entity_kinds WHERE name = %s"
 _FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
 _MODEL_VERSION_SQL = "SELECT version FROM idxr.embedding_models WHERE name = %s"
 _MODEL_HAS_VECTORS_SQL = """
@@ -80,4 +101,23 @@ def recorded_model_version(conn: psycopg.Connection, name: str) -> str | None:
 def model_has_vectors(conn: psycopg.Connection, name: str) -> bool:
     """Whether ``idxr.search_index`` holds vectors of kinds recorded with model ``name``."""
     row = conn.execute(_MODEL_HAS_VECTORS_SQL, [name]).fetchone()
+    return bool(row and row[0])
+
+
+def pause_kind(conn: psycopg.Connection, name: str) -> tuple[datetime, bool]:
+    """Pause ``name``: (since when it is paused, whether it already was)."""
+    row = conn.execute(_PAUSE_SQL, [name]).fetchone()
+    assert row is not None
+    return row[0], bool(row[1])
+
+
+def resume_kind(conn: psycopg.Connection, name: str) -> datetime | None:
+    """Resume ``name``; returns since when it had been paused (None: it was not paused)."""
+    row = conn.execute(_RESUME_SQL, [name]).fetchone()
+    return None if row is None else row[0]
+
+
+def is_paused(conn: psycopg.Connection, name: str) -> bool:
+    """Whether ``name`` is paused (a kind without a row is not)."""
+    row = conn.execute(_IS_PAUSED_SQL, [name]).fetchone()
     return bool(row and row[0])

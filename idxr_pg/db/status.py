@@ -58,6 +58,9 @@ class KindStatus:
     last_refresh_at: datetime | None = None
     last_embedded_at: datetime | None = None
     dead_letters: int = 0
+    paused: bool = False
+    paused_since: datetime | None = None
+    window: str | None = None  # the config's off-peak window (UTC), None: any time
     configured: bool = True
     in_database: bool = True
     last_backfill: Job | None = None
@@ -80,6 +83,9 @@ class KindStatus:
             "last_refresh_at": _iso(self.last_refresh_at),
             "last_embedded_at": _iso(self.last_embedded_at),
             "dead_letters": self.dead_letters,
+            "paused": self.paused,
+            "paused_since": _iso(self.paused_since),
+            "window": self.window,
             "configured": self.configured,
             "in_database": self.in_database,
             "last_backfill": None
@@ -178,6 +184,7 @@ def gather_status(conn: psycopg.Connection, config: IdxrConfig) -> Status:
         entity = configured.get(name)
         kinds[name] = KindStatus(
             **{**row, "source_table": row["source_table"] or (entity.table if entity else None)},
+            window=entity.window if entity else None,
             configured=entity is not None,
             last_backfill=latest_job(conn, name),
         )
@@ -188,6 +195,7 @@ def gather_status(conn: psycopg.Connection, config: IdxrConfig) -> Status:
                 model_name=config.embedding.model,
                 source_table=entity.table,
                 refresh_policy=entity.refresh,
+                window=entity.window,
                 in_database=False,
                 last_backfill=latest_job(conn, name),
             )

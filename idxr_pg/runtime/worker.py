@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -50,6 +51,7 @@ from idxr_pg.db.connection import (
     is_connection_lost,
     retry_with_backoff,
 )
+from idxr_pg.db.kinds import is_paused
 from idxr_pg.db.status import live_window_seconds
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
@@ -108,6 +110,7 @@ class Worker:
         self._heartbeat: threading.Thread | None = None
         self._rounds: set[str] = set()  # 'every' kinds being drained in this refresh round
         self._uninstalled = False  # the idxr schema disappeared under the running worker
+        self._held: set[str] = set()  # kinds paused or outside their window (logged once)
 
     # ----------------------------------------------------------------------------- control
 
@@ -304,8 +307,23 @@ class Worker:
         return [name for name, p in self._pipelines.items() if p.kind.refresh != "manual"]
 
     def _due(self, name: str, force_due: bool) -> bool:
-        """Whether ``name`` may be processed now (its refresh policy allows it)."""
+        """Whether ``name`` may be processed now: not paused (`idxr-pg pause`, also for
+        ``drain``), inside its off-peak ``window`` (UTC, also for ``drain``), and its refresh
+        policy allows it."""
         kind = self._pipelines[name].kind
+        window = kind.config.time_window
+        if window is not None and not window.is_open(datetime.now(UTC)):
+            held = f"outside its window {window} (UTC)"
+        elif is_paused(self._ensure_conn(), name):
+            held = f"paused (`idxr-pg resume {name}` resumes it)"
+        else:
+            held = ""
+        if held:
+            if name not in self._held:
+                self._held.add(name)
+                log.warning("%s is %s: its changes stay queued", name, held)
+            return False
+        self._held.discard(name)
         if force_due or kind.refresh_interval is None or name in self._rounds:
             return True
         if search_index.refresh_due(self._ensure_conn(), name, kind.refresh_interval):

@@ -2,8 +2,9 @@
 -- idxr.status: one row per entity kind known to the database (registered, indexed, queued
 -- or dead-lettered). idxr.stale: the kinds whose queue holds unprocessed changes.
 -- Both are plain views over the base tables; they count, so they scan the index once.
--- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql and
--- 011_coalescing_queue.sql. Queued changes are the rows of idxr.queue plus the keys of
+-- Re-applied after every upgrade (CREATE OR REPLACE); the tables live in 010_tables.sql,
+-- 011_coalescing_queue.sql and 012_pause.sql (paused_at, which idxr.status shows as paused and
+-- paused_since). Queued changes are the rows of idxr.queue plus the keys of
 -- idxr.queue_batches (one row per bulk statement, expanded by the worker's next claim; its keys
 -- are ready at once). Inline in both views, not a function: a function in a view runs with the
 -- reader's rights, and idxr_reader may not read the queue tables.
@@ -79,7 +80,9 @@ SELECT k.entity_kind,
        now() - q.stale_since AS lag,
        ek.last_refresh_at,
        ek.last_embedded_at,
-       COALESCE(d.dead_letters, 0) AS dead_letters
+       COALESCE(d.dead_letters, 0) AS dead_letters,
+       ek.paused_at IS NOT NULL AS paused,
+       ek.paused_at AS paused_since
   FROM kinds k
   LEFT JOIN idxr.entity_kinds ek ON ek.name = k.entity_kind
   LEFT JOIN indexed i USING (entity_kind)
@@ -87,7 +90,7 @@ SELECT k.entity_kind,
   LEFT JOIN dead d USING (entity_kind);
 
 COMMENT ON VIEW idxr.status IS
-    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters.';
+    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters, paused.';
 
 CREATE OR REPLACE VIEW idxr.stale AS
 SELECT q.entity_kind,

@@ -113,7 +113,11 @@ def test_alembic_head_is_the_schema_head_revision():
 
 
 def test_tables_are_revisioned_and_the_rest_is_reapplied():
-    assert revisioned_files() == ("010_tables.sql", "011_coalescing_queue.sql")
+    assert revisioned_files() == (
+        "010_tables.sql",
+        "011_coalescing_queue.sql",
+        "012_pause.sql",
+    )
     assert {"020_dimensions.sql", "040_search.sql", "050_status.sql"} == set(reapplied_files())
     for name in reapplied_files():
         assert "CREATE TABLE" not in read_schema_file(name).upper(), name
