@@ -254,6 +254,12 @@ class WorkerSettings(_Strict):
     max_attempts: Annotated[int, Field(gt=0, le=100)] = 5
     backoff_base_seconds: Annotated[float, Field(ge=0)] = 2.0
     backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    # --once / refresh: exit non-zero once the database stayed unreachable this long (the
+    # daemon retries forever).
+    give_up_after_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # A batch running longer than this stops having its leases extended: they expire and
+    # another worker takes the entities over (the stalled one's late write is refused).
+    stall_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
 
 
 class IdxrConfig(_Strict):

@@ -66,6 +66,14 @@ def _run_until_signalled(w: Worker, work: Callable[[], Counts]) -> Counts:
     default=None,
     help="Seconds between queue polls when no NOTIFY arrives [default: worker.poll_interval, 5].",
 )
+@click.option(
+    "--connect-timeout",
+    "give_up_after_seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --once: exit 1 when the database stays unreachable this many seconds "
+    "[default: worker.give_up_after_seconds, 60]. Without --once the worker retries forever.",
+)
 @kinds_option("Serve only this entity kind (repeatable) [default: every configured kind].")
 @allow_superuser_flag
 @pass_app
@@ -74,6 +82,7 @@ def worker(
     once: bool,
     batch_size: int | None,
     poll_interval: float | None,
+    give_up_after_seconds: float | None,
     kinds: tuple[str, ...],
 ) -> None:
     """Keep idxr.search_index in sync with the watched tables.
@@ -85,7 +94,13 @@ def worker(
     processed at most once per interval. SIGTERM or Ctrl-C finishes the current batch and
     exits 0; a lost database connection is retried until it comes back.
     """
-    w = _worker(app, kinds, batch_size=batch_size, poll_interval=poll_interval)
+    w = _worker(
+        app,
+        kinds,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+        give_up_after_seconds=give_up_after_seconds,
+    )
     totals = _run_until_signalled(w, w.drain if once else w.run)
     click.echo(_summary(totals))
 

@@ -3,7 +3,10 @@
 `connect` opens one; `conninfo` names it for ``pg_stat_activity``; `is_connection_lost` tells a
 lost connection or an unreachable server (retry later) from bad data or a set-up problem (a
 missing database or role, a refused login: `is_login_refused`, final); `retry_with_backoff`
-is the one reconnect loop of the long-running processes.
+is the one reconnect loop of the long-running processes (forever, or until a deadline).
+Every connection idxr-pg opens through `connect` or `conninfo` has TCP keepalives
+(`KEEPALIVES`, each overridable by the URL), so a half-open connection (a server or network
+gone without a FIN) is noticed in about a minute instead of never.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -20,6 +24,7 @@ from pgvector.psycopg import register_vector
 from idxr_pg.errors import IdxrError
 
 __all__ = [
+    "KEEPALIVES",
     "RECONNECT_BASE_SECONDS",
     "RECONNECT_MAX_SECONDS",
     "DatabaseError",
@@ -30,6 +35,7 @@ __all__ = [
     "one_line",
     "redact",
     "retry_with_backoff",
+    "with_keepalives",
 ]
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,13 @@ log = logging.getLogger(__name__)
 RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 30.0
 APPLICATION_NAME_LIMIT = 63  # PostgreSQL's NAMEDATALEN - 1
+# libpq TCP keepalive parameters: probe after 30 s idle, every 10 s, give up after 3 misses.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
 
 T = TypeVar("T")
 
@@ -64,10 +77,21 @@ def redact(url: str) -> str:
     return f"{user + '@' if user else ''}{host}:{port}/{info.get('dbname', '')}"
 
 
-def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
-    """Open a connection; with ``vector`` the pgvector types are registered (needs the extension)."""
+def with_keepalives(url: str) -> str:
+    """``url`` with the `KEEPALIVES` it does not set itself (a URL's own values win)."""
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return url  # connecting reports the unparseable URL
+    missing = {key: value for key, value in KEEPALIVES.items() if key not in info}
+    return psycopg.conninfo.make_conninfo(url, **missing) if missing else url
+
+
+def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
+    """Open a connection (with `KEEPALIVES`); with ``vector`` the pgvector types are registered
+    (needs the extension)."""
+    try:
+        conn = psycopg.connect(with_keepalives(url), autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to {redact(url)}: {one_line(str(exc))}") from exc
     if vector:
@@ -84,9 +108,10 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
 
 
 def conninfo(url: str, application_name: str) -> str:
-    """The URL with an ``application_name`` (cut to PostgreSQL's limit) for pg_stat_activity."""
+    """The URL with an ``application_name`` (cut to PostgreSQL's limit) for pg_stat_activity,
+    and `KEEPALIVES` (for connections opened elsewhere from it, e.g. the embedding cache's)."""
     return psycopg.conninfo.make_conninfo(
-        url, application_name=application_name[:APPLICATION_NAME_LIMIT]
+        with_keepalives(url), application_name=application_name[:APPLICATION_NAME_LIMIT]
     )
 
 
@@ -138,17 +163,47 @@ def retry_with_backoff(
     delay: float = RECONNECT_BASE_SECONDS,
     max_delay: float = RECONNECT_MAX_SECONDS,
     retry_if: Callable[[BaseException], bool] = is_connection_lost,
+    give_up_after: float | None = None,
 ) -> T:
     """Run ``action`` until it succeeds, sleeping ``delay`` (doubling up to ``max_delay``)
     after each failure that ``retry_if`` accepts; any other error is raised at once, and so
-    is the last error once ``stop`` is set. ``what`` starts the warning logged per retry."""
+    is the last error once ``stop`` is set. ``what`` starts the warning logged per retry
+    (with the attempt number and the delay). With ``give_up_after`` (seconds from the first
+    attempt) the loop ends there: the last error is raised as a `DatabaseError` saying so;
+    the bound is that plus one attempt (``connect`` waits at most 10 s per host)."""
+    started = time.monotonic()
+    attempt = 0
     while True:
+        attempt += 1
         try:
             return action()
         except Exception as exc:
             if not retry_if(exc) or stop.is_set():
                 raise
-            log.warning("%s (%s); retrying in %.1f s", what, str(exc).strip(), delay)
-            if stop.wait(delay):
+            wait = delay
+            if give_up_after is not None:
+                elapsed = time.monotonic() - started
+                left = give_up_after - elapsed
+                if left <= 0:
+                    log.error(
+                        "%s (%s); giving up after %d attempts in %.1f s",
+                        what,
+                        one_line(str(exc)),
+                        attempt,
+                        elapsed,
+                    )
+                    raise DatabaseError(
+                        f"{what}: gave up after {attempt} attempts in {elapsed:.1f} s: "
+                        f"{one_line(str(exc))}"
+                    ) from exc
+                wait = min(delay, left)
+            log.warning(
+                "%s (%s); attempt %d failed, retrying in %.1f s",
+                what,
+                one_line(str(exc)),
+                attempt,
+                wait,
+            )
+            if stop.wait(wait):
                 raise
             delay = min(delay * 2, max_delay)

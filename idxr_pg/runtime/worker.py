@@ -19,13 +19,18 @@ the ready queue of some kinds and returns (``--once``, ``idxr-pg refresh KIND``)
   letter: `Assembly.record_failures`); the pipeline releases the leases there.
 - Liveness: a heartbeat thread (own connection) updates ``idxr.workers`` and extends this
   worker's leases every few seconds; a crashed worker's leases expire and are taken over, and
-  its row is marked ``lost`` by the next worker that starts (or ``idxr-pg status``).
+  its row is marked ``lost`` by the next worker that starts (or ``idxr-pg status``). A batch
+  running past ``worker.stall_timeout_seconds`` (a hung model or query) stops having its leases
+  extended (logged once): they expire, another worker takes the entities over, and the stalled
+  batch's late write is refused by the lease check of the pipeline's write transaction.
 - Shutdown: SIGTERM/SIGINT (or `stop()`) let the current batch finish; leases are released
   and the worker row is marked ``stopped``.
 - A lost database connection (any of them) is retried with exponential backoff
   (`retry_with_backoff`) and the worker resumes; its leases still carry its id, so it takes its
   own entities back. A refused login (missing database or role) is final, and so is the idxr
   schema disappearing under the worker (``uninstall``): it stops with one `WorkerSetupError`.
+  `drain` (``--once``, ``refresh``) gives up after ``worker.give_up_after_seconds`` without a
+  database and raises `DatabaseError`; `run` retries forever.
 """
 
 from __future__ import annotations
@@ -111,6 +116,8 @@ class Worker:
         self._rounds: set[str] = set()  # 'every' kinds being drained in this refresh round
         self._uninstalled = False  # the idxr schema disappeared under the running worker
         self._held: set[str] = set()  # kinds paused or outside their window (logged once)
+        self._give_up_after: float | None = None  # drain: reconnect deadline (run: forever)
+        self._batch_started: float | None = None  # monotonic start of the batch in progress
 
     # ----------------------------------------------------------------------------- control
 
@@ -158,6 +165,7 @@ class Worker:
         Rows in backoff (``not_before`` in the future) or of entities leased by another live
         worker are left for later.
         """
+        self._give_up_after = self.settings.give_up_after_seconds
         with self._session():
             chosen = list(kinds) if kinds is not None else self._served_kinds()
             for name in chosen:
@@ -294,6 +302,7 @@ class Worker:
                 stop=self._stop,
                 what="still cannot reach the database",
                 delay=2 * RECONNECT_BASE_SECONDS,
+                give_up_after=self._give_up_after,
             )
         except Exception as err:
             if self.stopping and is_connection_lost(err):
@@ -373,7 +382,11 @@ class Worker:
             outcomes = assembly.record_failures(c, result, claimed.rows)
             dead_lettered = sum(outcome.action == "dead" for outcome in outcomes)
 
-        result = self._pipelines[name].index(conn, claimed.leases, finalize=finalize)
+        self._batch_started = time.monotonic()
+        try:
+            result = self._pipelines[name].index(conn, claimed.leases, finalize=finalize)
+        finally:
+            self._batch_started = None
         self.totals = self.totals + result.counts + Counts(dead_lettered=dead_lettered)
         log.info(
             "%s: %d entities (%d indexed, %d unchanged, %d deleted, %d skipped, %d failed), "
@@ -423,15 +436,30 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         """Own connection: beat and keep this worker's leases alive until stopped."""
         conn: psycopg.Connection | None = None
+        stalled_batch: float | None = None  # the start of the batch already logged as stalled
         while self._beating.is_set():
             if not _sleep_while(self._beating, self.heartbeat_interval):
                 break
+            started = self._batch_started
+            stalled = (
+                started is not None
+                and time.monotonic() - started > self.settings.stall_timeout_seconds
+            )
+            if stalled and stalled_batch != started:
+                stalled_batch = started
+                log.warning(
+                    "worker %s: batch running for over %.0f s (worker.stall_timeout_seconds): "
+                    "its leases are no longer extended, so other workers take them over",
+                    self.worker_id,
+                    self.settings.stall_timeout_seconds,
+                )
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = connect(self._conninfo("heartbeat"), autocommit=True, vector=False)
                 with conn.transaction():
                     workers.worker_heartbeat(conn, self.worker_id, self.totals.entities)
-                    leases.extend(conn, self.worker_id, self.settings.lease_seconds)
+                    if not stalled:
+                        leases.extend(conn, self.worker_id, self.settings.lease_seconds)
             except Exception as exc:
                 log.debug("heartbeat failed (%s); will retry", exc)
                 if conn is not None:
@@ -461,7 +489,9 @@ class _Session:
 
     def __enter__(self) -> Worker:
         w = self.worker
-        retry_with_backoff(w._start, stop=w._stop, what="cannot start worker")
+        retry_with_backoff(
+            w._start, stop=w._stop, what="cannot start worker", give_up_after=w._give_up_after
+        )
         return w
 
     def __exit__(self, *exc_info: object) -> None:

@@ -8,10 +8,12 @@ import psycopg
 import pytest
 
 from idxr_pg.db.connection import (
+    KEEPALIVES,
     DatabaseError,
     conninfo,
     is_connection_lost,
     retry_with_backoff,
+    with_keepalives,
 )
 
 
@@ -84,3 +86,65 @@ def test_a_statement_past_a_server_limit_is_bad_data_not_a_lost_connection():
     assert not is_connection_lost(too_big)
     assert not is_connection_lost(too_big, FakeConn())  # type: ignore[arg-type]
     assert is_connection_lost(too_big, FakeConn(broken=True))  # type: ignore[arg-type]
+
+
+def test_retry_gives_up_at_its_deadline_with_a_database_error(monkeypatch, caplog):
+    """``give_up_after`` bounds the loop: the last wait is cut to the time left, then the
+    last error is raised as a DatabaseError saying it gave up; each attempt is logged."""
+    clock = [100.0]
+    monkeypatch.setattr("idxr_pg.db.connection.time.monotonic", lambda: clock[0])
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        clock[0] += seconds
+        return False
+
+    monkeypatch.setattr(stop, "wait", wait)
+    calls = []
+
+    def down() -> None:
+        calls.append(1)
+        raise psycopg.OperationalError("connection refused")
+
+    gave_up = pytest.raises(DatabaseError, match=r"gave up after 4 attempts in 5\.0 s")
+    with caplog.at_level("WARNING", logger="idxr_pg.db.connection"), gave_up:
+        retry_with_backoff(down, stop=stop, what="db", delay=1.0, max_delay=30.0, give_up_after=5.0)
+    assert waits == [1.0, 2.0, 2.0]  # the third wait is cut to the 2 s left
+    assert len(calls) == 4
+    assert "attempt 1 failed, retrying in 1.0 s" in caplog.text
+    assert "attempt 3 failed, retrying in 2.0 s" in caplog.text
+    assert "giving up after 4 attempts" in caplog.text
+
+
+def test_retry_without_a_deadline_keeps_going(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("idxr_pg.db.connection.time.monotonic", lambda: clock[0])
+    stop = threading.Event()
+
+    def wait(seconds: float) -> bool:
+        clock[0] += seconds
+        return False
+
+    monkeypatch.setattr(stop, "wait", wait)
+    failures = iter([psycopg.OperationalError("down")] * 50)
+
+    def action() -> str:
+        for exc in failures:
+            raise exc
+        return "up"
+
+    assert retry_with_backoff(action, stop=stop, what="db", delay=1.0, max_delay=30.0) == "up"
+    assert clock[0] > 1000  # far past any deadline: no give-up without one
+
+
+def test_conninfo_and_with_keepalives_set_tcp_keepalives_the_url_can_override():
+    info = psycopg.conninfo.conninfo_to_dict(conninfo("postgresql://u@h/db", "worker"))
+    assert {k: info[k] for k in KEEPALIVES} == KEEPALIVES
+    own = psycopg.conninfo.conninfo_to_dict(
+        with_keepalives("postgresql://u@h/db?keepalives_idle=7&keepalives=0")
+    )
+    assert own["keepalives_idle"] == "7" and own["keepalives"] == "0"
+    assert own["keepalives_interval"] == KEEPALIVES["keepalives_interval"]
+    assert own["dbname"] == "db" and own["user"] == "u"
