@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -14,13 +15,21 @@ from idxr_pg.errors import IdxrError
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
 
 if TYPE_CHECKING:
+    from idxr_pg.embedding import Embedder
     from idxr_pg.records.counts import Counts
+    from idxr_pg.runtime.metrics import WorkerMetrics
     from idxr_pg.runtime.worker import Worker
 
 BATCH_SIZE_HELP = "Entities per batch [default: worker.batch_size from the config, 64]."
 
 
-def _worker(app: AppContext, kinds: tuple[str, ...], **overrides: object) -> Worker:
+def _worker(
+    app: AppContext,
+    kinds: tuple[str, ...],
+    *,
+    embedder: Embedder | None = None,
+    **overrides: object,
+) -> Worker:
     from idxr_pg.runtime.worker import Worker
 
     config = app.config
@@ -29,7 +38,33 @@ def _worker(app: AppContext, kinds: tuple[str, ...], **overrides: object) -> Wor
     settings = config.worker.model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
     )
-    return Worker(app.database_url, config, kinds=list(kinds) or None, settings=settings)
+    return Worker(
+        app.database_url, config, kinds=list(kinds) or None, settings=settings, embedder=embedder
+    )
+
+
+def _metrics(app: AppContext, port: int | None) -> tuple[WorkerMetrics | None, Embedder | None]:
+    """With a metrics port: the worker's metrics, and its embedder timed by them."""
+    if port is None:
+        return None, None
+    from idxr_pg.embedding import load_embedder
+    from idxr_pg.runtime.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics()
+    return metrics, metrics.timed(load_embedder(app.config.embedding))
+
+
+def _serve_metrics(metrics: WorkerMetrics, w: Worker, host: str, port: int) -> None:
+    """Feed ``metrics`` from ``w``'s batches and serve them on host:port (a daemon thread)."""
+    metrics.set_worker(w.worker_id, socket.gethostname())
+    metrics.watch_queue(w.database_url, w.kind_names, w.worker_id)
+    metrics.prime(w.kind_names)
+    w.on_batch = metrics.observe_batch
+    try:
+        bound = metrics.serve(port, host)
+    except OSError as exc:
+        raise IdxrError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    click.echo(f"serving Prometheus metrics on http://{host}:{bound}/metrics", err=True)
 
 
 def _summary(totals: Counts) -> str:
@@ -74,6 +109,18 @@ def _run_until_signalled(w: Worker, work: Callable[[], Counts]) -> Counts:
     help="With --once: exit 1 when the database stays unreachable this many seconds "
     "[default: worker.give_up_after_seconds, 60]. Without --once the worker retries forever.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics [default: no metrics].",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics server binds (0.0.0.0: every interface).",
+)
 @kinds_option("Serve only this entity kind (repeatable) [default: every configured kind].")
 @allow_superuser_flag
 @pass_app
@@ -83,6 +130,8 @@ def worker(
     batch_size: int | None,
     poll_interval: float | None,
     give_up_after_seconds: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
     kinds: tuple[str, ...],
 ) -> None:
     """Keep idxr.search_index in sync with the watched tables.
@@ -94,14 +143,22 @@ def worker(
     processed at most once per interval. SIGTERM or Ctrl-C finishes the current batch and
     exits 0; a lost database connection is retried until it comes back.
     """
+    metrics, embedder = _metrics(app, metrics_port)
     w = _worker(
         app,
         kinds,
+        embedder=embedder,
         batch_size=batch_size,
         poll_interval=poll_interval,
         give_up_after_seconds=give_up_after_seconds,
     )
-    totals = _run_until_signalled(w, w.drain if once else w.run)
+    if metrics is not None and metrics_port is not None:
+        _serve_metrics(metrics, w, metrics_host, metrics_port)
+    try:
+        totals = _run_until_signalled(w, w.drain if once else w.run)
+    finally:
+        if metrics is not None:
+            metrics.close()
     click.echo(_summary(totals))
 
 

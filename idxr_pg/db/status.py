@@ -18,6 +18,12 @@ from idxr_pg.db.jobs import Job, latest_job
 
 STATUS_SQL = "SELECT * FROM idxr.status ORDER BY entity_kind"
 STALE_SQL = "SELECT * FROM idxr.stale ORDER BY stale_since, entity_kind"
+QUEUE_GAUGES_SQL = """
+SELECT entity_kind, queued_changes, queued_entities,
+       extract(epoch FROM lag)::float8 AS lag_seconds
+  FROM idxr.stale
+ ORDER BY entity_kind
+"""
 LIVE_WORKERS_SQL = """
 SELECT worker_id, host, pid, entity_kinds, state, processed, started_at, heartbeat_at,
        extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_seconds
@@ -212,3 +218,26 @@ def gather_stale(conn: psycopg.Connection) -> list[StaleKind]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(STALE_SQL).fetchall()
     return [StaleKind(**row) for row in rows]
+
+
+@dataclass(frozen=True)
+class QueueGauge:
+    """A kind's queue right now: queued changes and entities, age of the oldest change."""
+
+    entity_kind: str
+    queued_changes: int
+    queued_entities: int
+    lag_seconds: float
+
+
+def queue_gauges(conn: psycopg.Connection, timeout_seconds: float = 2.0) -> list[QueueGauge]:
+    """The kinds with queued changes (from idxr.stale, which leaves out the index counts that
+    make idxr.status costly on a large index); a kind not listed has an empty queue. The query
+    is cancelled after ``timeout_seconds`` (a scrape must not hang on a busy server)."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT set_config('statement_timeout', %s, true)",
+            [f"{max(1, int(timeout_seconds * 1000))}ms"],
+        )
+        rows = cur.execute(QUEUE_GAUGES_SQL).fetchall()
+    return [QueueGauge(**row) for row in rows]

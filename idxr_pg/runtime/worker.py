@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 import psycopg
@@ -105,6 +105,8 @@ class Worker:
         self.worker_id = worker_id or make_worker_id()
         self.heartbeat_interval = heartbeat_interval or min(5.0, self.settings.lease_seconds / 3)
         self.totals = Counts()
+        # Called after each batch with (kind, its counts, its seconds): the metrics hook.
+        self.on_batch: Callable[[str, Counts, float], None] | None = None
         self._embedder = embedder
         self._stop = threading.Event()
         self._beating = threading.Event()  # cleared to stop the heartbeat thread
@@ -362,6 +364,7 @@ class Worker:
 
     def _batch(self, name: str) -> bool:
         """Claim and process one batch of ``name``; False when nothing was ready."""
+        started = time.monotonic()
         conn = self._ensure_conn()
         assembly = self._assembly
         assert assembly is not None
@@ -387,7 +390,10 @@ class Worker:
             result = self._pipelines[name].index(conn, claimed.leases, finalize=finalize)
         finally:
             self._batch_started = None
-        self.totals = self.totals + result.counts + Counts(dead_lettered=dead_lettered)
+        batch = result.counts + Counts(dead_lettered=dead_lettered)
+        self.totals = self.totals + batch
+        if self.on_batch is not None:
+            self.on_batch(name, batch, time.monotonic() - started)
         log.info(
             "%s: %d entities (%d indexed, %d unchanged, %d deleted, %d skipped, %d failed), "
             "%d texts embedded, %d records written, %d removed",
