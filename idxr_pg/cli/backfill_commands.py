@@ -58,6 +58,8 @@ def job_note(job: Job) -> str:
         notes.append(f"resumed by #{job.resumed_by}")
     if job.options.get("force"):
         notes.append("force")
+    if job.options.get("bulk"):
+        notes.append("bulk")
     if job.counts.failed:
         notes.append(f"{job.counts.failed} failed")
     if job.error:
@@ -106,6 +108,29 @@ def job_row(job: Job) -> list[object]:
     "Entities per pipeline batch and per checkpoint [default: worker.batch_size, 64]."
 )
 @click.option(
+    "--bulk/--no-bulk",
+    default=None,
+    help="Bulk mode: drop the HNSW index, load, then build it once at the end (much faster "
+    "for an initial load). Taken by default when idxr.search_index holds no vector yet; "
+    "--bulk forces it even when other kinds hold vectors (the index serves every kind, so "
+    "search of EVERY kind falls back to an exact scan while it runs: correct, slower); "
+    "--no-bulk refuses it. An interrupted bulk run leaves the index absent until "
+    "`--resume` finishes. Needs ownership of idxr.search_index.",
+)
+@click.option(
+    "--maintenance-work-mem",
+    default="512MB",
+    show_default=True,
+    help="maintenance_work_mem of the session that builds the HNSW index in bulk mode.",
+)
+@click.option(
+    "--build-workers",
+    type=click.IntRange(0, 64),
+    default=4,
+    show_default=True,
+    help="Parallel maintenance workers for that build (capped by the server's settings).",
+)
+@click.option(
     "--progress-interval",
     type=click.FloatRange(min=0.1),
     default=10.0,
@@ -121,6 +146,9 @@ def backfill(
     force: bool,
     resume: bool,
     batch_size: int | None,
+    bulk: bool | None,
+    maintenance_work_mem: str,
+    build_workers: int,
     progress_interval: float,
     as_json: bool,
 ) -> None:
@@ -131,6 +159,9 @@ def backfill(
     and no writes. Indexed entities whose source row is gone are removed at the end.
     SIGINT/SIGTERM stop after the current batch; `--resume` then continues from the
     checkpoint (also after a crash or SIGKILL). Progress: a bar on a terminal, else log lines.
+
+    Bulk mode (see --bulk): when the index holds no vector yet, the HNSW index is dropped at
+    the start and built once at the end; `idxr-pg status` shows it while it runs.
     """
     from idxr_pg.runtime.backfill import (
         Backfill,
@@ -145,6 +176,9 @@ def backfill(
         resume=resume,
         batch_size=batch_size or config.worker.batch_size,
         progress_interval=progress_interval,
+        bulk=bulk,
+        maintenance_work_mem=maintenance_work_mem,
+        build_workers=build_workers,
     )
     stop = StopRequest()
     runner = Backfill(app.database_url, config, kind, options, should_stop=stop)

@@ -74,6 +74,16 @@ def _echo_kind(kind: KindStatus) -> None:
             f"  last backfill:  job #{job.id} {job.state}, {job_progress(job)}, "
             f"started {when(job.started_at)}"
         )
+        if job.options.get("bulk") and job.state != "succeeded":
+            click.echo(
+                "  bulk mode:      on (HNSW index dropped: search of every kind is an exact "
+                "scan until the backfill"
+                + (
+                    " ends)"
+                    if job.state == "running"
+                    else f" is resumed: backfill {job.entity_kind} --resume)"
+                )
+            )
     click.echo("")
 
 

@@ -20,6 +20,13 @@ How it runs (one process, one job row in idxr.jobs):
 
 Between batches it checks ``should_stop`` (SIGINT/SIGTERM): the job is then marked
 interrupted and can be resumed.
+
+Bulk mode (`_bulk_mode`): when idxr.search_index holds no vector at all (or ``--bulk``), the
+one HNSW index that serves every kind is dropped before step 2 and built once after step 4
+(`idxr_pg.db.hnsw`), instead of being maintained row by row; the job row's options carry
+``bulk``, which `idxr-pg status` shows. Until the build, search of every kind is exact. A run
+that stops before its end leaves the index absent; ``--resume`` continues in bulk mode and
+builds it at its end (with ``--no-bulk``: at its start).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from idxr_pg.config import IdxrConfig
-from idxr_pg.db import jobs, leases, source
+from idxr_pg.db import hnsw, jobs, leases, source
 from idxr_pg.db.catalog import index_leads_with
 from idxr_pg.db.connection import connect, conninfo, is_connection_lost, one_line
 from idxr_pg.db.jobs import Job
@@ -50,6 +57,13 @@ log = logging.getLogger(__name__)
 
 MIN_PAGE_SIZE = 500
 """Keys fetched per query at least (pages are split into pipeline batches)."""
+
+
+DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
+"""maintenance_work_mem of the session that builds the HNSW index at the end of a bulk load."""
+
+DEFAULT_BUILD_WORKERS = 4
+"""max_parallel_maintenance_workers for that build (capped by the server's max_parallel_workers)."""
 
 
 DEAD_HOLDER_WAIT_SECONDS = 10.0
@@ -101,6 +115,9 @@ class BackfillOptions:
     page_size: int | None = None
     progress_interval: float = 10.0
     tty: bool | None = None
+    bulk: bool | None = None  # None: bulk mode when the index holds no vector; True/False: forced
+    maintenance_work_mem: str = DEFAULT_MAINTENANCE_WORK_MEM
+    build_workers: int = DEFAULT_BUILD_WORKERS
 
 
 def job_increment(result: BatchResult, *, streamed: bool) -> Counts:
@@ -205,6 +222,41 @@ class Backfill:
             time.sleep(0.1)
         return True
 
+    def _bulk_mode(self, control: psycopg.Connection, previous: Job | None) -> bool:
+        """Whether this run drops the HNSW index and builds it once at its end."""
+        wanted = self.options.bulk
+        index_absent = not hnsw.embedding_index_exists(control)
+        if wanted is False:
+            if index_absent:  # e.g. an interrupted bulk load resumed with --no-bulk
+                self._build_index(control)
+            return False
+        owner = hnsw.can_drop_embedding_index(control)
+        if wanted and not owner:
+            raise BackfillError(
+                f"--bulk: this role does not own idxr.search_index, so it cannot drop and "
+                f"rebuild {hnsw.INDEX_NAME}; run the backfill as its owner or without --bulk"
+            )
+        if wanted:
+            return True
+        if previous is not None and previous.options.get("bulk") and index_absent:
+            return True  # the interrupted bulk load continues; the index is built at the end
+        return owner and not hnsw.has_embeddings(control)
+
+    def _build_index(self, control: psycopg.Connection) -> None:
+        started = time.monotonic()
+        if hnsw.build_embedding_index(
+            control,
+            maintenance_work_mem=self.options.maintenance_work_mem,
+            parallel_workers=self.options.build_workers,
+        ):
+            log.info(
+                "%s: built %s in %.1fs",
+                self.entity.name,
+                hnsw.INDEX_NAME,
+                time.monotonic() - started,
+                extra={"entity_kind": self.entity.name},
+            )
+
     @staticmethod
     def _finish_failed(
         conn: psycopg.Connection, state: _RunState, final_state: str, message: str
@@ -248,6 +300,9 @@ class Backfill:
         previous, checkpoint, base = self._resume_point(control)
         total = source.count_keys(control, kind)
         force = bool(previous.options.get("force")) if previous else self.options.force
+        bulk = self._bulk_mode(control, previous)
+        if bulk:
+            hnsw.drop_embedding_index(control)
         job = jobs.create_job(
             control,
             name,
@@ -255,6 +310,7 @@ class Backfill:
                 "force": force,
                 "batch_size": self.options.batch_size,
                 "resume": previous is not None,
+                "bulk": bulk,
             },
             total=total,
             checkpoint=checkpoint,
@@ -263,14 +319,18 @@ class Backfill:
         )
         state = _RunState(job=job, base=base, counts=base, checkpoint=checkpoint)
         log.info(
-            "backfill of %s started: job #%d, %d rows in %s%s%s",
+            "backfill of %s started: job #%d, %d rows in %s%s%s%s",
             name,
             job.id,
             total,
             kind.source_table,
             f", resuming job #{previous.id} after key {checkpoint!r}" if previous else "",
             ", forced re-embedding" if force else "",
+            ", bulk mode (HNSW index dropped: search is exact until it is rebuilt at the end)"
+            if bulk
+            else "",
             extra={
+                "bulk": bulk,
                 "entity_kind": name,
                 "job_id": job.id,
                 "total": total,
@@ -293,6 +353,8 @@ class Backfill:
                 stopped = self._stream(work, run, checkpoint, force)
                 if not stopped:
                     stopped = self._sweep(work, run)
+            if bulk and not stopped:
+                self._build_index(control)
         except BaseException as exc:
             progress.close()
             database = isinstance(exc, psycopg.Error)
