@@ -210,3 +210,21 @@ def test_resume_with_no_bulk_builds_the_missing_index_first(url: str, tmp_path: 
     assert job.options["bulk"] is False
     assert seen and all(seen)
     assert index_present(url)
+
+
+def test_the_cli_flags_choose_bulk_mode_and_jobs_note_it(url: str, tmp_path: Path):
+    make_docs(url, 30)
+    config = write_config(tmp_path / "idxr.yaml")
+    first = json.loads(cli(url, config, "backfill", KIND, "--no-bulk", "--json").stdout)
+    assert first["options"]["bulk"] is False
+    sql(url, "UPDATE public.docs SET title = title || ' changed'")
+    forced = json.loads(
+        cli(
+            url, config, "backfill", KIND, "--bulk", "--maintenance-work-mem", "64MB", "--json"
+        ).stdout
+    )
+    assert forced["options"]["bulk"] is True and forced["state"] == "succeeded"
+    assert index_present(url)
+    assert index_set(url) == expected_index(url)
+    assert "bulk" in cli(url, config, "jobs").stdout
+    assert "bulk mode" not in cli(url, config, "status").stdout
