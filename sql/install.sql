@@ -266,7 +266,7 @@ ALTER TABLE idxr.queue_batches SET (
 --
 -- idxr.entity_kinds.paused_at: set by `idxr-pg pause KIND` (NULL: not paused), cleared by
 -- `idxr-pg resume KIND`. While it is set the capture triggers keep queueing the kind's changes
--- and no worker claims them (runtime/worker.py asks db/kinds.py `is_paused`); idxr.status shows
+-- and no worker claims them (runtime/worker.py asks db/kinds.py `refresh_state`); idxr.status shows
 -- it (columns paused, paused_since).
 
 ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS paused_at timestamptz;

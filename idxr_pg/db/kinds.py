@@ -7,16 +7,17 @@ and cleared here only; registering a kind leaves it as it is.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 
 __all__ = [
-    "is_paused",
     "model_has_vectors",
     "pause_kind",
     "recorded_fingerprint",
     "recorded_model_version",
+    "refresh_state",
     "resume_kind",
     "upsert_embedding_model",
     "upsert_entity_kind",
@@ -57,7 +58,13 @@ UPDATE idxr.entity_kinds AS ek SET paused_at = NULL
  WHERE ek.name = %s AND old.name = ek.name
 RETURNING old.paused_at
 """
-_IS_PAUSED_SQL = "SELECT paused_at IS NOT NULL FROM idxr.entity_kinds WHERE name = %s"
+# One look-up per worker cycle and kind: paused, and whether an 'every' interval has passed.
+_REFRESH_STATE_SQL = """
+SELECT paused_at IS NOT NULL,
+       %(interval)s::float8 IS NULL OR last_refresh_at IS NULL
+           OR last_refresh_at + make_interval(secs => %(interval)s::float8) <= now()
+FROM idxr.entity_kinds WHERE name = %(kind)s
+"""
 _FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
 _MODEL_VERSION_SQL = "SELECT version FROM idxr.embedding_models WHERE name = %s"
 _MODEL_HAS_VECTORS_SQL = """
@@ -117,7 +124,20 @@ def resume_kind(conn: psycopg.Connection, name: str) -> datetime | None:
     return None if row is None else row[0]
 
 
-def is_paused(conn: psycopg.Connection, name: str) -> bool:
-    """Whether ``name`` is paused (a kind without a row is not)."""
-    row = conn.execute(_IS_PAUSED_SQL, [name]).fetchone()
-    return bool(row and row[0])
+@dataclass(frozen=True)
+class RefreshState:
+    paused: bool  # `idxr-pg pause KIND`
+    due: bool  # its refresh interval has passed since the last refresh (by any worker)
+
+
+def refresh_state(
+    conn: psycopg.Connection, name: str, interval: float | None = None
+) -> RefreshState:
+    """Whether ``name`` is paused, and whether ``interval`` seconds have passed since it was
+    last refreshed (always due without an interval). A kind without a row is neither paused
+    nor ever refreshed."""
+    params = {"kind": name, "interval": None if interval is None else float(interval)}
+    row = conn.execute(_REFRESH_STATE_SQL, params).fetchone()
+    if row is None:
+        return RefreshState(paused=False, due=True)
+    return RefreshState(paused=bool(row[0]), due=bool(row[1]))

@@ -1,5 +1,5 @@
 """The runtime SQL of ``idxr.search_index``: stored hashes, upserts, deletes; and the kind
-refresh stamps in ``idxr.entity_kinds`` (`stamp_kind`, `refresh_due`)."""
+refresh stamp in ``idxr.entity_kinds`` (`stamp_kind`; `idxr_pg.db.kinds.refresh_state` reads it)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import psycopg
 __all__ = [
     "delete_entities",
     "delete_paths",
-    "refresh_due",
     "stamp_kind",
     "stored_hashes",
     "upsert_records",
@@ -52,11 +51,6 @@ UPDATE idxr.entity_kinds
 SET last_refresh_at = now(),
     last_embedded_at = CASE WHEN %(wrote)s THEN now() ELSE last_embedded_at END
 WHERE name = %(kind)s
-"""
-
-_DUE_SQL = """
-SELECT last_refresh_at IS NULL OR last_refresh_at + make_interval(secs => %(interval)s) <= now()
-FROM idxr.entity_kinds WHERE name = %(kind)s
 """
 
 
@@ -100,10 +94,3 @@ def delete_entities(conn: psycopg.Connection, kind: str, ids: Sequence[str]) -> 
 def stamp_kind(conn: psycopg.Connection, kind: str, *, wrote: bool) -> None:
     """Record that the kind's queue was processed (and, if rows changed, that it was written)."""
     conn.execute(_STAMP_SQL, {"kind": kind, "wrote": wrote})
-
-
-def refresh_due(conn: psycopg.Connection, kind: str, interval: float) -> bool:
-    """Whether ``interval`` seconds have passed since the kind was last refreshed (by any
-    worker); an unregistered or never refreshed kind is due."""
-    row = conn.execute(_DUE_SQL, {"kind": kind, "interval": float(interval)}).fetchone()
-    return row is None or bool(row[0])

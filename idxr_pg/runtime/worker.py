@@ -56,7 +56,7 @@ from idxr_pg.db.connection import (
     is_connection_lost,
     retry_with_backoff,
 )
-from idxr_pg.db.kinds import is_paused
+from idxr_pg.db.kinds import refresh_state
 from idxr_pg.db.status import live_window_seconds
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
@@ -323,24 +323,24 @@ class Worker:
         policy allows it."""
         kind = self._pipelines[name].kind
         window = kind.config.time_window
+        timed = not force_due and kind.refresh_interval is not None and name not in self._rounds
+        state = None
         if window is not None and not window.is_open(datetime.now(UTC)):
             held = f"outside its window {window} (UTC)"
-        elif is_paused(self._ensure_conn(), name):
-            held = f"paused (`idxr-pg resume {name}` resumes it)"
         else:
-            held = ""
+            interval = kind.refresh_interval if timed else None
+            state = refresh_state(self._ensure_conn(), name, interval)
+            held = f"paused (`idxr-pg resume {name}` resumes it)" if state.paused else ""
         if held:
             if name not in self._held:
                 self._held.add(name)
                 log.warning("%s is %s: its changes stay queued", name, held)
             return False
         self._held.discard(name)
-        if force_due or kind.refresh_interval is None or name in self._rounds:
-            return True
-        if search_index.refresh_due(self._ensure_conn(), name, kind.refresh_interval):
+        assert state is not None
+        if timed and state.due:
             self._rounds.add(name)
-            return True
-        return False
+        return not timed or state.due
 
     def _cycle(self, kinds: Sequence[str], *, force_due: bool) -> bool:
         """One batch for each due kind; True if any batch found work."""
