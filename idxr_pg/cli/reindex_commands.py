@@ -81,8 +81,8 @@ def plan(app: AppContext, kind: str, batch_size: int | None, as_json: bool) -> N
     entity as the reindex would (load, validate, flatten, diff against the stored hashes) and
     prints the entities and records to add, update and remove, the entities to re-embed, the
     distinct texts already in the embedding cache and those the model must compute, and an
-    estimated time: this scan's own time plus the texts to embed at the rate of the kind's
-    last jobs (or, without any, a rate measured now on a few of those texts; it says which).
+    estimated time: this scan's own time plus the texts to embed at a rate measured now on a
+    few of them (nothing is stored; with nothing to embed, the kind's last jobs' rate).
     """
     from idxr_pg.runtime.plan import plan_reindex
 

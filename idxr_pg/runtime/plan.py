@@ -9,9 +9,11 @@ those already in the embedding cache and those the model must compute. The reind
 exactly the latter (`EmbeddingService` never embeds a cached text, nor one text twice).
 
 The estimate: the plan's own scan time (what the reindex also spends reading and flattening)
-plus the texts to embed at a rate taken from the kind's last succeeded jobs that embedded
-texts (their whole run: so it also covers their reads and writes) or, without such jobs,
-measured now by embedding up to `SAMPLE_TEXTS` of the texts to embed (nothing is stored).
+plus the texts to embed at a rate measured now, by embedding up to `SAMPLE_TEXTS` of them
+(nothing is stored: the embedder is called directly, not the cached service). The kind's
+last jobs' rate (texts per second over their whole run) would be cheaper, but it is the rate
+of other texts (bench/reindex.py: an initial load's short texts ran 4x faster than an added
+field's), so it serves only when there is nothing to measure on.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from idxr_pg.runtime.backfill import MIN_PAGE_SIZE, chunks
 
 __all__ = ["SAMPLE_TEXTS", "ReindexPlan", "RenameCheck", "plan_reindex"]
 
-SAMPLE_TEXTS = 32
-"""Texts embedded to measure the model's rate when the kind has no finished job to go by."""
+SAMPLE_TEXTS = 64
+"""Texts to embed that the plan embeds (storing nothing) to measure the model's rate."""
 
 
 @dataclass
@@ -217,21 +219,23 @@ class _Tally:
 def _rate(
     conn: psycopg.Connection, plan: ReindexPlan, embedder: Embedder, sample: list[str]
 ) -> None:
-    """Texts per second: the kind's last jobs, else a short measurement on ``sample``."""
-    history = jobs.recent_text_rate(conn, plan.kind)
-    if history is not None:
-        plan.texts_per_second = history.per_second
-        plan.rate_source = (
-            f"the kind's last {history.jobs} job(s): {history.texts:,} texts in "
-            f"{history.seconds:.1f}s, reads and writes included"
-        )
-    elif sample:
+    """Texts per second: measured now on ``sample`` (texts the reindex will embed), else,
+    when there is nothing to measure on, the kind's last jobs."""
+    if sample:
         embedder.embed(sample[:1])  # the first call warms the model up
         started = time.perf_counter()
         embedder.embed(sample)
         seconds = max(time.perf_counter() - started, 1e-6)
         plan.texts_per_second = len(sample) / seconds
-        plan.rate_source = f"measured now: {len(sample)} texts in {seconds:.2f}s (model only)"
+        plan.rate_source = (
+            f"measured now: {len(sample)} of the texts to embed in {seconds:.2f}s (model only)"
+        )
+    elif (history := jobs.recent_text_rate(conn, plan.kind)) is not None:
+        plan.texts_per_second = history.per_second
+        plan.rate_source = (
+            f"the kind's last {history.jobs} job(s): {history.texts:,} texts in "
+            f"{history.seconds:.1f}s, reads and writes included"
+        )
     else:
         plan.rate_source = "nothing to embed"
     embedding = (

@@ -198,7 +198,7 @@ def test_added_field_reindex_writes_and_embeds_only_the_new_field(
     assert plan["records"] == {"add": 8, "update": 0, "remove": 0, "write": 8}
     # 8 summaries, 7 distinct (6 and 7 share one), summary 1 cached: 6 to embed
     assert plan["texts"] == {"records": 8, "distinct": 7, "cached": 1, "to_embed": 6}
-    assert plan["rate_source"].startswith("the kind's last 1 job(s)")
+    assert plan["rate_source"].startswith("measured now: 6 of the texts to embed")
     assert plan["eta_seconds"] > 0
 
     embedded_texts.clear()
