@@ -276,16 +276,32 @@ def test_on_schema_change_reindex_runs_at_worker_start(url: str, tmp_path: Path)
     config = write_config(tmp_path / "idxr.yaml", "base", model="deterministic-test")
     cli_json(url, config, "backfill", KIND)
     warned = write_config(tmp_path / "idxr.yaml", "added", model="deterministic-test")
-    cli(url, warned, "worker", "--once")
+    started = cli(url, warned, "worker", "--once").output
+    assert "entity kind 'article' is stale" in started and "(added article.summary)" in started
     assert kind_status(url, warned)["schema_stale"] is True  # warn: nothing reindexed
     assert not [k for k in index_rows(url) if k[1] == "article.summary"]
 
     auto = write_config(
         tmp_path / "idxr.yaml", "added", model="deterministic-test", on_schema_change="reindex"
     )
-    cli(url, auto, "worker", "--once")
+    reindexed = cli(url, auto, "worker", "--once").output
+    assert "on_schema_change is reindex" in reindexed
     assert kind_status(url, auto)["schema_stale"] is False
     assert len([k for k in index_rows(url) if k[1] == "article.summary"]) == 8
+
+
+def test_backfill_start_reports_the_change_and_a_complete_run_records_the_shape(
+    url: str, tmp_path: Path
+):
+    make_articles(url, "bf")
+    config = write_config(tmp_path / "idxr.yaml", "base", model="deterministic-test")
+    cli_json(url, config, "backfill", KIND)
+    renamed = write_config(tmp_path / "idxr.yaml", "renamed", model="deterministic-test")
+    output = cli(url, renamed, "backfill", KIND).output
+    assert "(renamed article.body -> article.text)" in output
+    assert kind_status(url, renamed)["schema_stale"] is False  # every entity went through
+    (shape,) = sql(url, "SELECT schema_shape->'fields' FROM idxr.entity_kinds")[0]
+    assert shape["article.text"] == "string" and "article.body" not in shape
 
 
 def test_plan_and_reindex_refuse_an_unknown_kind(url: str, tmp_path: Path):
