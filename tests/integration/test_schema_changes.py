@@ -304,6 +304,22 @@ def test_backfill_start_reports_the_change_and_a_complete_run_records_the_shape(
     assert shape["article.text"] == "string" and "article.body" not in shape
 
 
+def test_a_reindex_with_a_failed_entity_leaves_the_kind_stale(url: str, tmp_path: Path):
+    make_articles(url, "picky")
+    config = write_config(tmp_path / "idxr.yaml", "base", model="deterministic-test")
+    cli_json(url, config, "backfill", KIND)
+    picky = write_config(tmp_path / "idxr.yaml", "picky", model="deterministic-test")
+    plan = cli_json(url, picky, "plan", KIND)
+    assert plan["entities"]["failing"] == 1 and plan["entities"]["update"] == 7
+    result = cli(url, picky, "reindex", KIND)
+    assert "1 entities failed" in result.output
+    assert "warning: article is still stale (added article.summary)" in result.output
+    assert kind_status(url, picky)["schema_stale"] is True
+    rows = index_rows(url)
+    assert ("3", "article.body") in rows  # the failed entity keeps what it had
+    assert len([k for k in rows if k[1] == "article.summary"]) == 7
+
+
 def test_plan_and_reindex_refuse_an_unknown_kind(url: str, tmp_path: Path):
     make_articles(url, "x")
     config = write_config(tmp_path / "idxr.yaml", "base", model="deterministic-test")
