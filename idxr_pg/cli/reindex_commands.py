@@ -36,6 +36,9 @@ def _echo_plan(plan: object) -> None:
         f"  model change:   {change.summary() if change else 'none (the kind is up to date)'}"
     )
     for check in plan.renames:
+        if not check.same_values + check.other_values:
+            click.echo(f"  rename {check.old} -> {check.new}: no indexed record to check it on")
+            continue
         verdict = "confirmed by the data" if check.confirmed else "NOT confirmed by the data"
         click.echo(
             f"  rename {check.old} -> {check.new}: {verdict} ({check.same_values:,} records "

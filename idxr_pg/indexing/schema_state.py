@@ -52,10 +52,12 @@ def _change(recorded: kinds_db.RecordedSchema, kind: RegisteredKind) -> ShapeCha
 
 def detect(conn: psycopg.Connection, kind: RegisteredKind) -> ShapeChange | None:
     """What changed in ``kind``'s model since its index was built (None: nothing recorded
-    yet, or no change). Reads only."""
+    yet, nothing indexed, or no change). Reads only."""
     recorded = kinds_db.recorded_schema(conn, kind.name)
     if recorded is None or (recorded.fingerprint is None and recorded.shape is None):
         return None
+    if not kinds_db.kind_has_rows(conn, kind.name):
+        return None  # nothing of the old shape is indexed (the next registration records it)
     return _change(recorded, kind) or None
 
 
