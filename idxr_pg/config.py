@@ -162,6 +162,12 @@ class EntityConfig(_Strict):
         description="capture triggers send pg_notify per statement; false: the worker finds "
         "changes by polling (NOTIFY serialises the commits of concurrent writers)",
     )
+    on_schema_change: Literal["warn", "reindex"] = Field(
+        "warn",
+        description="when the model changed since the kind's index was built: 'warn' logs "
+        "what changed at worker start (run `idxr-pg plan`/`reindex` yourself); 'reindex' "
+        "makes the worker run `idxr-pg reindex KIND` at its start before serving the kind",
+    )
 
     @field_validator("name")
     @classmethod

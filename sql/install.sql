@@ -271,6 +271,22 @@ ALTER TABLE idxr.queue_batches SET (
 
 ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS paused_at timestamptz;
 
+-- ==== 016_schema_changes.sql ====
+-- idxr-pg revision 0007: entity model shapes (issue 15). Revisioned: Alembic revision 0007 runs
+-- this file once; sql/install.sql runs it too, so it is idempotent.
+--
+-- idxr.entity_kinds.schema_shape: the shape of the kind's model the index was built with
+-- ({"fields": {path pattern: type}, "exclude_paths": [...]}, idxr_pg/records/shape.py), with
+-- schema_fingerprint beside it. Recorded when a kind is first registered (or its index is
+-- empty) and after a backfill or `idxr-pg reindex` that finished with no failed entity
+-- (idxr_pg/indexing/schema_state.py).
+-- idxr.entity_kinds.schema_change: what differs in the model a worker, backfill or
+-- `idxr-pg status` last saw ({"summary": ..., "added": [...], ...}); NULL: up to date.
+-- idxr.status shows it (columns schema_stale, schema_change).
+
+ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS schema_shape jsonb;
+ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS schema_change jsonb;
+
 -- ==== 020_dimensions.sql ====
 -- Vector dimensions are handled here and only here: the embedding column is typed vector(N)
 -- so the HNSW (cosine) index can exist. `idxr-pg migrate` calls this with the configured
@@ -976,7 +992,9 @@ SELECT k.entity_kind,
        ek.last_embedded_at,
        COALESCE(d.dead_letters, 0) AS dead_letters,
        ek.paused_at IS NOT NULL AS paused,
-       ek.paused_at AS paused_since
+       ek.paused_at AS paused_since,
+       ek.schema_change IS NOT NULL AS schema_stale,
+       ek.schema_change ->> 'summary' AS schema_change
   FROM kinds k
   LEFT JOIN idxr.entity_kinds ek ON ek.name = k.entity_kind
   LEFT JOIN indexed i USING (entity_kind)
@@ -984,7 +1002,7 @@ SELECT k.entity_kind,
   LEFT JOIN dead d USING (entity_kind);
 
 COMMENT ON VIEW idxr.status IS
-    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters, paused.';
+    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters, paused, and whether the model changed since the index was built (schema_stale, schema_change).';
 
 CREATE OR REPLACE VIEW idxr.stale AS
 SELECT q.entity_kind,
@@ -1079,6 +1097,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0003');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0007');
 
 COMMIT;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -22,6 +23,9 @@ from idxr_pg.cli.options import (
 )
 from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
+
+if TYPE_CHECKING:
+    from idxr_pg.runtime.backfill import BackfillOptions
 
 JOB_COLUMNS = (
     "ID",
@@ -56,6 +60,8 @@ def job_note(job: Job) -> str:
         notes.append(f"resumed from #{job.resumed_from}")
     if job.resumed_by:
         notes.append(f"resumed by #{job.resumed_by}")
+    if job.options.get("reindex"):
+        notes.append("reindex")
     if job.options.get("force"):
         notes.append("force")
     if job.options.get("bulk"):
@@ -163,12 +169,7 @@ def backfill(
     Bulk mode (see --bulk): when the index holds no vector yet, the HNSW index is dropped at
     the start and built once at the end; `idxr-pg status` shows it while it runs.
     """
-    from idxr_pg.runtime.backfill import (
-        Backfill,
-        BackfillInterrupted,
-        BackfillOptions,
-        failed_every_entity,
-    )
+    from idxr_pg.runtime.backfill import BackfillOptions
 
     config = app.config
     options = BackfillOptions(
@@ -180,27 +181,39 @@ def backfill(
         maintenance_work_mem=maintenance_work_mem,
         build_workers=build_workers,
     )
+    run_backfill(app, kind, options, as_json=as_json, command="backfill")
+
+
+def run_backfill(
+    app: AppContext, kind: str, options: BackfillOptions, *, as_json: bool, command: str
+) -> Job:
+    """Run a backfill of ``kind`` (`idxr-pg backfill`, `idxr-pg reindex`): signals stop it
+    after the batch (exit code of the signal), the finished job is printed, and a run whose
+    every entity failed exits 1."""
+    from idxr_pg.runtime.backfill import Backfill, BackfillInterrupted, failed_every_entity
+
     stop = StopRequest()
-    runner = Backfill(app.database_url, config, kind, options, should_stop=stop)
+    runner = Backfill(app.database_url, app.config, kind, options, should_stop=stop)
     try:
         with stop_on_signals(stop):
             job = runner.run()
     except BackfillInterrupted as exc:
         if as_json:
             print_json(exc.job.as_dict())
-        click.echo(f"backfill of {kind} interrupted: {summary(exc.job)}", err=True)
-        click.echo(f"resume with: idxr-pg backfill {kind} --resume", err=True)
+        click.echo(f"{command} of {kind} interrupted: {summary(exc.job)}", err=True)
+        click.echo(f"resume with: idxr-pg {command} {kind} --resume", err=True)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         click.echo(
-            f"backfill of {kind} stopped mid-batch; resume with: idxr-pg backfill {kind} --resume",
+            f"{command} of {kind} stopped mid-batch; resume with: idxr-pg {command} {kind} "
+            "--resume",
             err=True,
         )
         sys.exit(stop.exit_code)
     if as_json:
         print_json(job.as_dict())
     else:
-        click.echo(f"backfill of {kind} succeeded: {summary(job)}")
+        click.echo(f"{command} of {kind} succeeded: {summary(job)}")
     if job.counts.failed and not as_json:
         click.echo(
             f"warning: {job.counts.failed} entities failed; the worker retries them, then "
@@ -214,6 +227,7 @@ def backfill(
             err=True,
         )
         sys.exit(1)
+    return job
 
 
 @click.command()

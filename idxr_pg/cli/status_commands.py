@@ -21,6 +21,7 @@ from idxr_pg.cli.options import json_flag
 from idxr_pg.db.jobs import reconcile_abandoned
 from idxr_pg.db.status import gather_stale, gather_status, live_window_seconds
 from idxr_pg.db.workers import mark_lost
+from idxr_pg.runtime.schema_checks import KindCheck, check_kinds
 
 if TYPE_CHECKING:
     from idxr_pg.db.status import KindStatus, StaleKind
@@ -38,7 +39,22 @@ STALE_COLUMNS = (
 )
 
 
-def _echo_kind(kind: KindStatus) -> None:
+def _echo_checks(kind: KindStatus, check: KindCheck | None) -> None:
+    if kind.schema_stale:
+        click.echo(
+            f"  model:          STALE: {kind.schema_change} (index built with the earlier "
+            f"model: `idxr-pg plan {kind.entity_kind}`, then `idxr-pg reindex {kind.entity_kind}`)"
+        )
+    if check is None:
+        return
+    if check.problem:
+        click.echo(f"  model check:    not possible: {check.problem}")
+    for drift in check.drift:
+        where = f"{drift.table}: " if drift.table else ""
+        click.echo(f"  triggers:       {where}{drift.what}: run `idxr-pg triggers install`")
+
+
+def _echo_kind(kind: KindStatus, check: KindCheck | None = None) -> None:
     origin = "" if kind.in_database else "  [configured, not yet in the database]"
     if not kind.configured:
         origin = "  [not in the config]"
@@ -46,6 +62,7 @@ def _echo_kind(kind: KindStatus) -> None:
     click.echo(f"  source table:   {kind.source_table or '-'}")
     click.echo(f"  model:          {kind.model_name or '-'}")
     click.echo(f"  refresh:        {kind.refresh_policy}")
+    _echo_checks(kind, check)
     if kind.window:
         click.echo(f"  window:         {kind.window} UTC (processed only inside it)")
     if kind.paused:
@@ -110,19 +127,30 @@ def status(app: AppContext, as_json: bool) -> None:
     Reads the idxr.status view; kinds in the config that the database has not seen yet are
     listed with zeros. A worker is live when its heartbeat is recent (a few poll intervals);
     a `running` worker whose heartbeat is older is marked `lost` in idxr.workers.
+
+    Each configured kind is also checked against the config: a model changed since the
+    kind's index was built shows the kind as STALE with what changed (fields added, removed,
+    renamed, retyped; stored for idxr.status too), and capture triggers installed from
+    another config (tables, keys, watch columns) are named, with `triggers install` to run.
     """
     config = app.config
     with app.db() as conn:
         reconcile_abandoned(conn)
         mark_lost(conn, live_window_seconds(config))
+        checks = check_kinds(conn, config.entities) if config.entities else {}
         result = gather_status(conn, config)
     if as_json:
-        print_json(result.as_dict())
+        data = result.as_dict()
+        for kind in data["kinds"]:
+            check = checks.get(kind["entity_kind"])
+            kind["config_drift"] = [d.as_dict() for d in check.drift] if check else []
+            kind["model_check_problem"] = check.problem if check else None
+        print_json(data)
         return
     if not result.kinds:
         click.echo("no entity kinds configured or indexed yet")
     for kind in result.kinds:
-        _echo_kind(kind)
+        _echo_kind(kind, checks.get(kind.entity_kind))
     live = f"live within {format_duration(result.live_within_seconds)}"
     if not result.workers:
         click.echo(f"workers: none ({live})")

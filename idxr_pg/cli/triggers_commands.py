@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import click
 
 from idxr_pg.capture import triggers as capture
+from idxr_pg.capture.drift import FIX, Drift, config_drift
 from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import print_json
 from idxr_pg.cli.options import allow_superuser_flag, json_flag, kinds_option
@@ -139,16 +140,37 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
     `triggers install` runs again. The last column is how they fire: `origin` (ordinary
     writes only), `always` (installed with --always: rows applied by logical replication
     too), or `mixed` (changed by hand, or partly installed: run `triggers install`).
+
+    Then the config is compared with what the triggers were installed from: a table, key,
+    watch entry or `columns` list that differs is named (`drift:` lines; in JSON, each
+    capture's `config_drift`, and the rest on stderr): run `triggers install` again.
     """
+    entities = [e for e in app.config.entities if not kinds or e.name in kinds]
     with app.db(autocommit=False, vector=False) as conn:
         captures = capture.installed_captures(conn, kinds or None)
+        drifts = config_drift(conn, entities) if entities else []
+        conn.rollback()
     if as_json:
-        print_json(
-            [
-                {**c.__dict__, "complete": c.complete, "always": c.always, "firing": _firing(c)}
-                for c in captures
+        placed: set[Drift] = set()
+        items = []
+        for c in captures:
+            mine = [
+                d for d in drifts if (d.entity_kind, d.table) == (c.entity_kind, c.source_table)
             ]
-        )
+            placed.update(mine)
+            items.append(
+                {
+                    **c.__dict__,
+                    "complete": c.complete,
+                    "always": c.always,
+                    "firing": _firing(c),
+                    "config_drift": [d.what for d in mine],
+                }
+            )
+        print_json(items)
+        for drift in drifts:
+            if drift not in placed:
+                click.echo(f"drift: {drift.message()}: {FIX}", err=True)
         return
     for c in captures:
         if c.complete:
@@ -162,6 +184,8 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
         )
     if not captures:
         click.echo("no capture triggers installed")
+    for drift in drifts:
+        click.echo(f"drift: {drift.message()}: {FIX}")
 
 
 def _firing(c: capture.InstalledCapture) -> str:

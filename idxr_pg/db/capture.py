@@ -17,6 +17,7 @@ from psycopg import sql
 __all__ = [
     "INSTALL_LOCK_KEY",
     "forget_statement",
+    "installed_readers",
     "installed_rows",
     "lock_installs",
     "record_statement",
@@ -60,6 +61,21 @@ SELECT ct.function_name, ct.entity_kind, ct.source_table,
  WHERE %(kinds)s::text[] IS NULL OR ct.entity_kind = ANY(%(kinds)s::text[])
  ORDER BY 2, 3
 """
+
+
+_READERS_SQL = """
+SELECT entity_kind, source_table, readers FROM idxr.capture_triggers
+ WHERE %(kinds)s::text[] IS NULL OR entity_kind = ANY(%(kinds)s::text[])
+ ORDER BY 1, 2
+"""
+
+
+def installed_readers(
+    conn: psycopg.Connection, kinds: Iterable[str] | None = None
+) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """``(kind, source table, readers)`` as recorded at install: what each capture reads."""
+    params = {"kinds": None if kinds is None else list(kinds)}
+    return [(k, t, list(r)) for k, t, r in conn.execute(_READERS_SQL, params).fetchall()]
 
 
 def lock_installs(conn: psycopg.Connection) -> None:

@@ -360,3 +360,36 @@ def list_jobs(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(LIST_JOBS_SQL, {"entity_kind": entity_kind, "limit": limit}).fetchall()
     return [_job(row) for row in rows]
+
+
+# The kind's last succeeded jobs that embedded something: texts embedded and seconds taken.
+_TEXT_RATE_SQL = """
+SELECT count(*), COALESCE(sum(embedded), 0),
+       COALESCE(sum(extract(epoch FROM finished_at - started_at)), 0)::float8
+  FROM (SELECT embedded, started_at, finished_at FROM idxr.jobs
+         WHERE entity_kind = %(kind)s AND state = 'succeeded' AND embedded > 0
+           AND finished_at IS NOT NULL
+         ORDER BY id DESC LIMIT %(limit)s) AS recent
+"""
+
+
+@dataclass(frozen=True)
+class TextRate:
+    """Texts embedded per second over some finished jobs (their whole run, reads and writes
+    included)."""
+
+    jobs: int
+    texts: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.texts / self.seconds if self.seconds > 0 else float(self.texts)
+
+
+def recent_text_rate(conn: psycopg.Connection, kind: str, limit: int = 5) -> TextRate | None:
+    """Over the kind's last ``limit`` succeeded jobs that embedded texts (None: no such job)."""
+    row = conn.execute(_TEXT_RATE_SQL, {"kind": kind, "limit": limit}).fetchone()
+    if row is None or not row[0]:
+        return None
+    return TextRate(int(row[0]), int(row[1]), float(row[2]))

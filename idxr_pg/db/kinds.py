@@ -2,21 +2,30 @@
 
 Each upsert writes only when something changed, so registering the same kinds again (every
 worker and backfill start) touches no row. ``paused_at`` (`idxr-pg pause` / `resume`) is set
-and cleared here only; registering a kind leaves it as it is.
+and cleared here only; registering a kind leaves it as it is. The model's fingerprint and
+shape (``schema_fingerprint``, ``schema_shape``: what the index was built with) and the
+change seen since (``schema_change``) are written by `record_schema` / `mark_schema_change`
+only, on the decisions of `idxr_pg.indexing.schema_state`; the upsert leaves them alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 __all__ = [
+    "RecordedSchema",
+    "kind_has_rows",
+    "mark_schema_change",
     "model_has_vectors",
     "pause_kind",
-    "recorded_fingerprint",
+    "record_schema",
     "recorded_model_version",
+    "recorded_schema",
     "refresh_state",
     "resume_kind",
     "upsert_embedding_model",
@@ -33,17 +42,31 @@ WHERE (idxr.embedding_models.version, idxr.embedding_models.dimensions,
       IS DISTINCT FROM (excluded.version, excluded.dimensions, excluded.max_tokens)
 """
 _UPSERT_KIND_SQL = """
-INSERT INTO idxr.entity_kinds (name, model_name, source_table, refresh_policy, schema_fingerprint)
-VALUES (%s, %s, %s, %s, %s)
+INSERT INTO idxr.entity_kinds (name, model_name, source_table, refresh_policy)
+VALUES (%s, %s, %s, %s)
 ON CONFLICT (name) DO UPDATE SET
     model_name = excluded.model_name, source_table = excluded.source_table,
-    refresh_policy = excluded.refresh_policy, schema_fingerprint = excluded.schema_fingerprint,
-    updated_at = now()
+    refresh_policy = excluded.refresh_policy, updated_at = now()
 WHERE (idxr.entity_kinds.model_name, idxr.entity_kinds.source_table,
-       idxr.entity_kinds.refresh_policy, idxr.entity_kinds.schema_fingerprint)
-      IS DISTINCT FROM (excluded.model_name, excluded.source_table, excluded.refresh_policy,
-                        excluded.schema_fingerprint)
+       idxr.entity_kinds.refresh_policy)
+      IS DISTINCT FROM (excluded.model_name, excluded.source_table, excluded.refresh_policy)
 """
+_RECORDED_SCHEMA_SQL = """
+SELECT schema_fingerprint, schema_shape, schema_change FROM idxr.entity_kinds WHERE name = %s
+"""
+_RECORD_SCHEMA_SQL = """
+UPDATE idxr.entity_kinds
+   SET schema_fingerprint = %(fingerprint)s, schema_shape = %(shape)s, schema_change = NULL,
+       updated_at = now()
+ WHERE name = %(kind)s
+   AND (schema_fingerprint, schema_shape, schema_change)
+       IS DISTINCT FROM (%(fingerprint)s, %(shape)s::jsonb, NULL::jsonb)
+"""
+_MARK_CHANGE_SQL = """
+UPDATE idxr.entity_kinds SET schema_change = %(change)s
+ WHERE name = %(kind)s AND schema_change IS DISTINCT FROM %(change)s::jsonb
+"""
+_KIND_HAS_ROWS_SQL = "SELECT EXISTS (SELECT 1 FROM idxr.search_index WHERE entity_kind = %s)"
 # Pausing a kind the database has not registered yet creates its row (the worker's `register`
 # fills in the rest). Pausing twice keeps the first paused_at. RETURNING: the paused_at now.
 _PAUSE_SQL = """
@@ -65,7 +88,6 @@ SELECT paused_at IS NOT NULL,
            OR last_refresh_at + make_interval(secs => %(interval)s::float8) <= now()
 FROM idxr.entity_kinds WHERE name = %(kind)s
 """
-_FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
 _MODEL_VERSION_SQL = "SELECT version FROM idxr.embedding_models WHERE name = %s"
 _MODEL_HAS_VECTORS_SQL = """
 SELECT EXISTS (
@@ -82,21 +104,51 @@ def upsert_embedding_model(
     conn.execute(_UPSERT_MODEL_SQL, [name, version, dimensions, max_tokens])
 
 
-def recorded_fingerprint(conn: psycopg.Connection, kind: str) -> str | None:
-    """The model fingerprint a kind was last registered with (None: never, or not recorded)."""
-    row = conn.execute(_FINGERPRINT_SQL, [kind]).fetchone()
-    return None if row is None else row[0]
-
-
 def upsert_entity_kind(
     conn: psycopg.Connection,
     name: str,
     model_name: str,
     source_table: str,
     refresh_policy: str,
-    fingerprint: str,
 ) -> None:
-    conn.execute(_UPSERT_KIND_SQL, [name, model_name, source_table, refresh_policy, fingerprint])
+    conn.execute(_UPSERT_KIND_SQL, [name, model_name, source_table, refresh_policy])
+
+
+@dataclass(frozen=True)
+class RecordedSchema:
+    """What ``idxr.entity_kinds`` holds about a kind's model (each None: not recorded)."""
+
+    fingerprint: str | None
+    shape: dict[str, Any] | None  # {"fields": {...}, "exclude_paths": [...]}
+    change: dict[str, Any] | None  # the change last seen; None: up to date
+
+
+def recorded_schema(conn: psycopg.Connection, kind: str) -> RecordedSchema | None:
+    """The recorded fingerprint, shape and change of ``kind`` (None: no row)."""
+    row = conn.execute(_RECORDED_SCHEMA_SQL, [kind]).fetchone()
+    return None if row is None else RecordedSchema(row[0], row[1], row[2])
+
+
+def record_schema(
+    conn: psycopg.Connection, kind: str, fingerprint: str, shape: dict[str, Any]
+) -> bool:
+    """Record the model the index of ``kind`` now matches (clears the change); True if it
+    wrote (a row already equal is left as it is)."""
+    params = {"kind": kind, "fingerprint": fingerprint, "shape": Jsonb(shape)}
+    return conn.execute(_RECORD_SCHEMA_SQL, params).rowcount > 0
+
+
+def mark_schema_change(conn: psycopg.Connection, kind: str, change: dict[str, Any] | None) -> None:
+    """Record what differs in the model (None: nothing); writes only when it is news."""
+    conn.execute(
+        _MARK_CHANGE_SQL, {"kind": kind, "change": None if change is None else Jsonb(change)}
+    )
+
+
+def kind_has_rows(conn: psycopg.Connection, kind: str) -> bool:
+    """Whether ``idxr.search_index`` holds any row of ``kind``."""
+    row = conn.execute(_KIND_HAS_ROWS_SQL, [kind]).fetchone()
+    return bool(row and row[0])
 
 
 def recorded_model_version(conn: psycopg.Connection, name: str) -> str | None:

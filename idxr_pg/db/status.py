@@ -66,6 +66,8 @@ class KindStatus:
     dead_letters: int = 0
     paused: bool = False
     paused_since: datetime | None = None
+    schema_stale: bool = False  # the model changed since the index was built
+    schema_change: str | None = None  # what changed, one line
     window: str | None = None  # the config's off-peak window (UTC), None: any time
     configured: bool = True
     in_database: bool = True
@@ -91,6 +93,8 @@ class KindStatus:
             "dead_letters": self.dead_letters,
             "paused": self.paused,
             "paused_since": _iso(self.paused_since),
+            "schema_stale": self.schema_stale,
+            "schema_change": self.schema_change,
             "window": self.window,
             "configured": self.configured,
             "in_database": self.in_database,

@@ -64,6 +64,13 @@ class EmbeddingCache:
         # pgvector >= 0.5 loads `vector` values as pgvector.Vector, not numpy arrays.
         return {hash_: vector.to_numpy().astype(np.float32) for hash_, vector in rows}
 
+    def cached(self, model_key: str, text_hashes: Sequence[str]) -> set[str]:
+        """Which of ``text_hashes`` are cached (reads only the hashes)."""
+        if not text_hashes:
+            return set()
+        with self._connection() as conn, conn.transaction():
+            return rows_db.cached_hashes(conn, model_key, text_hashes)
+
     def put_many(self, model_key: str, vectors: Mapping[str, np.ndarray]) -> None:
         """Store vectors by text hash; hashes already cached are left as they are.
 

@@ -117,6 +117,11 @@ class EmbeddingService:
             for i in range(len(requests))
         ]
 
+    def text_hashes(self, texts: Sequence[str]) -> list[str]:
+        """The cache address of each text as `embed` would look it up (after truncation)."""
+        requests = [EmbedRequest(key="", text=text) for text in texts]
+        return self._prepare(requests)[2] if requests else []
+
     def reset_stats(self) -> EmbeddingStats:
         """Return the counters so far and start again from zero."""
         with self._stats_lock:

@@ -71,6 +71,7 @@ __all__ = [
     "EntityWork",
     "Finalizer",
     "Pipeline",
+    "Preview",
     "WritePlan",
     "embedding_requests",
     "plan_writes",
@@ -208,6 +209,17 @@ def settle(
     return BatchResult(leased.kind, total, list(done_ids), skipped, kept)
 
 
+@dataclass(frozen=True)
+class Preview:
+    """What `Pipeline.index` would start from for some entities (`Pipeline.preview`): each
+    entity prepared (document, records, diff; ``gone`` when its row no longer exists), the
+    failures so far (load, validate, flatten) and the stored hashes it diffed against."""
+
+    entities: list[EntityWork]
+    failures: list[EntityFailure]
+    stored: dict[str, dict[str, str]]
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -257,6 +269,14 @@ class Pipeline:
             self._release_quietly(conn, leased)
             raise
 
+    def preview(self, conn: psycopg.Connection, ids: Sequence[str]) -> Preview:
+        """Load, validate, flatten and diff these entities as `index` would, without leasing,
+        embedding or writing anything (`idxr-pg plan`)."""
+        entities = [EntityWork(i) for i in ids]
+        failures: list[EntityFailure] = []
+        stored = self._prepare(conn, entities, False, failures)
+        return Preview(entities, failures, stored)
+
     # ----------------------------------------------------------------------------- stages
 
     def _fail(
@@ -278,10 +298,11 @@ class Pipeline:
         entities: list[EntityWork],
         force: bool,
         failures: list[EntityFailure],
-    ) -> None:
-        """Load, validate, flatten and diff (reads only, each its own short transaction)."""
+    ) -> dict[str, dict[str, str]]:
+        """Load, validate, flatten and diff (reads only, each its own short transaction);
+        returns the stored hashes diffed against."""
         if not entities:
-            return
+            return {}
         documents = self._load(conn, entities, failures)
         failed = {f.entity_id for f in failures}
         with conn.transaction():
@@ -308,6 +329,7 @@ class Pipeline:
                 entity.change = diff(entity.records, stored.get(entity.id, {}), force=force)
             except Exception as exc:
                 self._fail(failures, entity, "flatten", exc)
+        return stored
 
     def _load(
         self, conn: psycopg.Connection, entities: list[EntityWork], failures: list[EntityFailure]

@@ -23,7 +23,8 @@ from idxr_pg.config import EntityConfig, IdxrConfig
 from idxr_pg.db import catalog, source
 from idxr_pg.db import kinds as kinds_db
 from idxr_pg.errors import IdxrError
-from idxr_pg.records.traverse import schema_fingerprint
+from idxr_pg.indexing import schema_state
+from idxr_pg.records.shape import ShapeChange
 
 __all__ = [
     "RegisteredKind",
@@ -199,12 +200,17 @@ def _refuse_another_numeric_path(conn: psycopg.Connection, embedder: Any) -> Non
     )
 
 
-def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder: Any) -> None:
-    """Record the embedding model and the kinds (refresh policy, model fingerprint); one transaction.
+def register(
+    conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder: Any
+) -> dict[str, ShapeChange]:
+    """Record the embedding model and the kinds (refresh policy, model shape); one transaction.
 
-    Refuses an embedder whose vector size differs from the index column's. A changed model
-    fingerprint is logged: existing rows stay until re-indexed (`idxr-pg backfill KIND --force`).
+    Refuses an embedder whose vector size differs from the index column's. Returns the kinds
+    whose model changed since their index was built, with what changed
+    (`idxr_pg.indexing.schema_state.reconcile`; logged here): existing rows keep their old
+    shape until `idxr-pg reindex KIND`.
     """
+    changes: dict[str, ShapeChange] = {}
     with conn.transaction():
         column_dims = catalog.embedding_dimensions(conn)
         if column_dims is not None and column_dims != embedder.dimensions:
@@ -219,17 +225,21 @@ def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder
             conn, embedder.name, embedder.version, embedder.dimensions, embedder.max_tokens
         )
         for kind in kinds:
-            fingerprint = schema_fingerprint(kind.model)
-            before = kinds_db.recorded_fingerprint(conn, kind.name)
             kinds_db.upsert_entity_kind(
-                conn, kind.name, embedder.name, kind.source_table, kind.refresh, fingerprint
+                conn, kind.name, embedder.name, kind.source_table, kind.refresh
             )
-            if before not in (None, fingerprint):
+            change = schema_state.reconcile(conn, kind)
+            if change:
+                changes[kind.name] = change
                 log.warning(
-                    "entity kind %r: model %s changed since it was last registered; rows "
-                    "indexed before keep their old shape until re-indexed "
-                    "(`idxr-pg backfill %s --force`)",
+                    "entity kind %r is stale: model %s changed since its index was built (%s); "
+                    "rows indexed before keep their old shape until re-indexed "
+                    "(`idxr-pg plan %s`, then `idxr-pg reindex %s`)",
                     kind.name,
                     kind.config.model,
+                    change.summary(),
                     kind.name,
+                    kind.name,
+                    extra={"entity_kind": kind.name, "schema_change": change.summary()},
                 )
+    return changes

@@ -108,12 +108,14 @@ class _Scalar(_Plan):
         lax: Callable[[Any], bool] | None = None,
         *,
         text: bool = False,
+        label: str | None = None,
     ) -> None:
         self.value_type = value_type
         self.render = render
         self.exact = exact
         self.lax = lax or exact
         self.text = text
+        self.label = label or value_type.value  # the type's name in a model shape
 
     def matches(self, value: Any, exact: bool) -> bool:
         return self.exact(value) if exact else self.lax(value)
@@ -138,8 +140,9 @@ class _Runtime(_Plan):
 
     kind = _RUNTIME
 
-    def __init__(self, allowed: Callable[[Any], bool] | None = None) -> None:
+    def __init__(self, allowed: Callable[[Any], bool] | None = None, label: str = "any") -> None:
         self.allowed = allowed
+        self.label = label  # the type's name in a model shape
 
     def matches(self, value: Any, exact: bool) -> bool:
         return self.allowed is None or self.allowed(value)
@@ -374,7 +377,10 @@ def _build(tp: Any) -> _Plan:
         return members[0] if len(members) == 1 else _Union(members)
     if origin is typing.Literal:
         values = args
-        return _Runtime(lambda v: any(type(v) is type(x) and v == x for x in values))
+        return _Runtime(
+            lambda v: any(type(v) is type(x) and v == x for x in values),
+            _member_label("literal", values),
+        )
     if origin is not None:
         return _build_generic(origin, args)
     if isinstance(tp, type):
@@ -421,7 +427,8 @@ def _build_class(cls: type) -> _Plan:
             lambda v: (
                 isinstance(v, cls)
                 or any(type(m.value) is type(v) and m.value == v for m in members)
-            )
+            ),
+            _member_label("enum", [m.value for m in members]),
         )
     for base, plan in _SCALARS:
         if issubclass(cls, base):
@@ -441,7 +448,19 @@ def _build_class(cls: type) -> _Plan:
         return _Seq(_RUNTIME_ANY, *_seq_accept(cls))
     if cls.__str__ is object.__str__ and cls.__repr__ is object.__repr__:
         return _Skip(cls)
-    return _Scalar(ValueType.STRING, _render_other, lambda v: isinstance(v, cls))
+    return _Scalar(
+        ValueType.STRING,
+        _render_other,
+        lambda v: isinstance(v, cls),
+        label=f"string:{cls.__name__}",
+    )
+
+
+def _member_label(what: str, values: Sequence[Any]) -> str:
+    """``enum(string)``, ``literal(integer|string)``: the value types of an enum's or a
+    Literal's members (their values themselves are data, not shape)."""
+    names = sorted({getattr(_compile(type(v)), "label", type(v).__name__) for v in values})
+    return f"{what}({'|'.join(names)})"
 
 
 def _dataclass_plan(cls: type) -> _Fields:

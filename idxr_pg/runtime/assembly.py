@@ -9,7 +9,7 @@ it, so both callers record failures the same way (`Assembly.record_failures`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -19,6 +19,7 @@ from idxr_pg.indexing import failures
 from idxr_pg.indexing.failures import Backoff, FailureOutcome
 from idxr_pg.indexing.pipeline import BatchResult, Pipeline
 from idxr_pg.indexing.registry import RegisteredKind, register, resolve_kinds
+from idxr_pg.records.shape import ShapeChange
 from idxr_pg.runtime.superuser import refuse_superuser
 
 __all__ = ["Assembly", "assemble"]
@@ -35,6 +36,8 @@ class Assembly:
     pipelines: dict[str, Pipeline]
     settings: WorkerSettings
     backoff: Backoff
+    schema_changes: dict[str, ShapeChange] = field(default_factory=dict)
+    """Kinds whose model changed since their index was built (stale), with what changed."""
 
     def record_failures(
         self,
@@ -79,7 +82,7 @@ def assemble(
     settings = settings or config.worker
     kinds = resolve_kinds(conn, config, kind_names)
     embedder = embedder or load_embedder(config.embedding)
-    register(conn, kinds.values(), embedder)
+    changes = register(conn, kinds.values(), embedder)
     cache = EmbeddingCache(cache_conninfo)
     service = EmbeddingService(embedder, config.embedding, cache)
     return Assembly(
@@ -90,4 +93,5 @@ def assemble(
         pipelines={name: Pipeline(kind, service) for name, kind in kinds.items()},
         settings=settings,
         backoff=Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds),
+        schema_changes=changes,
     )

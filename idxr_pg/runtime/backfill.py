@@ -47,6 +47,7 @@ from idxr_pg.db.connection import connect, conninfo, is_connection_lost, one_lin
 from idxr_pg.db.jobs import Job
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
+from idxr_pg.indexing import schema_state
 from idxr_pg.indexing.pipeline import BatchResult, Pipeline
 from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
@@ -118,6 +119,7 @@ class BackfillOptions:
     bulk: bool | None = None  # None: bulk mode when the index holds no vector; True/False: forced
     maintenance_work_mem: str = DEFAULT_MAINTENANCE_WORK_MEM
     build_workers: int = DEFAULT_BUILD_WORKERS
+    reindex: bool = False  # started as `idxr-pg reindex` (a note on the job; same run)
 
 
 def job_increment(result: BatchResult, *, streamed: bool) -> Counts:
@@ -303,6 +305,7 @@ class Backfill:
         bulk = self._bulk_mode(control, previous)
         if bulk:
             hnsw.drop_embedding_index(control)
+        fingerprint, _ = schema_state.current_schema(kind)
         job = jobs.create_job(
             control,
             name,
@@ -311,6 +314,8 @@ class Backfill:
                 "batch_size": self.options.batch_size,
                 "resume": previous is not None,
                 "bulk": bulk,
+                "reindex": self.options.reindex,
+                "fingerprint": fingerprint,
             },
             total=total,
             checkpoint=checkpoint,
@@ -387,6 +392,7 @@ class Backfill:
         jobs.finish_job(control, job.id, jobs.SUCCEEDED, rate=state.rate())
         final = jobs.get_job(control, job.id)
         assert final is not None
+        self._record_schema(control, kind, final, previous)
         counts = final.counts
         log.info(
             "backfill of %s finished: job #%d, %d entities (%d unchanged, %d deleted, "
@@ -407,6 +413,33 @@ class Backfill:
             extra={"entity_kind": name, "job_id": job.id, **jobs.job_columns(counts)},
         )
         return final
+
+    def _record_schema(
+        self, control: psycopg.Connection, kind: RegisteredKind, final: Job, previous: Job | None
+    ) -> None:
+        """Every entity went through the current model: record its shape (the kind is no
+        longer stale), unless some failed or a resumed run started under another model."""
+        fingerprint = final.options.get("fingerprint")
+        earlier = previous.options.get("fingerprint") if previous else fingerprint
+        if final.counts.failed or earlier != fingerprint:
+            if schema_state.detect(control, kind):
+                log.warning(
+                    "%s stays stale: %s; run `idxr-pg reindex %s` again once they are fixed",
+                    kind.name,
+                    f"{final.counts.failed} entities failed"
+                    if final.counts.failed
+                    else f"job #{previous.id if previous else '?'} began under another model",
+                    kind.name,
+                    extra={"entity_kind": kind.name, "job_id": final.id},
+                )
+            return
+        if schema_state.record_current(control, kind):
+            log.info(
+                "%s: the index now matches model %s (shape recorded)",
+                kind.name,
+                kind.config.model,
+                extra={"entity_kind": kind.name, "job_id": final.id},
+            )
 
     def _fail(
         self,

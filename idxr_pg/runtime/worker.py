@@ -218,6 +218,51 @@ class Worker:
             target=self._heartbeat_loop, name=f"idxr-heartbeat-{self.worker_id}", daemon=True
         )
         self._heartbeat.start()
+        self._check_config(conn)
+
+    def _check_config(self, conn: psycopg.Connection) -> None:
+        """Name the capture config drift; reindex the stale kinds whose config says so
+        (``on_schema_change: reindex``) before serving them (the others were logged by
+        `register`)."""
+        from idxr_pg.capture.drift import config_drift
+        from idxr_pg.runtime.schema_checks import log_drift
+
+        entities = [self.config.entity(name) for name in self._pipelines]
+        try:
+            log_drift(config_drift(conn, entities))
+        except IdxrError as exc:
+            log.warning("could not compare the config with the capture triggers: %s", exc)
+        assert self._assembly is not None
+        for name in list(self._assembly.schema_changes):
+            if self.config.entity(name).on_schema_change == "reindex" and not self.stopping:
+                self._reindex(name)
+
+    def _reindex(self, name: str) -> None:
+        from idxr_pg.runtime.backfill import (
+            Backfill,
+            BackfillError,
+            BackfillInterrupted,
+            BackfillOptions,
+        )
+
+        log.info("%s: on_schema_change is reindex: reindexing before serving it", name)
+        options = BackfillOptions(
+            batch_size=self.settings.batch_size, bulk=False, reindex=True, tty=False
+        )
+        runner = Backfill(
+            self.database_url,
+            self.config,
+            name,
+            options,
+            embedder=self._embedder,
+            should_stop=self._stop.is_set,
+        )
+        try:
+            runner.run()
+        except BackfillInterrupted:
+            log.info("%s: reindex interrupted by the stop request", name)
+        except BackfillError as exc:
+            log.error("%s: reindex failed, serving it stale: %s", name, exc)
 
     def _finish(self) -> None:
         self._beating.clear()

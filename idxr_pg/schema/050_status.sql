@@ -82,7 +82,9 @@ SELECT k.entity_kind,
        ek.last_embedded_at,
        COALESCE(d.dead_letters, 0) AS dead_letters,
        ek.paused_at IS NOT NULL AS paused,
-       ek.paused_at AS paused_since
+       ek.paused_at AS paused_since,
+       ek.schema_change IS NOT NULL AS schema_stale,
+       ek.schema_change ->> 'summary' AS schema_change
   FROM kinds k
   LEFT JOIN idxr.entity_kinds ek ON ek.name = k.entity_kind
   LEFT JOIN indexed i USING (entity_kind)
@@ -90,7 +92,7 @@ SELECT k.entity_kind,
   LEFT JOIN dead d USING (entity_kind);
 
 COMMENT ON VIEW idxr.status IS
-    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters, paused.';
+    'Per entity kind: indexed entities/records, queue depth and lag, last embedding, dead letters, paused, and whether the model changed since the index was built (schema_stale, schema_change).';
 
 CREATE OR REPLACE VIEW idxr.stale AS
 SELECT q.entity_kind,
