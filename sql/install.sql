@@ -272,7 +272,7 @@ ALTER TABLE idxr.queue_batches SET (
 ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS paused_at timestamptz;
 
 -- ==== 016_schema_changes.sql ====
--- idxr-pg revision 0007: entity model shapes (issue 15). Revisioned: Alembic revision 0007 runs
+-- idxr-pg revision 0004: entity model shapes (issue 15). Revisioned: Alembic revision 0004 runs
 -- this file once; sql/install.sql runs it too, so it is idempotent.
 --
 -- idxr.entity_kinds.schema_shape: the shape of the kind's model the index was built with
@@ -1097,6 +1097,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0007');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0004');
 
 COMMIT;

@@ -1,4 +1,4 @@
--- idxr-pg revision 0007: entity model shapes (issue 15). Revisioned: Alembic revision 0007 runs
+-- idxr-pg revision 0004: entity model shapes (issue 15). Revisioned: Alembic revision 0004 runs
 -- this file once; sql/install.sql runs it too, so it is idempotent.
 --
 -- idxr.entity_kinds.schema_shape: the shape of the kind's model the index was built with

@@ -3,7 +3,7 @@
 Runs idxr_pg/schema/016_schema_changes.sql: the shape of the model the index was built with,
 and what differs in the model last registered (`idxr-pg status`, `plan`, `reindex`).
 
-Revision ID: 0007
+Revision ID: 0004
 Revises: 0003
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 
 from idxr_pg.schema import revision_sql
 
-revision = "0007"
+revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
