@@ -1,0 +1,31 @@
+"""File loads (issue 17): ``idxr.loads``, ``idxr.load_partitions``, ``idxr.load_fingerprints``.
+
+Runs idxr_pg/schema/014_loads.sql: the manifest of `idxr-pg load`, the partitions each load
+committed, and the row fingerprints that make a re-load write only new or changed rows.
+
+Revision ID: 0005
+Revises: 0003
+"""
+
+from alembic import op
+
+from idxr_pg.schema import revision_sql
+
+revision = "0005"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(revision_sql(revision))
+
+
+def downgrade() -> None:
+    op.execute(
+        """
+        DROP TABLE IF EXISTS idxr.load_fingerprints;
+        DROP TABLE IF EXISTS idxr.load_partitions;
+        DROP TABLE IF EXISTS idxr.loads;
+        """
+    )
