@@ -1,17 +1,20 @@
-"""The SQL of `idxr-pg load`: the target table's facts, the staging table, the upsert of new or
-changed rows, the manifest (``idxr.loads``, ``idxr.load_partitions``) and the row fingerprints
-(``idxr.load_fingerprints``).
+"""The SQL of `idxr-pg load`: the target table's facts, COPY, the row fingerprint, the upsert of
+new or changed rows, the manifest (``idxr.loads``, ``idxr.load_partitions``) and the keys of a
+snapshot load (``idxr.load_keys``).
 
-A partition is one transaction: its rows are copied into a temporary staging table (typed like
-the target, so a value that fails its type cast is found by COPY, with its line), the rows
-whose fingerprint is new or changed, or whose key is missing from the table, are upserted, the
-fingerprints stored, and the partition recorded in the manifest with its counts. A load holds
+A partition is one transaction. Its rows are copied straight into the table when none of their
+keys is there yet (a first load, an appended file: as fast as COPY), else into a temporary
+staging table typed like the target (so a value that fails its type cast is found by COPY,
+with its line); then the staged rows whose fingerprint (`fingerprint_sql`) is new or differs
+from the table row's are upserted, and the partition is recorded in the manifest with its
+counts. A load holds
 the session advisory lock ``(LOAD_NAMESPACE, hashtext(table))``: one load per table at a time,
 and a ``running`` load whose lock is free was killed (`reconcile_abandoned`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,10 +44,13 @@ __all__ = [
     "apply_staging",
     "append_candidates",
     "commit_partition",
+    "copy_csv",
+    "copy_rows",
     "copy_staging",
     "create_staging",
     "create_table",
     "delete_missing",
+    "fingerprint_sql",
     "finish_load",
     "list_loads",
     "reconcile_abandoned",
@@ -66,8 +72,6 @@ RUNNING, DONE, UNCHANGED, INTERRUPTED, FAILED = (
     "failed",
 )
 STAGING = "idxr_load_staging"
-LINE_COLUMN = "_idxr_line"
-FP_COLUMN = "_idxr_fp"
 
 # ---- the target table ----------------------------------------------------------------------
 
@@ -131,48 +135,99 @@ def create_table(
     )
 
 
-# ---- staging and the upsert ----------------------------------------------------------------
+# ---- copying, the fingerprint, the upsert ---------------------------------------------------
+
+
+def fingerprint_sql(alias: str, columns: Sequence[str]) -> sql.Composed:
+    """The row fingerprint, the one definition: over the load's columns sorted by name,
+    ``sha256(convert_to(C || chr(10) || V, 'UTF8'))`` where ``C`` is the compact JSON array of
+    the column names and ``V`` ``array_to_json(ARRAY[col::text, ...])::text``: each value
+    cast to its column's type and written back as PostgreSQL's text for it (the normalised
+    value; NULL is ``null``). Computed alike for a staged file row and for the table's row."""
+    names = sorted(columns)
+    header = json.dumps(names, ensure_ascii=False, separators=(",", ":")) + "\n"
+    values = sql.SQL(", ").join(
+        sql.SQL("{}.{}::text").format(sql.Identifier(alias), sql.Identifier(n)) for n in names
+    )
+    return sql.SQL(
+        "sha256(convert_to({header} || array_to_json(ARRAY[{values}]::text[])::text, 'UTF8'))"
+    ).format(header=sql.Literal(header), values=values)
 
 
 def create_staging(conn: psycopg.Connection, relation: Relation, columns: Sequence[str]) -> None:
-    """The session's temporary staging table: line, fingerprint and ``columns`` typed as in the
-    target, emptied at each commit."""
+    """The session's temporary staging table: ``columns`` typed as in the target (no
+    constraints), emptied at each commit."""
     conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(STAGING)))
     conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE {staging} ON COMMIT DELETE ROWS AS"
-            " SELECT 0::bigint AS {line}, NULL::bytea AS {fp}, {columns} FROM {target}"
-            " WITH NO DATA"
+            " SELECT {columns} FROM {target} WITH NO DATA"
         ).format(
             staging=sql.Identifier(STAGING),
-            line=sql.Identifier(LINE_COLUMN),
-            fp=sql.Identifier(FP_COLUMN),
             columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
             target=relation.identifier,
         )
     )
 
 
+def _into(relation: Relation | None) -> sql.Composable:
+    return relation.identifier if relation is not None else sql.Identifier("pg_temp", STAGING)
+
+
+def copy_csv(
+    conn: psycopg.Connection,
+    relation: Relation | None,
+    columns: Sequence[str],
+    data: bytes,
+    encoding: str,
+) -> int:
+    """COPY raw CSV ``data`` (no header; ``columns`` in the file's field order) into the table
+    (``relation``) or the staging table (None), PostgreSQL decoding ``encoding``; an empty
+    field, quoted or not, is NULL. Raises on the first bad row. Returns the rows copied."""
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    statement = sql.SQL(
+        "COPY {into} ({names}) FROM STDIN (FORMAT csv, FORCE_NULL ({names}), ENCODING {enc})"
+    ).format(into=_into(relation), names=names, enc=sql.Literal(encoding))
+    with conn.cursor() as cur:
+        with cur.copy(statement) as copy:
+            copy.write(data)
+        return cur.rowcount
+
+
+def copy_rows(
+    conn: psycopg.Connection,
+    relation: Relation | None,
+    columns: Sequence[str],
+    rows: Iterable[tuple[str | None, ...]],
+) -> int:
+    """COPY ``rows`` (text values, None for NULL) into the table or the staging table (None).
+    Raises on the first bad row. Returns the rows copied."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        _into(relation), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    with conn.cursor() as cur:
+        with cur.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+        return cur.rowcount
+
+
 _COPY_WHERE = re.compile(r"line (\d+)(?:, column ([^:]+))?")
 
 
 def copy_staging(
-    conn: psycopg.Connection, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    conn: psycopg.Connection, columns: Sequence[str], rows: Sequence[tuple[str | None, ...]]
 ) -> list[tuple[int, str]]:
-    """COPY ``rows`` (line, fingerprint, values...) into the staging table, inside the caller's
-    transaction. A row with a value that fails its column's type cast is left out: returns
-    ``(index in rows, reason)`` of each. Each COPY runs in a savepoint; after a failure the rows
-    before the bad one are copied again and the copy goes on after it (at most twice the rows
-    are sent)."""
-    statement = sql.SQL("COPY pg_temp.{} ({}) FROM STDIN").format(
-        sql.Identifier(STAGING),
-        sql.SQL(", ").join(sql.Identifier(c) for c in (LINE_COLUMN, FP_COLUMN, *columns)),
-    )
+    """COPY ``rows`` into the staging table, inside the caller's transaction, leaving out each
+    row with a value that fails its column's type cast: returns ``(index in rows, reason)`` of
+    those. Each COPY runs in a savepoint; after a failure the rows before the bad one are
+    copied again and the copy goes on after it (at most twice the rows are sent)."""
     rejected: list[tuple[int, str]] = []
     start = 0
     while start < len(rows):
         try:
-            _copy(conn, statement, islice(rows, start, None))
+            with conn.transaction():
+                copy_rows(conn, None, columns, islice(rows, start, None))
             break
         except psycopg.errors.DataError as exc:
             where = _COPY_WHERE.search(exc.diag.context or "")
@@ -183,41 +238,31 @@ def copy_staging(
             column = where.group(2)
             rejected.append((bad, f"{message} (column {column})" if column else message))
             if bad > start:
-                _copy(conn, statement, islice(rows, start, bad))
+                with conn.transaction():
+                    copy_rows(conn, None, columns, islice(rows, start, bad))
             start = bad + 1
     return rejected
 
 
-def _copy(conn: psycopg.Connection, statement: sql.Composed, rows: Iterable[tuple]) -> None:
-    with conn.transaction(), conn.cursor() as cur, cur.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
 _APPLY_SQL = """
 WITH src AS (
-    SELECT DISTINCT ON (s.{key}) s.*, s.{key}::text AS _idxr_key
+    SELECT DISTINCT ON (s.{key}) s.*, {staged_fp} AS _idxr_fp
       FROM pg_temp.{staging} s
-     ORDER BY s.{key}, s.{line} DESC
+     ORDER BY s.{key}, s.ctid DESC
 ), changed AS (
-    SELECT src.* FROM src
-     WHERE NOT EXISTS (SELECT 1 FROM idxr.load_fingerprints f
-                        WHERE f.target_table = %(target)s AND f.key = src._idxr_key
-                          AND f.fingerprint = src.{fp})
-        OR NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = src.{key})
+    SELECT src.* FROM src LEFT JOIN {table} t ON t.{key} = src.{key}
+     WHERE t.{key} IS NULL OR {table_fp} IS DISTINCT FROM src._idxr_fp
 ), written AS (
     INSERT INTO {table} AS t ({columns})
     SELECT {columns} FROM changed
     ON CONFLICT ({key}) DO {conflict}
     RETURNING (t.xmax = 0) AS inserted
-), printed AS (
-    INSERT INTO idxr.load_fingerprints AS f (target_table, key, fingerprint, load_id)
-    SELECT %(target)s, _idxr_key, {fp}, %(load)s FROM {printed}
-    ON CONFLICT (target_table, key)
-    DO UPDATE SET fingerprint = EXCLUDED.fingerprint, load_id = EXCLUDED.load_id
-)
+){seen}
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
+_SEEN_SQL = """, seen AS (
+    INSERT INTO idxr.load_keys (load_id, key) SELECT %(load)s, src.{key}::text FROM src
+)"""
 
 
 def apply_staging(
@@ -227,12 +272,11 @@ def apply_staging(
     key: str,
     load_id: int,
     *,
-    mark_every_row: bool,
+    record_keys: bool,
 ) -> tuple[int, int]:
-    """Upsert the staged rows that are new or changed (or missing from the table) and store
-    their fingerprints; a key staged twice keeps its last line. ``mark_every_row``: stamp
-    every staged key with this load (``--delete-missing`` then deletes the others). Returns
-    ``(inserted, updated)``."""
+    """Upsert the staged rows whose fingerprint is new (no row with their key) or differs from
+    the table row's; a key staged twice keeps its last row. ``record_keys``: note every staged
+    key in idxr.load_keys (for --delete-missing). Returns ``(inserted, updated)``."""
     others = [c for c in columns if c != key]
     conflict = (
         sql.SQL("UPDATE SET ")
@@ -242,42 +286,39 @@ def apply_staging(
         if others
         else sql.SQL("NOTHING")
     )
+    key_id = sql.Identifier(key)
     query = sql.SQL(_APPLY_SQL).format(
-        key=sql.Identifier(key),
+        key=key_id,
         staging=sql.Identifier(STAGING),
-        line=sql.Identifier(LINE_COLUMN),
-        fp=sql.Identifier(FP_COLUMN),
+        staged_fp=fingerprint_sql("s", columns),
+        table_fp=fingerprint_sql("t", columns),
         table=relation.identifier,
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         conflict=conflict,
-        printed=sql.SQL("src" if mark_every_row else "changed"),
+        seen=sql.SQL(_SEEN_SQL).format(key=key_id) if record_keys else sql.SQL(""),
     )
-    inserted, updated = conn.execute(
-        query, {"target": relation.qualified, "load": load_id}
-    ).fetchone()
+    inserted, updated = conn.execute(query, {"load": load_id}).fetchone()
     return int(inserted), int(updated)
 
 
 _DELETE_MISSING_SQL = """
 WITH gone AS (
     DELETE FROM {table} t
-     WHERE NOT EXISTS (SELECT 1 FROM idxr.load_fingerprints f
-                        WHERE f.target_table = %(target)s AND f.key = t.{key}::text
-                          AND f.load_id = %(load)s)
+     WHERE NOT EXISTS (SELECT 1 FROM idxr.load_keys k
+                        WHERE k.load_id = %(load)s AND k.key = t.{key}::text)
     RETURNING 1
 ), forgotten AS (
-    DELETE FROM idxr.load_fingerprints
-     WHERE target_table = %(target)s AND load_id <> %(load)s
+    DELETE FROM idxr.load_keys WHERE load_id = %(load)s
 )
 SELECT count(*) FROM gone
 """
 
 
 def delete_missing(conn: psycopg.Connection, relation: Relation, key: str, load_id: int) -> int:
-    """Delete the rows of the table that load ``load_id`` did not read (and their
-    fingerprints); returns how many."""
+    """Delete the rows of the table whose key load ``load_id`` did not read; forget its keys.
+    Returns how many rows."""
     query = sql.SQL(_DELETE_MISSING_SQL).format(table=relation.identifier, key=sql.Identifier(key))
-    (count,) = conn.execute(query, {"target": relation.qualified, "load": load_id}).fetchone()
+    (count,) = conn.execute(query, {"load": load_id}).fetchone()
     return int(count)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from idxr_pg.errors import IdxrError
 from idxr_pg.loading.scan import CP1252_UNDEFINED, FileScan
 
-__all__ = ["Encoding", "EncodingError", "choose_encoding", "codec_name"]
+__all__ = ["POSTGRES_ENCODINGS", "Encoding", "EncodingError", "choose_encoding", "codec_name"]
 
 # Longest first: the UTF-32-LE BOM starts with the UTF-16-LE one.
 _BOMS: tuple[tuple[bytes, str], ...] = (
@@ -46,6 +46,11 @@ class Encoding:
     codec: str
     bom: int = 0
     detected: bool = True  # False: from --encoding
+
+    @property
+    def postgres(self) -> str | None:
+        """PostgreSQL's name for the codec, if COPY can decode it (`POSTGRES_ENCODINGS`)."""
+        return POSTGRES_ENCODINGS.get(self.codec)
 
     @property
     def ascii_compatible(self) -> bool:
@@ -114,3 +119,25 @@ def _single_byte_codec(scan: FileScan) -> str:
         if not name.startswith(("utf-16", "utf-32")):
             return name
     return "iso8859-1"
+
+
+# PostgreSQL's names of the codecs it can decode itself in COPY (server-side, in C); a file in
+# another codec is decoded by Python and its rows sent as text.
+POSTGRES_ENCODINGS = {
+    "utf-8": "UTF8",
+    "cp1250": "WIN1250",
+    "cp1251": "WIN1251",
+    "cp1252": "WIN1252",
+    "cp1253": "WIN1253",
+    "cp1254": "WIN1254",
+    "cp1255": "WIN1255",
+    "cp1256": "WIN1256",
+    "cp1257": "WIN1257",
+    "iso8859-1": "LATIN1",
+    "iso8859-2": "LATIN2",
+    "iso8859-3": "LATIN3",
+    "iso8859-4": "LATIN4",
+    "iso8859-9": "LATIN5",
+    "iso8859-15": "LATIN9",
+    "koi8-r": "KOI8R",
+}

@@ -3,8 +3,8 @@
 A bad line is one with the wrong number of CSV fields, invalid JSON (or JSON that is not an
 object), a NUL byte, bytes the file's encoding cannot decode, or no value for a column that
 needs one (the key, a NOT NULL column without default). It becomes a record with ``problem``
-set and no values; blank lines are skipped. Type casts are checked by PostgreSQL when the rows
-are copied (`idxr_pg.db.loads.copy_staging`).
+set and no values; blank lines are skipped. A CSV field that is empty is NULL. Type casts are
+checked by PostgreSQL when the rows are copied (`idxr_pg.db.loads.copy_staging`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,35 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import NamedTuple
 
-from idxr_pg.loading.fingerprint import normalise_json_value, normalise_text
 from idxr_pg.loading.lines import Line
 
-__all__ = ["FORMATS", "Record", "csv_header", "csv_records", "json_keys", "jsonl_records"]
+__all__ = [
+    "FORMATS",
+    "Record",
+    "csv_header",
+    "csv_records",
+    "json_keys",
+    "json_value",
+    "jsonl_records",
+]
 
 FORMATS = ("csv", "jsonl")
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_value(value: object) -> str | None:
+    """A JSONL field's value as the text COPY gets: None for null (or a missing key), a string
+    as it is, ``true``/``false``, a number's JSON text, an object or array as compact JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return _compact(value)
 
 
 class Record(NamedTuple):
@@ -109,7 +131,7 @@ def csv_records(
             elif len(row) != width:
                 problem = f"wrong column count: {len(row)} fields, the header has {width}"
             else:
-                values = tuple(normalise_text(row[i]) if row[i] else None for i in picks)
+                values = tuple(row[i] or None for i in picks)
                 problem = _missing(values, required)
                 if problem:
                     values = None
@@ -143,7 +165,7 @@ def jsonl_records(
         else:
             data, problem = _parse_object(stripped)
             if data is not None:
-                values = tuple(normalise_json_value(data.get(name)) for name in fields)
+                values = tuple(json_value(data.get(name)) for name in fields)
                 problem = _missing(values, required)
                 if problem:
                     values = None

@@ -1,22 +1,22 @@
-"""A file's physical lines, decoded, with their numbers and byte ranges.
+"""A file's physical lines: raw (with their byte ranges) or decoded, with their numbers.
 
-Every newline style is a line end: ``\\n``, ``\\r\\n`` and ``\\r`` (a file whose only line
-ends are ``\\r``, as old Mac files have). The text keeps its line end (the CSV reader needs it
-inside quoted fields); byte offsets let a load start again at any line boundary (`--resume`,
+Every newline style is a line end: ``\\n``, ``\\r\\n``, and ``\\r`` in a file whose only line
+ends are ``\\r`` (old Mac files; ``cr_only``). A line keeps its line end (the CSV reader needs
+it inside quoted fields); byte offsets let a load start again at any line boundary (`--resume`,
 an appended file). A line that does not decode is still yielded, with ``bad`` saying why.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from idxr_pg.loading.encoding import Encoding
 from idxr_pg.loading.errors import LoadError
 
-__all__ = ["Line", "read_lines"]
+__all__ = ["Line", "decode_lines", "raw_lines", "read_lines"]
 
 _READ = 1 << 20
 
@@ -29,49 +29,56 @@ class Line(NamedTuple):
     bad: str | None = None  # why it does not decode, if it does not
 
 
+def raw_lines(f: BinaryIO, cr_only: bool) -> Iterator[bytes]:
+    """The lines of an ASCII-compatible binary file from its current position, line ends kept."""
+    if not cr_only:
+        yield from f
+        return
+    pending = b""
+    while block := f.read(_READ):
+        pending += block
+        parts = pending.split(b"\r")
+        pending = parts.pop()
+        for part in parts:
+            yield part + b"\r"
+    if pending:
+        yield pending
+
+
+def decode_lines(
+    lines: Iterable[bytes], codec: str, start: int, first_number: int
+) -> Iterator[Line]:
+    """Decode raw ``lines`` that begin at byte ``start`` and line ``first_number``."""
+    offset = start
+    number = first_number
+    for raw in lines:
+        end = offset + len(raw)
+        try:
+            yield Line(number, offset, end, raw.decode(codec))
+        except UnicodeDecodeError as exc:
+            yield Line(
+                number,
+                offset,
+                end,
+                raw.decode(codec, "backslashreplace"),
+                f"not valid {codec}: {exc.reason} at byte {offset + exc.start}",
+            )
+        offset = end
+        number += 1
+
+
 def read_lines(
     path: Path, encoding: Encoding, *, start: int = 0, first_number: int = 1, cr_only: bool = False
 ) -> Iterator[Line]:
     """The lines of ``path`` from byte ``start`` (0: after the BOM), numbered from
-    ``first_number``. ``cr_only``: lines end with a lone ``\\r`` (ASCII-compatible codecs)."""
+    ``first_number``."""
     offset = max(start, encoding.bom)
     if not encoding.ascii_compatible:
         yield from _wide_lines(path, encoding.codec, offset, first_number)
         return
-    codec = encoding.codec
-    number = first_number
     with path.open("rb") as f:
         f.seek(offset)
-        raw_lines = _split(f, b"\r") if cr_only else f
-        for raw in raw_lines:
-            end = offset + len(raw)
-            try:
-                yield Line(number, offset, end, raw.decode(codec))
-            except UnicodeDecodeError as exc:
-                yield Line(
-                    number,
-                    offset,
-                    end,
-                    raw.decode(codec, "backslashreplace"),
-                    f"not valid {codec}: {exc.reason} at byte {offset + exc.start}",
-                )
-            offset = end
-            number += 1
-
-
-def _split(f: io.BufferedReader, separator: bytes) -> Iterator[bytes]:
-    pending = b""
-    while True:
-        block = f.read(_READ)
-        if not block:
-            break
-        pending += block
-        parts = pending.split(separator)
-        pending = parts.pop()
-        for part in parts:
-            yield part + separator
-    if pending:
-        yield pending
+        yield from decode_lines(raw_lines(f, cr_only), encoding.codec, offset, first_number)
 
 
 def _wide_lines(path: Path, codec: str, offset: int, number: int) -> Iterator[Line]:

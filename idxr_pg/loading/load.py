@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -24,9 +24,9 @@ import psycopg
 from idxr_pg.db import loads as db
 from idxr_pg.db.catalog import Relation, UnknownTableError, resolve_table
 from idxr_pg.db.connection import connect, one_line
+from idxr_pg.loading.chunks import Chunk, csv_chunks
 from idxr_pg.loading.encoding import Encoding, choose_encoding
 from idxr_pg.loading.errors import LoadError
-from idxr_pg.loading.fingerprint import Fingerprinter
 from idxr_pg.loading.formats import (
     SUFFIXES,
     Record,
@@ -35,7 +35,7 @@ from idxr_pg.loading.formats import (
     json_keys,
     jsonl_records,
 )
-from idxr_pg.loading.lines import read_lines
+from idxr_pg.loading.lines import decode_lines, read_lines
 from idxr_pg.loading.plan import (
     Plan,
     create_columns_from_fields,
@@ -112,6 +112,15 @@ class _Source:
     samples: dict[str, object]  # JSONL: a value per key (for --create)
     body_start: int  # byte offset of the first row (after the header)
     header_lines: int
+
+    @property
+    def raw(self) -> bool:
+        """Whether COPY can parse and decode the body itself (CSV in a codec it knows)."""
+        return (
+            self.file_format == "csv"
+            and self.encoding.ascii_compatible
+            and self.encoding.postgres is not None
+        )
 
     def lines(self, start: int, first_number: int):
         return read_lines(
@@ -353,11 +362,35 @@ class Loader:
 
     # ---- the rows -----------------------------------------------------------------------
 
-    def _records(self, source: _Source, plan: Plan, start: int, first: int) -> Iterator[Record]:
-        lines = source.lines(start, first)
+    def _parts(self, source: _Source, plan: Plan, start: int, last_line: int) -> Iterator[_Part]:
+        """The partitions after byte ``start`` / line ``last_line``: raw chunks when PostgreSQL
+        can parse and decode the file itself (CSV in a codec it knows), else parsed records."""
+        rows = self.options.partition_rows
+        if source.raw:
+            for chunk in csv_chunks(
+                source.path,
+                start=start,
+                first_number=last_line + 1,
+                rows=rows,
+                cr_only=source.cr_only,
+            ):
+                yield _Part(chunk.start, chunk.end, chunk.first_line, chunk.last_line, chunk=chunk)
+            return
+        lines = source.lines(start, last_line + 1)
         if source.file_format == "csv":
-            return csv_records(lines, len(source.fields), plan.picks(source.fields), plan.required)
-        return jsonl_records(lines, plan.fields, plan.required)
+            picks = plan.picks(source.fields)
+            records = csv_records(lines, len(source.fields), picks, plan.required)
+        else:
+            records = jsonl_records(lines, plan.fields, plan.required)
+        batch: list[Record] = []
+        for record in records:
+            batch.append(record)
+            if len(batch) >= rows:
+                yield _Part(start, record.end, last_line + 1, record.last_line, records=batch)
+                start, last_line, batch = record.end, record.last_line, []
+        if batch:
+            last = batch[-1]
+            yield _Part(start, last.end, last_line + 1, last.last_line, records=batch)
 
     def _read(
         self,
@@ -373,7 +406,6 @@ class Loader:
     ) -> db.Load:
         options = self.options
         conn.autocommit = False
-        fingerprint = Fingerprinter(plan.columns)
         total_lines = source.scan.newlines or source.scan.carriage_returns
         if not source.scan.ends_with_newline(source.encoding.codec):
             total_lines += 1
@@ -387,21 +419,30 @@ class Loader:
             unit="rows",
             embedding=False,
         )
+        writer = _PartitionWriter(conn, relation, plan, source, load_id, options.delete_missing)
         counts = db.LoadCounts()
         started = time.monotonic()
         number = partitions_done
         try:
             with conn.transaction():
+                conn.execute("SET LOCAL work_mem = '64MB'")  # the staging sort
                 db.create_staging(conn, relation, plan.columns)
-            records = self._records(source, plan, start, last_line + 1)
-            for batch in _partitions(records, options.partition_rows):
+            for part in self._parts(source, plan, start, last_line):
                 number += 1
-                done = self._partition(
-                    conn, relation, plan, fingerprint, load_id, number, start, batch, rejects
-                )
-                start = done.end_byte
-                last_line = done.last_line
-                counts = counts + done.counts
+                with conn.transaction():
+                    part_counts, bad = writer.write(part)
+                    bad.sort()
+                    done = db.PartitionDone(
+                        number,
+                        part.first_line,
+                        part.last_line,
+                        part.start,
+                        part.end,
+                        part_counts,
+                        rejects.write(bad),
+                    )
+                    db.commit_partition(conn, load_id, done)
+                counts = counts + part_counts
                 elapsed = time.monotonic() - started
                 rate = counts.read / elapsed if elapsed else None
                 progress.update(Counts(entities=counts.read), max(expected, counts.read), rate)
@@ -419,69 +460,135 @@ class Loader:
             conn.autocommit = True
         return db.get_load(conn, load_id)
 
-    def _partition(
+
+@dataclass
+class _Part:
+    """A partition: its byte and line range, and its raw chunk or its parsed records."""
+
+    start: int
+    end: int
+    first_line: int
+    last_line: int
+    chunk: Chunk | None = None
+    records: list[Record] | None = None
+
+
+_RETRYABLE = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+
+class _PartitionWriter:
+    """Writes one partition, inside the caller's transaction, the fastest way that works:
+
+    1. straight into the table with COPY (not with --delete-missing): works when none of its
+       keys is in the table yet (a first load, appended lines) and every row is good;
+    2. else COPY into the staging table and upsert the rows whose fingerprint is new or
+       changed (`idxr_pg.db.loads.apply_staging`);
+    3. if the raw chunk has a bad row (COPY or the upsert refused it), parse it line by line
+       in Python: bad lines are rejected with their reason, values that fail their type are
+       found by `copy_staging`, and 1 (if no key was in the table) or 2 runs on the rest.
+
+    Each attempt runs in a savepoint, so a failed one leaves nothing behind."""
+
+    def __init__(
         self,
         conn: psycopg.Connection,
         relation: Relation,
         plan: Plan,
-        fingerprint: Callable[[tuple], bytes],
+        source: _Source,
         load_id: int,
-        number: int,
-        start: int,
-        batch: list[Record],
-        rejects: RejectFile,
-    ) -> db.PartitionDone:
-        bad: list[Reject] = []
-        rows: list[tuple] = []
-        kept: list[Record] = []
-        for record in batch:
-            if record.values is None:
-                bad.append(
-                    Reject(record.first_line, record.last_line, record.raw, record.problem or "?")
-                )
-            else:
-                kept.append(record)
-                rows.append((record.first_line, fingerprint(record.values), *record.values))
-        with conn.transaction():
-            for index, reason in db.copy_staging(conn, plan.columns, rows):
-                record = kept[index]
-                bad.append(Reject(record.first_line, record.last_line, record.raw, reason))
-            inserted, updated = db.apply_staging(
-                conn,
-                relation,
-                plan.columns,
-                plan.key,
-                load_id,
-                mark_every_row=self.options.delete_missing,
+        delete_missing: bool,
+    ) -> None:
+        self.conn = conn
+        self.relation = relation
+        self.plan = plan
+        self.source = source
+        self.load_id = load_id
+        self.delete_missing = delete_missing
+        self.file_columns = plan.in_field_order(source.fields) if source.raw else []
+
+    def _attempt(
+        self, action: Callable[[], db.LoadCounts]
+    ) -> tuple[db.LoadCounts | None, Exception | None]:
+        try:
+            with self.conn.transaction():
+                return action(), None
+        except _RETRYABLE as exc:
+            return None, exc
+
+    def _apply(self) -> tuple[int, int]:
+        return db.apply_staging(
+            self.conn,
+            self.relation,
+            self.plan.columns,
+            self.plan.key,
+            self.load_id,
+            record_keys=self.delete_missing,
+        )
+
+    def write(self, part: _Part) -> tuple[db.LoadCounts, list[Reject]]:
+        direct = not self.delete_missing
+        if part.chunk is not None:
+            data = part.chunk.data
+            encoding = self.source.encoding.postgres or "UTF8"
+            if not _has_end_marker(data):
+                if direct:
+                    counts, error = self._attempt(lambda: self._copy_raw(data, encoding, True))
+                    if counts is not None:
+                        return counts, []
+                    direct = not isinstance(error, psycopg.errors.UniqueViolation)
+                counts, _ = self._attempt(lambda: self._copy_raw(data, encoding, False))
+                if counts is not None:
+                    return counts, []
+            lines = decode_lines(
+                part.chunk.lines, self.source.encoding.codec, part.start, part.first_line
             )
-            bad.sort()
-            errors_bytes = rejects.write(bad)
-            read = len(batch)
-            counts = db.LoadCounts(
-                read, inserted, updated, read - len(bad) - inserted - updated, len(bad)
+            picks = self.plan.picks(self.source.fields)
+            records = list(csv_records(lines, len(self.source.fields), picks, self.plan.required))
+        else:
+            records = part.records or []
+        return self._write_records(records, direct)
+
+    def _copy_raw(self, data: bytes, encoding: str, direct: bool) -> db.LoadCounts:
+        if direct:
+            n = db.copy_csv(self.conn, self.relation, self.file_columns, data, encoding)
+            return db.LoadCounts(n, n, 0, 0, 0)
+        n = db.copy_csv(self.conn, None, self.file_columns, data, encoding)
+        inserted, updated = self._apply()
+        return db.LoadCounts(n, inserted, updated, n - inserted - updated, 0)
+
+    def _write_records(
+        self, records: list[Record], direct: bool
+    ) -> tuple[db.LoadCounts, list[Reject]]:
+        bad = [
+            Reject(r.first_line, r.last_line, r.raw, r.problem or "bad line")
+            for r in records
+            if r.values is None
+        ]
+        good = [r for r in records if r.values is not None]
+        rows = [r.values for r in good]
+        read = len(records)
+        if direct and rows:
+            counts, _ = self._attempt(
+                lambda: _inserted(db.copy_rows(self.conn, self.relation, self.plan.columns, rows))
             )
-            done = db.PartitionDone(
-                number,
-                batch[0].first_line,
-                batch[-1].last_line,
-                start,
-                batch[-1].end,
-                counts,
-                errors_bytes,
-            )
-            db.commit_partition(conn, load_id, done)
-        return done
+            if counts is not None:
+                return replace(counts, read=read, rejected=len(bad)), bad
+        for index, reason in db.copy_staging(self.conn, self.plan.columns, rows):
+            r = good[index]
+            bad.append(Reject(r.first_line, r.last_line, r.raw, reason))
+        inserted, updated = self._apply() if rows else (0, 0)
+        return db.LoadCounts(
+            read, inserted, updated, read - len(bad) - inserted - updated, len(bad)
+        ), bad
 
 
-def _partitions(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
-    batch: list[Record] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _inserted(n: int) -> db.LoadCounts:
+    return db.LoadCounts(n, n, 0, 0, 0)
+
+
+def _has_end_marker(data: bytes) -> bool:
+    """Whether a line is ``\\.`` alone, which COPY would take for the end of its data."""
+    return data.startswith(b"\\.") or b"\n\\." in data or b"\r\\." in data
 
 
 def _record_failure(conn: psycopg.Connection, load_id: int, exc: BaseException) -> None:

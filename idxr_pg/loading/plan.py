@@ -45,6 +45,11 @@ class Plan:
     def mapping(self) -> dict[str, str]:
         return dict(zip(self.columns, self.fields, strict=True))
 
+    def in_field_order(self, header: Sequence[str]) -> list[str]:
+        """The columns in the order of their fields in ``header`` (CSV: every field has one)."""
+        by_field = dict(zip(self.fields, self.columns, strict=True))
+        return [by_field[name] for name in header]
+
     def picks(self, header: Sequence[str]) -> list[int]:
         """The header position of each column's field (CSV)."""
         return [header.index(name) for name in self.fields]

@@ -7,8 +7,9 @@
 --                         file's size and sha256, its counts and its state;
 --   idxr.load_partitions  the partitions a load committed (line and byte ranges), each in the
 --                         same transaction as its rows, so `--resume` continues after the last;
---   idxr.load_fingerprints the sha256 of each loaded row's normalised values, per (table, key):
---                         a row is written only when its fingerprint is new or changed.
+--   idxr.load_keys        the keys a --delete-missing (snapshot) load has read.
+-- A row is written only when its fingerprint (sha256 of its normalised values, computed by
+-- idxr_pg/db/loads.py for the file's row and for the table's row alike) is new or changed.
 
 CREATE TABLE IF NOT EXISTS idxr.loads (
     id              bigserial PRIMARY KEY,
@@ -60,10 +61,10 @@ CREATE TABLE IF NOT EXISTS idxr.load_partitions (
     PRIMARY KEY (load_id, partition)
 );
 
-CREATE TABLE IF NOT EXISTS idxr.load_fingerprints (
-    target_table    text NOT NULL,
-    key             text NOT NULL,                 -- the key column's value as text
-    fingerprint     bytea NOT NULL,                -- sha256 of the normalised row
-    load_id         bigint NOT NULL,               -- the load that last read the row
-    PRIMARY KEY (target_table, key)
+-- The keys a `--delete-missing` load has read so far (kept across `--resume`); the load deletes
+-- the table's other rows at its end, then its keys here.
+CREATE TABLE IF NOT EXISTS idxr.load_keys (
+    load_id         bigint NOT NULL REFERENCES idxr.loads (id) ON DELETE CASCADE,
+    key             text NOT NULL                  -- the key column's value as text
 );
+CREATE INDEX IF NOT EXISTS load_keys_load ON idxr.load_keys (load_id);

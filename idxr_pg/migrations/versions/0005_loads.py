@@ -1,7 +1,7 @@
-"""File loads (issue 17): ``idxr.loads``, ``idxr.load_partitions``, ``idxr.load_fingerprints``.
+"""File loads (issue 17): ``idxr.loads``, ``idxr.load_partitions``, ``idxr.load_keys``.
 
 Runs idxr_pg/schema/014_loads.sql: the manifest of `idxr-pg load`, the partitions each load
-committed, and the row fingerprints that make a re-load write only new or changed rows.
+committed, and the keys a snapshot load (``--delete-missing``) has read.
 
 Revision ID: 0005
 Revises: 0003
@@ -24,7 +24,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(
         """
-        DROP TABLE IF EXISTS idxr.load_fingerprints;
+        DROP TABLE IF EXISTS idxr.load_keys;
         DROP TABLE IF EXISTS idxr.load_partitions;
         DROP TABLE IF EXISTS idxr.loads;
         """
