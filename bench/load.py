@@ -11,7 +11,9 @@ text columns, a numeric and a timestamp) and prints:
    a look-up, no row read), and of the whole `idxr-pg load` command in a subprocess (Python
    start-up included) (goal: <= 2 s).
 3. A changed snapshot: the same file with 1% of its rows changed, loaded again: rows/s and
-   rows written.
+   rows written (the staging path: every row compared by fingerprint).
+4. The same rows as JSONL (parsed in Python, not by COPY), first load: rows/s and the ratio to
+   the median COPY above.
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/load.py [--rows 100000] [--rounds 3]
           [--partition-rows 20000] [--database-url URL] [--keep]
@@ -60,6 +62,17 @@ def generate(path: Path, rows: int, changed_every: int = 0) -> None:
                 f'{i},{name},City {i % 977},"a note, with a comma, about row {i}",'
                 f"{(i % 10_000) / 100:.2f},2026-01-{1 + i % 28:02d}T{i % 24:02d}:00:00Z\n"
             )
+
+
+def write_jsonl(csv_path: Path, jsonl_path: Path) -> None:
+    """The CSV's rows as JSON objects, one per line."""
+    import csv
+    import json
+
+    with csv_path.open(newline="", encoding="utf-8") as f, jsonl_path.open("w") as out:
+        for row in csv.DictReader(f):
+            row["id"] = int(row["id"])
+            out.write(json.dumps(row) + "\n")
 
 
 def with_dbname(url: str, name: str) -> str:
@@ -188,6 +201,14 @@ def main() -> None:
             print(
                 f"changed snapshot (1% of rows changed): {took:.2f} s, {args.rows / took:,.0f} rows/s, "
                 f"{result.counts.updated:,} updated, {result.counts.unchanged:,} unchanged"
+            )
+            jsonl = Path(tmp) / "customers.jsonl"
+            write_jsonl(path, jsonl)
+            took_jsonl = idxr_load(url, "load_jsonl", jsonl, args.partition_rows)
+            print(
+                f"JSONL first load (Python parsing): {took_jsonl:.2f} s, "
+                f"{args.rows / took_jsonl:,.0f} rows/s, ratio to COPY of the CSV "
+                f"{statistics.median(copies) / took_jsonl:.2f}"
             )
             print(f"load average after: {os.getloadavg()}")
     finally:
