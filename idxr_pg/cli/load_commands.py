@@ -114,6 +114,14 @@ def load_row(load: Load) -> list[object]:
     help="With --create: a Pydantic model whose fields give the columns and their types.",
 )
 @click.option(
+    "--add-kind",
+    default=None,
+    metavar="NAME",
+    help="With --model: add an entity kind NAME (that model, the table, its key) to the config "
+    "file (--config, IDXR_CONFIG, else ./idxr.yaml) unless one of that name is there; then "
+    "`idxr-pg triggers install` watches the table.",
+)
+@click.option(
     "--delete-missing",
     is_flag=True,
     help="The file is a full snapshot: delete the table's rows whose key it does not contain "
@@ -168,6 +176,7 @@ def load(
     maps: tuple[str, ...],
     create: bool,
     model: str | None,
+    add_kind: str | None,
     delete_missing: bool,
     resume: bool,
     force: bool,
@@ -199,6 +208,8 @@ def load(
         raise LoadError("--delete-missing takes one FILE (the snapshot)")
     if model and not create:
         raise LoadError("--model is only used with --create")
+    if add_kind and not model:
+        raise LoadError("--add-kind needs --model (the kind's Pydantic model)")
     if errors_path and len(files) > 1:
         raise LoadError("--errors takes one FILE (each file gets its own error file)")
     options = LoadOptions(
@@ -228,6 +239,16 @@ def load(
                     f"warning: {result.counts.rejected:,} lines rejected: see {result.errors_path}",
                     err=True,
                 )
+    if add_kind and model and done:
+        from idxr_pg.config import Settings
+        from idxr_pg.loading.kind_entry import add_kind as add_entry
+
+        config_path = app.config_path or Settings().config
+        first = done[0]
+        if add_entry(config_path, add_kind, model, first.target_table, first.key_column):
+            click.echo(f"added entity kind {add_kind} to {config_path}", err=True)
+        else:
+            click.echo(f"{config_path} already has an entity kind {add_kind}", err=True)
     if as_json:
         print_json([item.as_dict() for item in done])
     if any(item.counts.rejected for item in done):

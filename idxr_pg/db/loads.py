@@ -53,6 +53,7 @@ __all__ = [
     "fingerprint_sql",
     "finish_load",
     "list_loads",
+    "manifest_installed",
     "reconcile_abandoned",
     "resumable_load",
     "restart_load",
@@ -320,6 +321,12 @@ def delete_missing(conn: psycopg.Connection, relation: Relation, key: str, load_
     query = sql.SQL(_DELETE_MISSING_SQL).format(table=relation.identifier, key=sql.Identifier(key))
     (count,) = conn.execute(query, {"load": load_id}).fetchone()
     return int(count)
+
+
+def manifest_installed(conn: psycopg.Connection) -> bool:
+    """Whether the database has ``idxr.loads`` (revision 0005 or later)."""
+    row = conn.execute("SELECT pg_catalog.to_regclass('idxr.loads') IS NOT NULL").fetchone()
+    return bool(row and row[0])
 
 
 # ---- the lock --------------------------------------------------------------------------------

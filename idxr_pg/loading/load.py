@@ -23,7 +23,7 @@ import psycopg
 
 from idxr_pg.db import loads as db
 from idxr_pg.db.catalog import Relation, UnknownTableError, resolve_table
-from idxr_pg.db.connection import connect, one_line
+from idxr_pg.db.connection import connect, one_line, redact
 from idxr_pg.loading.chunks import Chunk, csv_chunks
 from idxr_pg.loading.encoding import Encoding, choose_encoding
 from idxr_pg.loading.errors import LoadError
@@ -144,6 +144,11 @@ class Loader:
         file_format = infer_format(path, self.options.format)
         path = _check_file(path)
         with connect(self.url, autocommit=True, vector=False) as conn:
+            if not db.manifest_installed(conn):
+                raise LoadError(
+                    f"{redact(self.url)} has no idxr.loads (no idxr schema, or an older one): "
+                    "run `idxr-pg migrate`"
+                )
             relation = self._relation(conn)
             name = relation.qualified if relation else self.options.table
             if not db.try_lock_table(conn, name):

@@ -579,3 +579,37 @@ def test_help_explains_the_command():
     assert result.exit_code == 0
     for words in ("fingerprint", "--resume", "--delete-missing", "YAML error file", "--encoding"):
         assert words in result.output
+
+
+def test_create_with_a_model_can_add_the_entity_kind_to_the_config(isolated_database_url, tmp_path):
+    url = isolated_database_url
+    config = tmp_path / "idxr.yaml"
+    config.write_text(
+        "# my kinds\nentities:\n  - name: other\n    model: tests.integration.worker_support:Item\n"
+        "    table: public.other\n    key: id\nembedding:\n  model: deterministic-test\n"
+    )
+    path = tmp_path / "items.csv"
+    path.write_text(ITEMS_HEADER + item_line(1))
+    args = ["load", str(path), "--table", "made", "--create"]
+    args += ["--model", "tests.integration.worker_support:Item", "--add-kind", "made_item"]
+    result = cli(url, *args, config=config)
+    assert result.exit_code == 0, result.output
+    text = config.read_text()
+    assert text.startswith("# my kinds\n")  # appended: comments and layout kept
+    entities = yaml.safe_load(text)["entities"]
+    assert entities[-1] == {
+        "name": "made_item",
+        "model": "tests.integration.worker_support:Item",
+        "table": "public.made",
+        "key": "id",
+    }
+    again = cli(url, *args, config=config)
+    assert again.exit_code == 0 and "already has an entity kind made_item" in again.output
+    assert config.read_text() == text
+
+
+def test_a_database_without_the_loads_schema_is_told_to_migrate(empty_database_url, tmp_path):
+    path = write_items(tmp_path / "items.csv", range(2))
+    result = cli(empty_database_url, "load", str(path), "--table", "items")
+    assert result.exit_code == 1
+    assert "run `idxr-pg migrate`" in result.output
