@@ -150,7 +150,7 @@ class Loader:
                     "run `idxr-pg migrate`"
                 )
             relation = self._relation(conn)
-            name = relation.qualified if relation else self.options.table
+            name = relation.qualified if relation else self._qualified(conn)
             if not db.try_lock_table(conn, name):
                 raise LoadError(f"another load into table {name} is running; wait for it to end")
             try:
@@ -159,6 +159,13 @@ class Loader:
             finally:
                 if not conn.closed and not conn.broken:
                     db.unlock_table(conn, name)
+
+    def _qualified(self, conn: psycopg.Connection) -> str:
+        """``schema.table`` of a table to create (the current schema when unqualified)."""
+        table = self.options.table
+        if "." in table:
+            return table
+        return f"{conn.execute('SELECT current_schema()').fetchone()[0]}.{table}"
 
     def _relation(self, conn: psycopg.Connection) -> Relation | None:
         table = self.options.table
@@ -321,9 +328,7 @@ class Loader:
             raise LoadError(
                 f"--key {key}: not a column of the table to create ({', '.join(names)})"
             )
-        schema, _, name = options.table.rpartition(".")
-        if not schema:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        schema, _, name = self._qualified(conn).rpartition(".")
         db.create_table(conn, schema, name, columns, key)
         log.info(
             "created table %s.%s (%d columns, primary key %s)", schema, name, len(columns), key
@@ -428,11 +433,13 @@ class Loader:
         counts = db.LoadCounts()
         started = time.monotonic()
         number = partitions_done
+        where = "its start"
         try:
             with conn.transaction():
                 conn.execute("SET LOCAL work_mem = '64MB'")  # the staging sort
                 db.create_staging(conn, relation, plan.columns)
             for part in self._parts(source, plan, start, last_line):
+                where = f"lines {part.first_line}-{part.last_line}"
                 number += 1
                 with conn.transaction():
                     part_counts, bad = writer.write(part)
@@ -452,10 +459,18 @@ class Loader:
                 rate = counts.read / elapsed if elapsed else None
                 progress.update(Counts(entities=counts.read), max(expected, counts.read), rate)
             deleted = 0
+            where = "its end"
             with conn.transaction():
                 if options.delete_missing:
                     deleted = db.delete_missing(conn, relation, plan.key, load_id)
                 db.finish_load(conn, load_id, db.DONE, deleted=deleted)
+        except psycopg.Error as exc:
+            _record_failure(conn, load_id, exc)
+            raise LoadError(
+                f"load #{load_id} of {source.path} into {relation.qualified} failed at {where}: "
+                f"{one_line(str(exc))} (the partitions before are committed: fix the cause, "
+                "then run the same load with --resume)"
+            ) from exc
         except BaseException as exc:
             _record_failure(conn, load_id, exc)
             raise

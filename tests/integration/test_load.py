@@ -613,3 +613,38 @@ def test_a_database_without_the_loads_schema_is_told_to_migrate(empty_database_u
     result = cli(empty_database_url, "load", str(path), "--table", "items")
     assert result.exit_code == 1
     assert "run `idxr-pg migrate`" in result.output
+
+
+def test_one_load_per_table_at_a_time(items_db, tmp_path):
+    from idxr_pg.db.loads import try_lock_table
+
+    url = items_db
+    path = write_items(tmp_path / "items.csv", range(5))
+    with psycopg.connect(url, autocommit=True) as other:
+        assert try_lock_table(other, "public.items")  # as a running load holds it
+        result = cli(url, "load", str(path), "--table", "items")
+        assert result.exit_code == 1
+        assert "another load into table public.items is running" in result.output
+    [done] = load_json(url, str(path), "--table", "items")
+    assert done["rows_inserted"] == 5
+
+
+def test_resume_of_a_file_that_changed_since_loads_it_afresh(items_db, tmp_path):
+    url = items_db
+    path = write_items(tmp_path / "items.csv", range(10))
+    execute(
+        url,
+        "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'refused' USING ERRCODE = 'P0001'; END $$;"
+        " CREATE TRIGGER fail BEFORE INSERT ON items FOR EACH STATEMENT EXECUTE FUNCTION fail()",
+    )
+    result = cli(url, "load", str(path), "--table", "items")
+    assert result.exit_code == 1 and "failed at lines 2-11: refused" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    [failed] = json.loads(cli(url, "loads", "--json").stdout)
+    assert failed["state"] == "failed" and "refused" in failed["error"]
+    execute(url, "DROP TRIGGER fail ON items")
+    write_items(path, range(12))
+    [resumed] = load_json(url, str(path), "--table", "items", "--resume")
+    assert resumed["id"] != failed["id"] and resumed["rows_inserted"] == 12
+    assert items(url) == expected_items(range(12))
