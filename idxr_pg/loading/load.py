@@ -249,7 +249,9 @@ class Loader:
                 log.info("no unfinished load of %s into %s to resume; loading it", path, target)
 
         if not options.force:
-            same = db.same_content_load(conn, target, signature, source.scan.sha256, size)
+            same = db.same_content_load(
+                conn, target, signature, source.scan.sha256, source.scan.size
+            )
             if same is not None:
                 load_id = db.start_load(
                     conn,
