@@ -88,6 +88,7 @@ COMMAND_MODULES = (
     "idxr_pg.cli.init_commands",  # init
     "idxr_pg.cli.search_commands",  # search, similar
     "idxr_pg.cli.demo_commands",  # demo
+    "idxr_pg.cli.load_commands",  # load, loads
 )
 
 

@@ -52,11 +52,18 @@ class LogProgress:
     """One INFO line every ``interval`` seconds (and none in between)."""
 
     def __init__(
-        self, label: str, extra: dict[str, object], interval: float = DEFAULT_LOG_INTERVAL
+        self,
+        label: str,
+        extra: dict[str, object],
+        interval: float = DEFAULT_LOG_INTERVAL,
+        unit: str = "entities",
+        embedding: bool = True,
     ) -> None:
         self.label = label
         self.extra = extra
         self.interval = interval
+        self.unit = unit
+        self.embedding = embedding
         self._last = time.monotonic()
 
     def update(self, counts: Counts, total: int | None, rate: float | None) -> None:
@@ -67,15 +74,21 @@ class LogProgress:
         eta = eta_seconds(total, counts.entities, rate)
         shown_total = "?" if total is None else str(total)
         percent = f" ({100.0 * counts.entities / total:.1f}%)" if total else ""
+        embedded = (
+            f", {counts.texts_embedded} fields embedded ({counts.cache_hits} from the cache)"
+            if self.embedding
+            else ""
+        )
         log.info(
-            "%s: %d/%s entities%s, %d fields embedded (%d from the cache), %.1f entities/s, ETA %s",
+            "%s: %d/%s %s%s%s, %.1f %s/s, ETA %s",
             self.label,
             counts.entities,
             shown_total,
+            self.unit,
             percent,
-            counts.texts_embedded,
-            counts.cache_hits,
+            embedded,
             rate or 0.0,
+            self.unit,
             format_duration(eta),
             extra={
                 **self.extra,
@@ -93,7 +106,9 @@ class LogProgress:
 class RichProgress:
     """A live bar on stderr; log records are printed above it while it runs."""
 
-    def __init__(self, label: str, total: int | None, done: int = 0) -> None:
+    def __init__(
+        self, label: str, total: int | None, done: int = 0, embedding: bool = True
+    ) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -103,12 +118,17 @@ class RichProgress:
             TextColumn,
         )
 
+        embedded = (
+            [TextColumn("{task.fields[embedded]} fields embedded (+{task.fields[cached]} cached)")]
+            if embedding
+            else []
+        )
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.fields[embedded]} fields embedded (+{task.fields[cached]} cached)"),
+            *embedded,
             TextColumn("{task.fields[rate]}/s"),
             TextColumn("ETA {task.fields[eta]}"),
             console=Console(stderr=True),
@@ -155,10 +175,14 @@ def make_progress(
     extra: dict[str, object] | None = None,
     tty: bool | None = None,
     interval: float = DEFAULT_LOG_INTERVAL,
+    unit: str = "entities",
+    embedding: bool = True,
 ) -> ProgressReporter:
-    """A bar when stderr is a terminal (or ``tty=True``), else periodic log lines."""
+    """A bar when stderr is a terminal (or ``tty=True``), else periodic log lines. ``unit``
+    names what ``Counts.entities`` counts; ``embedding=False`` leaves the embedding counts out
+    (a file load embeds nothing)."""
     if tty is None:
         tty = sys.stderr.isatty()
     if tty:
-        return RichProgress(label, total, done)
-    return LogProgress(label, extra or {}, interval)
+        return RichProgress(label, total, done, embedding)
+    return LogProgress(label, extra or {}, interval, unit, embedding)

@@ -33,6 +33,14 @@ def test_log_progress_logs_at_most_once_per_interval(caplog: pytest.LogCaptureFi
     assert record.entity_kind == "doc" and record.job_id == 7
     assert record.done == 50 and record.total == 200 and record.eta_seconds == 6.0
 
+    rows = LogProgress("load f.csv", {}, interval=0.0, unit="rows", embedding=False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="idxr_pg.progress"):
+        rows.update(job_counts(done=500), total=1000, rate=250.0)
+    assert (
+        caplog.records[0].getMessage() == "load f.csv: 500/1000 rows (50.0%), 250.0 rows/s, ETA 2s"
+    )
+
     quiet = LogProgress("backfill doc", {}, interval=3600)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="idxr_pg.progress"):
