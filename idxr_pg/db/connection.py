@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import psycopg
@@ -32,6 +32,7 @@ __all__ = [
     "conninfo",
     "is_connection_lost",
     "is_login_refused",
+    "missing_keepalives",
     "one_line",
     "redact",
     "retry_with_backoff",
@@ -83,8 +84,14 @@ def with_keepalives(url: str) -> str:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return url  # connecting reports the unparseable URL
-    missing = {key: value for key, value in KEEPALIVES.items() if key not in info}
+    missing = missing_keepalives(info)
     return psycopg.conninfo.make_conninfo(url, **missing) if missing else url
+
+
+def missing_keepalives(params: Mapping[str, object]) -> dict[str, str]:
+    """The `KEEPALIVES` that connection parameters ``params`` do not set themselves (for
+    connections opened by another library, e.g. SQLAlchemy's ``connect_args``)."""
+    return {key: value for key, value in KEEPALIVES.items() if key not in params}
 
 
 def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:

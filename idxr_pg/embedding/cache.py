@@ -21,6 +21,7 @@ from pgvector.psycopg import register_vector
 from psycopg.pq import TransactionStatus
 
 from idxr_pg.db import embedding_cache as rows_db
+from idxr_pg.db.connection import connect
 
 __all__ = ["EmbeddingCache", "embedding_cache_key", "text_hash"]
 
@@ -103,8 +104,7 @@ class EmbeddingCache:
             if self._conninfo is not None and (self._conn is None or self._conn.broken):
                 if self._conn is not None:
                     self._conn.close()
-                self._conn = psycopg.connect(self._conninfo, autocommit=True)
-                register_vector(self._conn)
+                self._conn = connect(self._conninfo, autocommit=True)  # keepalives, pgvector
             assert self._conn is not None
             _ensure_vector_registered(self._conn)
             yield self._conn
