@@ -21,6 +21,7 @@ from idxr_pg.cli.options import json_flag
 from idxr_pg.db.jobs import reconcile_abandoned
 from idxr_pg.db.status import gather_stale, gather_status, live_window_seconds
 from idxr_pg.db.workers import mark_lost
+from idxr_pg.runtime.primary import can_write
 
 if TYPE_CHECKING:
     from idxr_pg.db.status import KindStatus, StaleKind
@@ -113,8 +114,9 @@ def status(app: AppContext, as_json: bool) -> None:
     """
     config = app.config
     with app.db() as conn:
-        reconcile_abandoned(conn)
-        mark_lost(conn, live_window_seconds(config))
+        if can_write(conn):  # housekeeping; a standby shows what the primary last wrote
+            reconcile_abandoned(conn)
+            mark_lost(conn, live_window_seconds(config))
         result = gather_status(conn, config)
     if as_json:
         print_json(result.as_dict())
