@@ -141,7 +141,9 @@ class Clusters:
             "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", OWNER,
             "-D", str(datadir), "-R", "-X", "stream", "-c", "fast", "--no-sync",
         )  # fmt: skip
-        return self._start(Cluster(self, name, datadir))
+        standby = self._start(Cluster(self, name, datadir))
+        wait_for_streaming(primary.url(), name)
+        return standby
 
     def _start(self, cluster: Cluster) -> Cluster:
         last: Exception | None = None
@@ -200,6 +202,24 @@ class Cluster:
             os.kill(pid, signal.SIGQUIT)
 
 
+def wait_for_streaming(primary_url: str, standby_name: str, timeout: float = 60.0) -> None:
+    """Wait until the primary reports a WAL sender in state ``streaming`` (the standby's
+    WAL receiver connects a moment after the standby accepts connections)."""
+    deadline = time.monotonic() + timeout
+    state = None
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT state FROM pg_stat_replication").fetchone()
+            state = row[0] if row else None
+            if state == "streaming":
+                return
+            time.sleep(0.05)
+    raise AssertionError(
+        f"{standby_name} is not streaming from the primary after {timeout:.0f} s "
+        f"(WAL sender state: {state or 'none'})"
+    )
+
+
 def wait_for_replay(primary_url: str, standby_url: str, timeout: float = 60.0) -> str:
     """Wait until the standby has replayed everything the primary has written so far; the
     primary's LSN it waited for. Raises `AssertionError` after ``timeout`` seconds."""
@@ -222,23 +242,36 @@ def wait_for_replay(primary_url: str, standby_url: str, timeout: float = 60.0) -
     )
 
 
+def server_owner() -> pwd.struct_passwd | None:
+    """The user to run server commands as: OWNER when running as root, else None (ourselves).
+    `ClusterUnavailable` when root has no such user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(OWNER)
+    except KeyError:
+        raise ClusterUnavailable(
+            f"running as root and there is no {OWNER!r} user to run initdb and postgres as "
+            "(they refuse root), so no second cluster can run"
+        ) from None
+
+
+def check_available() -> None:
+    """Raise `ClusterUnavailable` (saying why) unless this machine can run a second cluster."""
+    find_bindir()
+    server_owner()
+
+
 @contextlib.contextmanager
 def clusters() -> Iterator[Clusters]:
     """A folder for clusters; every cluster started in it is stopped and the folder removed
     at the end, whatever happens. `ClusterUnavailable` when this machine cannot run one."""
     bindir = find_bindir()
-    as_owner = os.geteuid() == 0
-    if as_owner:
-        try:
-            owner = pwd.getpwnam(OWNER)
-        except KeyError:
-            raise ClusterUnavailable(
-                f"running as root and there is no {OWNER!r} user to run initdb and postgres as "
-                "(they refuse root), so no second cluster can run"
-            ) from None
+    owner = server_owner()
+    as_owner = owner is not None
     root = Path(tempfile.mkdtemp(prefix="idxr-clusters-"))
     try:
-        if as_owner:
+        if owner is not None:
             os.chown(root, owner.pw_uid, owner.pw_gid)
         made = Clusters(bindir, root, as_owner)
         try:

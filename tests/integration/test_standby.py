@@ -29,6 +29,7 @@ from idxr_pg.db.connection import connect
 from tests.integration.pg_cluster import (
     Cluster,
     ClusterUnavailable,
+    check_available,
     clusters,
     wait_for_replay,
 )
@@ -60,11 +61,10 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
     """(primary, standby, config path): articles indexed on the primary with the real model
     before the base backup."""
     try:
-        context = clusters()
-        made = context.__enter__()
+        check_available()
     except ClusterUnavailable as exc:
         pytest.skip(str(exc))
-    try:
+    with clusters() as made:
         primary = made.primary()
         execute(primary.url(), "CREATE DATABASE app")
         url = primary.url("app")
@@ -86,8 +86,6 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
         worker_once(url, config_path)
         standby = made.standby(primary)
         yield primary, standby, config_path
-    finally:
-        context.__exit__(None, None, None)
 
 
 def cli(url: str, config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
