@@ -93,20 +93,24 @@ def child(url: str, config_path: str) -> None:
     stats = {"claims": 0, "empty_claims": 0, "claim_seconds": 0.0, "claimed": 0}
     marks: dict[str, float] = {}
 
-    def timed_claim(*args: Any, **kwargs: Any) -> queue.Claim:
+    def timed_claim(conn: psycopg.Connection, *args: Any, **kwargs: Any) -> queue.Claim:
+        backend = {conn.info.backend_pid}  # the main connection: claims and index writes
         if "go" not in marks:
             print("ready", flush=True)
             if sys.stdin.readline().strip() != "go":
                 raise SystemExit("no start signal")
             marks["go"] = time.monotonic()
             marks["cpu"] = _cpu_seconds()
+            marks["db_cpu"] = backend_cpu(backend)
         started = time.monotonic()
-        claimed = real_claim(*args, **kwargs)
+        claimed = real_claim(conn, *args, **kwargs)
         stats["claim_seconds"] += time.monotonic() - started
         stats["claims"] += 1
         stats["empty_claims"] += not claimed
         stats["claimed"] += len(claimed)
         marks["end"] = time.monotonic()
+        # Read while the connection is open (the worker closes it when the drain ends).
+        marks["db_cpu_end"] = backend_cpu(backend)
         return claimed
 
     queue.claim = timed_claim  # type: ignore[assignment]  # the worker calls queue.claim
@@ -118,6 +122,7 @@ def child(url: str, config_path: str) -> None:
         "drain_seconds": marks["end"] - marks["go"],
         "end": marks["end"],  # CLOCK_MONOTONIC: one clock for every process on the machine
         "cpu_seconds": _cpu_seconds() - marks["cpu"],
+        "db_cpu_seconds": marks["db_cpu_end"] - marks["db_cpu"],
     }
     print(json.dumps(report), flush=True)
     sys.stdin.readline()
@@ -146,7 +151,7 @@ def backend_cpu(pids: set[int]) -> float:
 class Sampler(threading.Thread):
     """Samples the workers' main backends in pg_stat_activity until stopped."""
 
-    def __init__(self, url: str, pids: set[int]) -> None:
+    def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url
         self.stop = threading.Event()
@@ -155,7 +160,6 @@ class Sampler(threading.Thread):
         self.lwlock_waits = 0
         self.samples = 0
         self.events: Counter[str] = Counter()
-        self.pids = pids  # the workers' main backends (their CPU is read from /proc)
 
     def run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -172,18 +176,6 @@ class Sampler(threading.Thread):
                         self.events[f"{wait_type}:{wait_event}"] += 1
                 self.samples += 1
                 self.stop.wait(SAMPLE_SECONDS)
-
-
-def main_backends(url: str, processes: int, timeout: float = 30.0) -> set[int]:
-    """The pids of the ``processes`` workers' main backends (each is connected once ready)."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            pids = {row[0] for row in conn.execute(ACTIVITY_SQL)}
-            if len(pids) >= processes:
-                return pids
-            time.sleep(0.05)
-    raise SystemExit(f"the {processes} workers' backends did not appear in pg_stat_activity")
 
 
 def reset_and_enqueue(url: str, entities: int) -> None:
@@ -216,9 +208,8 @@ def drain(url: str, config_path: Path, processes: int, entities: int) -> dict[st
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise SystemExit(f"a worker process did not start (exit {proc.wait()})")
-        sampler = Sampler(url, main_backends(url, processes))
+        sampler = Sampler(url)
         sampler.start()
-        cpu_before = backend_cpu(sampler.pids)
         started = time.monotonic()
         for proc in procs:
             assert proc.stdin is not None
@@ -228,7 +219,6 @@ def drain(url: str, config_path: Path, processes: int, entities: int) -> dict[st
         wall = max(report["end"] for report in reports) - started
         sampler.stop.set()
         sampler.join()
-        db_cpu = backend_cpu(sampler.pids) - cpu_before
         for proc in procs:
             proc.stdin.write("exit\n")  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
@@ -254,7 +244,7 @@ def drain(url: str, config_path: Path, processes: int, entities: int) -> dict[st
         "lwlock_wait_share": sampler.lwlock_waits / max(sampler.active, 1),
         "events": sampler.events,
         "worker_cores": sum(report["cpu_seconds"] for report in reports) / wall,
-        "db_cores": db_cpu / wall,
+        "db_cores": sum(report["db_cpu_seconds"] for report in reports) / wall,
         "records_written": sum(report["records_written"] for report in reports),
     }
 

@@ -5,7 +5,8 @@ One test sets up a primary cluster of its own and a standby made from it with
 ``pg_basebackup`` (tests/integration/pg_cluster.py: temporary folder, free ports, both stopped
 and removed at the end). On the standby, read-only, with the real model: the search SQL
 functions give the primary's answers, the Python API and ``idxr-pg search`` find the right
-entity, and the worker and a backfill are refused with a message naming the primary. Then an
+entity, the embedding cache reads what the primary stored and skips its own writes, and the
+worker and a backfill are refused with a message naming the primary. Then an
 insert, an update and a delete on the primary, indexed by ``idxr-pg worker --once`` there,
 become what the standby's searches return once it has replayed the primary's WAL
 (``pg_last_wal_replay_lsn``), and its index equals the primary's.
@@ -18,6 +19,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -26,6 +28,7 @@ from idxr_pg.config import load_config
 from idxr_pg.db import migrations
 from idxr_pg.db.catalog import read_only_reason
 from idxr_pg.db.connection import connect
+from idxr_pg.embedding import EmbeddingCache
 from tests.integration.pg_cluster import (
     Cluster,
     ClusterUnavailable,
@@ -168,6 +171,18 @@ def test_search_runs_on_a_streaming_standby_and_follows_the_primary(replica):
         config=config,
     )
     assert hits[0].entity_id == "4"
+
+    # The embedding cache on the standby: reads what the primary stored, and a write (what a
+    # search path caching query vectors would do) is skipped there, not raised.
+    key = "standby-test@1"
+    vector = np.linspace(-1, 1, 384, dtype=np.float32)
+    with EmbeddingCache(primary_url) as cache:
+        cache.put_many(key, {"from-primary": vector})
+    wait_for_replay(primary_url, standby_url)
+    with EmbeddingCache(standby_url) as cache:
+        cache.put_many(key, {"from-standby": vector})
+        found = cache.get_many(key, ["from-primary", "from-standby"])
+    assert set(found) == {"from-primary"} and np.allclose(found["from-primary"], vector)
 
     # The CLI, as an operator would run it against the replica.
     result = cli(standby_url, config_path, "search", "keep copies of laptops safe",
