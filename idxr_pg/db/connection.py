@@ -34,6 +34,7 @@ __all__ = [
     "is_login_refused",
     "missing_keepalives",
     "one_line",
+    "read_only_refusal",
     "redact",
     "retry_with_backoff",
     "with_keepalives",
@@ -160,6 +161,23 @@ def is_connection_lost(exc: BaseException, conn: psycopg.Connection | None = Non
     if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
         return False  # 54xxx: this statement's data is past a server limit; retrying cannot help
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def read_only_refusal(exc: BaseException) -> psycopg.errors.ReadOnlySqlTransaction | None:
+    """The server's "cannot execute ... in a read-only transaction" (or "during recovery")
+    behind ``exc``, if that is what it is: a write sent to a hot standby or a read-only
+    session. Follows SQLAlchemy's ``orig`` and Python's cause/context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, psycopg.errors.ReadOnlySqlTransaction):
+            return current
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        current = (
+            orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+        )
+    return None
 
 
 def retry_with_backoff(

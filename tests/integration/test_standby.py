@@ -196,6 +196,14 @@ def test_search_runs_on_a_streaming_standby_and_follows_the_primary(replica):
         assert refused.returncode != 0, args
         assert "hot standby" in refused.stderr and "primary" in refused.stderr, refused.stderr
 
+    # Every other command that writes fails with one line saying so, not a traceback.
+    for args in (("pause", "article"), ("migrate",), ("errors", "retry", "--all"),
+                 ("triggers", "install")):  # fmt: skip
+        refused = cli(standby_url, config_path, *args)
+        assert refused.returncode == 1, args
+        assert "read-only transaction" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
+
     # The standby's index follows the primary: write there, index there, search here.
     execute(
         primary_url,
