@@ -47,7 +47,7 @@ from tests.integration.worker_support import (
     write_config,
 )
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # two clusters and ~20 CLI runs: about a minute
 
 CLI_TIMEOUT = 180  # seconds for one idxr-pg subprocess (it loads the model)
 
