@@ -14,9 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-
 from idxr_pg.db import catalog
+from idxr_pg.db.connection import connect
 from idxr_pg.errors import IdxrError
 
 REQUIRED_EXTENSIONS = ("vector", "ltree")
@@ -57,7 +56,7 @@ class ServerFacts:
 
 
 def inspect_server(database_url: str) -> ServerFacts:
-    with psycopg.connect(database_url, connect_timeout=10) as conn:
+    with connect(database_url, vector=False) as conn:  # vector may be what is missing
         version_num, version = catalog.server_version(conn)
         available = catalog.available_extensions(conn, REQUIRED_EXTENSIONS)
         host = conn.info.host or ""

@@ -9,6 +9,7 @@ import click
 
 from idxr_pg.cli.context import AppContext
 from idxr_pg.config import Settings
+from idxr_pg.db.connection import one_line, read_only_refusal
 from idxr_pg.errors import IdxrError
 from idxr_pg.logs import configure_logging
 
@@ -21,6 +22,18 @@ class IdxrGroup(click.Group):
             return super().invoke(ctx)
         except IdxrError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            refused = read_only_refusal(exc)
+            if refused is None:
+                raise
+            click.secho(
+                f"error: the database is read-only (a hot standby, or a read-only session): "
+                f"{one_line(refused.diag.message_primary or str(refused))}; run this command "
+                "against the primary",
+                fg="red",
+                err=True,
+            )
             sys.exit(1)
 
 

@@ -22,6 +22,7 @@ from idxr_pg.cli.options import (
     json_flag,
 )
 from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
+from idxr_pg.runtime.primary import can_write
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
 
 if TYPE_CHECKING:
@@ -242,7 +243,8 @@ def jobs(app: AppContext, as_json: bool, kind: str | None, limit: int) -> None:
     continue it with `idxr-pg backfill KIND --resume`.
     """
     with app.db() as conn:
-        reconcile_abandoned(conn)
+        if can_write(conn):  # on a standby, the jobs as the primary last wrote them
+            reconcile_abandoned(conn)
         found = list_jobs(conn, entity_kind=kind, limit=limit)
     print_listing(
         found,

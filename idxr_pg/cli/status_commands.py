@@ -21,6 +21,7 @@ from idxr_pg.cli.options import json_flag
 from idxr_pg.db.jobs import reconcile_abandoned
 from idxr_pg.db.status import gather_stale, gather_status, live_window_seconds
 from idxr_pg.db.workers import mark_lost
+from idxr_pg.runtime.primary import can_write
 from idxr_pg.runtime.schema_checks import KindCheck, check_kinds
 
 if TYPE_CHECKING:
@@ -135,9 +136,11 @@ def status(app: AppContext, as_json: bool) -> None:
     """
     config = app.config
     with app.db() as conn:
-        reconcile_abandoned(conn)
-        mark_lost(conn, live_window_seconds(config))
-        checks = check_kinds(conn, config.entities) if config.entities else {}
+        writable = can_write(conn)
+        if writable:  # housekeeping; a standby shows what the primary last wrote
+            reconcile_abandoned(conn)
+            mark_lost(conn, live_window_seconds(config))
+        checks = check_kinds(conn, config.entities, store=writable) if config.entities else {}
         result = gather_status(conn, config)
     if as_json:
         data = result.as_dict()

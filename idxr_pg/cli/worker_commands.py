@@ -141,7 +141,8 @@ def worker(
     workers as you like: leases keep one entity with one worker at a time. Kinds with
     `refresh: manual` are left to `idxr-pg refresh KIND`; `every <interval>` kinds are
     processed at most once per interval. SIGTERM or Ctrl-C finishes the current batch and
-    exits 0; a lost database connection is retried until it comes back.
+    exits 0; a lost database connection is retried until it comes back. Run it against the
+    primary: a hot standby (read-only) is refused; searches can use a standby.
     """
     metrics, embedder = _metrics(app, metrics_port)
     w = _worker(

@@ -26,6 +26,7 @@ __all__ = [
     "idxr_installed",
     "index_leads_with",
     "partition_tree",
+    "read_only_reason",
     "row_expression_refs",
     "resolve_table",
     "server_version",
@@ -33,6 +34,12 @@ __all__ = [
 ]
 
 _IDXR_INSTALLED_SQL = "SELECT pg_catalog.to_regclass('idxr.search_index') IS NOT NULL"
+# A hot standby (in recovery) refuses every write; a session can also be read-only by
+# setting (default_transaction_read_only, e.g. ALTER ROLE ... SET, or target_session_attrs).
+_READ_ONLY_SQL = (
+    "SELECT pg_catalog.pg_is_in_recovery(),"
+    " pg_catalog.current_setting('transaction_read_only')::boolean"
+)
 _SERVER_VERSION_SQL = (
     "SELECT pg_catalog.current_setting('server_version_num')::int,"
     " pg_catalog.current_setting('server_version')"
@@ -118,6 +125,17 @@ def idxr_installed(conn: psycopg.Connection) -> bool:
     """Whether the idxr schema (its index table) exists in the connected database."""
     row = conn.execute(_IDXR_INSTALLED_SQL).fetchone()
     return bool(row and row[0])
+
+
+def read_only_reason(conn: psycopg.Connection) -> str | None:
+    """Why nothing can be written through ``conn`` (a hot standby, or a read-only session),
+    or None when writes are possible. Reads state only, so it works on a standby."""
+    in_recovery, read_only = conn.execute(_READ_ONLY_SQL).fetchone()
+    if in_recovery:
+        return "is a hot standby in recovery (pg_is_in_recovery())"
+    if read_only:
+        return "is read-only for this session (transaction_read_only is on)"
+    return None
 
 
 def server_version(conn: psycopg.Connection) -> tuple[int, str]:

@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import psycopg
@@ -32,7 +32,9 @@ __all__ = [
     "conninfo",
     "is_connection_lost",
     "is_login_refused",
+    "missing_keepalives",
     "one_line",
+    "read_only_refusal",
     "redact",
     "retry_with_backoff",
     "with_keepalives",
@@ -83,8 +85,14 @@ def with_keepalives(url: str) -> str:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return url  # connecting reports the unparseable URL
-    missing = {key: value for key, value in KEEPALIVES.items() if key not in info}
+    missing = missing_keepalives(info)
     return psycopg.conninfo.make_conninfo(url, **missing) if missing else url
+
+
+def missing_keepalives(params: Mapping[str, object]) -> dict[str, str]:
+    """The `KEEPALIVES` that connection parameters ``params`` do not set themselves (for
+    connections opened by another library, e.g. SQLAlchemy's ``connect_args``)."""
+    return {key: value for key, value in KEEPALIVES.items() if key not in params}
 
 
 def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection:
@@ -153,6 +161,23 @@ def is_connection_lost(exc: BaseException, conn: psycopg.Connection | None = Non
     if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
         return False  # 54xxx: this statement's data is past a server limit; retrying cannot help
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def read_only_refusal(exc: BaseException) -> psycopg.errors.ReadOnlySqlTransaction | None:
+    """The server's "cannot execute ... in a read-only transaction" (or "during recovery")
+    behind ``exc``, if that is what it is: a write sent to a hot standby or a read-only
+    session. Follows SQLAlchemy's ``orig`` and Python's cause/context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, psycopg.errors.ReadOnlySqlTransaction):
+            return current
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        current = (
+            orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+        )
+    return None
 
 
 def retry_with_backoff(

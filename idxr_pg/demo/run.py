@@ -80,7 +80,7 @@ def _database_url(server_url: str, name: str) -> str:
 
 
 def recreate_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as admin:
+    with connect(server_url, autocommit=True, vector=False) as admin:
         for statement in ("drop_database", "create_database"):
             admin.execute(sql.SQL(query(statement)).format(name=sql.Identifier(name)))
     return _database_url(server_url, name)
@@ -128,7 +128,7 @@ class Demo:
         self.step(1, "An application database with its own tables and models")
         self.url = recreate_database(self.server_url, self.database)
         dataset = demo_data.generate(self.subscriptions)
-        with psycopg.connect(self.url) as conn:
+        with connect(self.url, vector=False) as conn:
             conn.execute(_read("schema.sql"))
             demo_data.load(conn, dataset)
         self.config_path.write_text(

@@ -11,6 +11,7 @@ statements live in `idxr_pg.db.embedding_cache`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,8 +22,11 @@ from pgvector.psycopg import register_vector
 from psycopg.pq import TransactionStatus
 
 from idxr_pg.db import embedding_cache as rows_db
+from idxr_pg.db.connection import connect
 
 __all__ = ["EmbeddingCache", "embedding_cache_key", "text_hash"]
+
+log = logging.getLogger(__name__)
 
 _PLAIN_PATH = ("torch", "float32")
 
@@ -75,6 +79,7 @@ class EmbeddingCache:
         """Store vectors by text hash; hashes already cached are left as they are.
 
         Rows go in hash order so that concurrent writers of overlapping sets cannot deadlock.
+        On a database that refuses writes (a hot standby) nothing is stored and nothing raised.
         """
         if not vectors:
             return
@@ -88,8 +93,13 @@ class EmbeddingCache:
                     "EmbeddingCache.put_many needs a connection outside a transaction: cache "
                     "writes commit on their own so they never hold locks for a caller"
                 )
-            with conn.transaction():
-                rows_db.insert_vectors(conn, rows)
+            try:
+                with conn.transaction():
+                    rows_db.insert_vectors(conn, rows)
+            except psycopg.errors.ReadOnlySqlTransaction:
+                # A hot standby (or a read-only session): reads still hit the cache the
+                # primary fills; the vectors just computed are returned, only not kept.
+                log.debug("embedding cache is read-only here: %d vectors not stored", len(rows))
 
     def close(self) -> None:
         """Close the connection the cache opened itself (a given connection stays open)."""
@@ -110,8 +120,7 @@ class EmbeddingCache:
             if self._conninfo is not None and (self._conn is None or self._conn.broken):
                 if self._conn is not None:
                     self._conn.close()
-                self._conn = psycopg.connect(self._conninfo, autocommit=True)
-                register_vector(self._conn)
+                self._conn = connect(self._conninfo, autocommit=True)  # keepalives, pgvector
             assert self._conn is not None
             _ensure_vector_registered(self._conn)
             yield self._conn

@@ -16,8 +16,9 @@ from typing import Any
 
 from alembic import context
 from alembic.runtime.migration import MigrationInfo
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import create_engine, make_url, pool, text
 
+from idxr_pg.db.connection import missing_keepalives
 from idxr_pg.db.migrations import sqlalchemy_url
 from idxr_pg.schema import SCHEMA, VERSION_TABLE, reapplied_sql, uninstall_script
 
@@ -73,7 +74,9 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(_database_url(), poolclass=pool.NullPool)
+    url = make_url(_database_url())
+    # TCP keepalives as on every idxr-pg connection (the URL's own values win).
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args=missing_keepalives(url.query))
     steps = _Steps()
     with engine.connect() as connection:
         _configure(steps, connection=connection, transaction_per_migration=False)

@@ -52,6 +52,7 @@ from idxr_pg.indexing.pipeline import BatchResult, Pipeline
 from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
 from idxr_pg.runtime.assembly import Assembly, assemble
+from idxr_pg.runtime.primary import refuse_read_only
 from idxr_pg.runtime.progress import ProgressReporter, make_progress
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class Backfill:
         name = self.entity.name
         control = connect(self._conninfo("control"), autocommit=True)
         try:
+            refuse_read_only(control, f"backfill {name!r}")
             if not self._take_kind_lock(control):
                 running = jobs.latest_job(control, name)
                 detail = (

@@ -35,9 +35,12 @@ def check_kinds(
     conn: psycopg.Connection,
     entities: Iterable[EntityConfig],
     kinds: dict[str, RegisteredKind] | None = None,
+    *,
+    store: bool = True,
 ) -> dict[str, KindCheck]:
-    """Per entity: detect a changed model (and store it, so that ``idxr.status`` shows it)
-    and the config drift of its triggers. ``kinds``: those already resolved (worker)."""
+    """Per entity: detect a changed model (and store it, so that ``idxr.status`` shows it,
+    unless ``store`` is false: a standby cannot be written) and the config drift of its
+    triggers. ``kinds``: those already resolved (worker)."""
     entities = list(entities)
     checks = {entity.name: KindCheck() for entity in entities}
     for entity in entities:
@@ -46,7 +49,8 @@ def check_kinds(
             kind = (kinds or {}).get(entity.name) or resolve_kind(conn, entity)
             with conn.transaction():
                 check.change = schema_state.detect(conn, kind)
-                schema_state.mark(conn, kind, check.change)
+                if store:
+                    schema_state.mark(conn, kind, check.change)
         except RegistryError as exc:
             check.problem = str(exc)
     try:

@@ -64,6 +64,7 @@ from idxr_pg.indexing.pipeline import BatchResult, Pipeline
 from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
 from idxr_pg.runtime.assembly import Assembly, assemble
+from idxr_pg.runtime.primary import refuse_read_only
 
 __all__ = ["Worker", "WorkerSetupError", "make_worker_id"]
 
@@ -190,8 +191,9 @@ class Worker:
 
     def _start(self) -> None:
         """Connect, resolve and register the kinds, load the model, join idxr.workers."""
-        self._open_connections()
         conn = self._ensure_conn()
+        refuse_read_only(conn, f"run worker {self.worker_id}")  # before LISTEN, refused there
+        self._ensure_listen()
         if not idxr_installed(conn):
             raise WorkerSetupError(
                 "the idxr schema is not installed in this database: run `idxr-pg migrate`"

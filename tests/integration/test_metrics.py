@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.request
 
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -119,6 +120,14 @@ def test_scraped_metrics_follow_known_writes(metrics_db, tmp_path):
         assert metric(after, "idxr_queue_oldest_change_age_seconds", kind="item") == 0
         assert metric(after, "idxr_queue_depth", kind="note") == 1
         assert metric(after, "idxr_queue_oldest_change_age_seconds", kind="note") >= 1.0
+        # The same figures in SQL: idxr.status, per kind.
+        with psycopg.connect(url, autocommit=True) as conn:
+            in_sql = dict(
+                conn.execute("SELECT entity_kind, queue_depth FROM idxr.status").fetchall()
+            )
+        assert in_sql == {
+            kind: metric(after, "idxr_queue_depth", kind=kind) for kind in ("item", "note")
+        }
         assert metric(after, "idxr_texts_embedded_total", kind="item") == 6
         assert metric(after, "idxr_embedding_cache_hits_total", kind="item") == 0
         # id, title, body, n per item

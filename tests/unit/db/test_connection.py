@@ -12,6 +12,7 @@ from idxr_pg.db.connection import (
     DatabaseError,
     conninfo,
     is_connection_lost,
+    read_only_refusal,
     retry_with_backoff,
     with_keepalives,
 )
@@ -148,3 +149,24 @@ def test_conninfo_and_with_keepalives_set_tcp_keepalives_the_url_can_override():
     assert own["keepalives_idle"] == "7" and own["keepalives"] == "0"
     assert own["keepalives_interval"] == KEEPALIVES["keepalives_interval"]
     assert own["dbname"] == "db" and own["user"] == "u"
+
+
+def test_a_write_refused_by_a_read_only_database_is_found_behind_wrappers():
+    refused = psycopg.errors.ReadOnlySqlTransaction(
+        "cannot execute INSERT in a read-only transaction"
+    )
+    assert read_only_refusal(refused) is refused
+
+    class Wrapped(Exception):  # as SQLAlchemy wraps a driver error: .orig
+        orig = refused
+
+    assert read_only_refusal(Wrapped()) is refused
+    try:
+        try:
+            raise refused
+        except psycopg.Error as exc:
+            raise RuntimeError("installing failed") from exc
+    except RuntimeError as outer:
+        assert read_only_refusal(outer) is refused
+    assert read_only_refusal(psycopg.errors.DivisionByZero("1/0")) is None
+    assert read_only_refusal(ValueError("no")) is None
