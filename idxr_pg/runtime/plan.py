@@ -134,7 +134,7 @@ class ReindexPlan:
             if self.texts_per_second is None
             else round(self.texts_per_second, 2),
             "rate_source": self.rate_source,
-            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 3),
         }
 
 
