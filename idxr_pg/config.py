@@ -139,6 +139,13 @@ class EntityConfig(_Strict):
         "'22:00-06:00'): the worker processes the kind only inside it; changes accumulate "
         "outside it",
     )
+    text_search: str | None = Field(
+        None,
+        description="PostgreSQL text search configuration (language) of the kind's full-text "
+        "index, e.g. 'simple' or 'english' (default: idxr.default_text_search_config(), "
+        "'simple'); lexical and hybrid search use it",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$",
+    )
     max_depth: Annotated[int, Field(gt=0)] = 32
     max_records: Annotated[int, Field(gt=0)] = 10_000
     exclude_paths: list[str] = Field(

@@ -19,6 +19,7 @@ __all__ = [
     "recorded_model_version",
     "refresh_state",
     "resume_kind",
+    "set_text_search_config",
     "upsert_embedding_model",
     "upsert_entity_kind",
 ]
@@ -65,6 +66,9 @@ SELECT paused_at IS NOT NULL,
            OR last_refresh_at + make_interval(secs => %(interval)s::float8) <= now()
 FROM idxr.entity_kinds WHERE name = %(kind)s
 """
+# SECURITY DEFINER (045_hybrid.sql): records the configuration, builds the kind's GIN index
+# when it is missing or was built with another configuration; a no-op otherwise.
+_TEXT_SEARCH_SQL = "SELECT idxr.set_text_search_config(%s, %s::regconfig)::text"
 _FINGERPRINT_SQL = "SELECT schema_fingerprint FROM idxr.entity_kinds WHERE name = %s"
 _MODEL_VERSION_SQL = "SELECT version FROM idxr.embedding_models WHERE name = %s"
 _MODEL_HAS_VECTORS_SQL = """
@@ -141,3 +145,9 @@ def refresh_state(
     if row is None:
         return RefreshState(paused=False, due=True)
     return RefreshState(paused=bool(row[0]), due=bool(row[1]))
+
+
+def set_text_search_config(conn: psycopg.Connection, kind: str, config: str | None) -> str:
+    """Record the kind's text search configuration (None: the default) and build its full-text
+    index if missing or built with another one; returns the configuration in use."""
+    return conn.execute(_TEXT_SEARCH_SQL, [kind, config]).fetchone()[0]

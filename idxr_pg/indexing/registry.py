@@ -224,6 +224,7 @@ def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder
             kinds_db.upsert_entity_kind(
                 conn, kind.name, embedder.name, kind.source_table, kind.refresh, fingerprint
             )
+            _text_search(conn, kind)
             if before not in (None, fingerprint):
                 log.warning(
                     "entity kind %r: model %s changed since it was last registered; rows "
@@ -233,3 +234,16 @@ def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder
                     kind.config.model,
                     kind.name,
                 )
+
+
+def _text_search(conn: psycopg.Connection, kind: RegisteredKind) -> None:
+    """The kind's full-text index in its configured language (a no-op when it exists)."""
+    try:
+        with conn.transaction():
+            kinds_db.set_text_search_config(conn, kind.name, kind.config.text_search)
+    except psycopg.errors.UndefinedObject as exc:  # an unknown text search configuration
+        raise RegistryError(
+            f"entity kind {kind.name!r}: text_search {kind.config.text_search!r} is not a text "
+            f"search configuration of this database ({exc.diag.message_primary}); see "
+            "`SELECT cfgname FROM pg_ts_config`"
+        ) from None

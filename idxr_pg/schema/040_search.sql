@@ -11,6 +11,8 @@
 --                                                                 typed views of `value`, for
 --                                                                 structured filters by hand
 -- Distances are cosine distances (`<=>`, 0 = same direction, 2 = opposite).
+-- Every result row says whether its entity has queued changes not yet indexed (`stale`).
+-- Lexical (full-text) and hybrid search are in 045_hybrid.sql.
 --
 -- How a filtered KNN query is run (measured in bench/search.py, see docs/benchmarks.md):
 --   * No filter: the HNSW index (search_index_embedding_hnsw), ORDER BY embedding <=> query.
@@ -41,10 +43,33 @@ BEGIN
         entity_id   text,
         path        ltree,
         value       text,
-        distance    double precision
+        distance    double precision,
+        stale       boolean            -- the entity has queued changes (see idxr.is_stale)
     );
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
+$$;
+
+-- Whether an entity has changes the worker has not indexed yet: a row in idxr.queue (pending,
+-- claimed or in retry) or its key in an idxr.queue_batches row. Search results carry it as
+-- `stale`, so an application can show that a result is being updated. SECURITY DEFINER: the
+-- reader role may not read the queue tables; this answers one yes/no per entity and nothing
+-- else. The two EXISTS on idxr.queue match its partial indexes (queue_pending, queue_held).
+CREATE OR REPLACE FUNCTION idxr.is_stale(entity_kind text, entity_id text)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM idxr.queue q
+                    WHERE q.entity_kind = $1 AND q.entity_id = $2
+                      AND q.claimed_by IS NULL AND q.attempts = 0)
+        OR EXISTS (SELECT 1 FROM idxr.queue q
+                    WHERE q.entity_kind = $1 AND q.entity_id = $2
+                      AND (q.claimed_by IS NOT NULL OR q.attempts > 0))
+        OR EXISTS (SELECT 1 FROM idxr.queue_batches b
+                    WHERE b.entity_kind = $1 AND $2 = ANY (b.entity_ids))
 $$;
 
 -- Typed views of a record's value: NULL unless the value type matches and the text parses,
@@ -331,7 +356,8 @@ BEGIN
 END
 $$;
 
--- The engine behind the public functions (call those instead). Returns the k nearest rows
+-- The engine behind the public functions (call those instead; `stale` is NULL here, the public
+-- functions fill it in for the k rows returned). Returns the k nearest rows
 -- that have an embedding and pass every filter; with per_entity, the k nearest entities,
 -- each represented by its nearest row. exclude_kind/exclude_id drop one entity (similar_to).
 -- Uses dynamic SQL so each query is planned with its actual arguments; the arguments are
@@ -386,7 +412,7 @@ DECLARE
     -- here they raised "cannot take square root of a negative number" or "integer out of range").
     max_fetch  integer;
     threshold  integer;
-    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance';
+    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance, NULL::boolean AS stale';
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'idxr: the query vector is NULL'
@@ -455,7 +481,7 @@ BEGIN
             END LOOP;
         ELSE
             EXECUTE format(
-                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit)'
+                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
                 '       ORDER BY s.embedding <=> $1 LIMIT $4) c', cols, hnsw_where)
                 INTO hits
@@ -503,7 +529,9 @@ RETURNS SETOF idxr.search_hit
 LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
-    SELECT * FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, false)
+    SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
+           idxr.is_stale(h.entity_kind, h.entity_id)
+      FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, false) h
 $$;
 
 -- Like search, one row per entity: the k nearest entities, each with its nearest field
@@ -519,7 +547,9 @@ RETURNS SETOF idxr.search_hit
 LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
-    SELECT * FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, true)
+    SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
+           idxr.is_stale(h.entity_kind, h.entity_id)
+      FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, true) h
 $$;
 
 -- Search by example: the k entities (other than the example) nearest to the stored vector of
@@ -565,7 +595,9 @@ BEGIN
             quote_literal(entity_kind), quote_literal(entity_id), quote_literal(path::text)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN QUERY SELECT * FROM idxr.knn_search(
-        example, path_filter, NULL, k, NULL, true, entity_kind, entity_id);
+    RETURN QUERY SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
+                        idxr.is_stale(h.entity_kind, h.entity_id)
+                   FROM idxr.knn_search(example, path_filter, NULL, k, NULL, true,
+                                        entity_kind, entity_id) h;
 END
 $$;
