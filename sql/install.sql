@@ -1226,8 +1226,8 @@ BEGIN
             '   WHERE %1$s AND %2$s @@ $5 %3$s),'
             ' best AS (SELECT * FROM scored WHERE NOT $7'
             '          UNION ALL'
-            '          SELECT DISTINCT ON (entity_id) * FROM scored WHERE $7'
-            '           ORDER BY entity_id, score DESC, path)'
+            '          (SELECT DISTINCT ON (entity_id) * FROM scored WHERE $7'
+            '            ORDER BY entity_id, score DESC, path))'
             ' SELECT array_agg(ROW(b.entity_kind, b.entity_id, b.path, b.value, b.score,'
             '                      NULL, NULL, NULL, NULL)::idxr.hybrid_hit)'
             '   FROM (SELECT * FROM best ORDER BY score DESC, entity_id, path LIMIT $6) b',
