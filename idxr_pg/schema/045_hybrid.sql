@@ -16,7 +16,11 @@
 -- kind (YAML `text_search:`; NULL: idxr.default_text_search_config()). Each kind gets one
 -- partial expression GIN index,
 --   USING gin (to_tsvector('<config>'::regconfig, value))
---     WHERE entity_kind = '<kind>' AND value_type = 'string'
+--     WHERE (entity_kind = '<kind>') IS TRUE AND value_type = 'string'
+-- (`IS TRUE`: the queries repeat that condition, which proves the partial index applies, and
+-- the planner cannot answer it from the btree on entity_kind instead: planner statistics are
+-- not kept for a partial index's expression, so it guesses the text condition's selectivity and
+-- preferred reading every row of the kind through the btree, parsing each text)
 -- named idxr.text_search_index_name(kind), built by idxr.set_text_search_config (the worker's
 -- registration calls it). An expression index, not a stored tsvector column: the write path
 -- (upserts, COPY) writes the same columns as before, and no second copy of every text is kept.
@@ -30,14 +34,20 @@
 -- through the index up to `common_cap` rows (bounded cost; a term in more rows is common and
 -- weighs little anyway) and N the table's row estimate; a field's score is the sum of the idf
 -- of the query lexemes it contains, plus 0.01 * ts_rank (length-normalised) to break ties.
--- Candidates are the fields containing a rare lexeme (df < common_cap), or any lexeme when the
--- query has none: matching is OR, so a paraphrase with one shared word still finds a field.
+-- Candidates are the fields containing a rare lexeme (df < common_cap: 5% of the rows, between
+-- 100 and 1000), or any lexeme when the query has none: matching is OR, so a paraphrase with one
+-- shared word still finds a field, and a query's stop-like words do not make every field a
+-- candidate (scoring each candidate parses its text once: the cost grows with their number).
 --
 -- Fusion (hybrid): reciprocal rank fusion, score = sum over the lists of weight / (rrf_k + rank)
 -- over the vector list (idxr.knn_search) and the lexical list, each `depth` candidates deep,
--- plus an exact-match boost weight_exact / (rrf_k + 1) for a field whose value is identifier-like
--- (at most 64 characters) and equals the whole query, or has no whitespace and equals one of the
--- query's words (case-insensitive). Weights: a jsonb object
+-- plus an exact-match boost weight_exact / (rrf_k + 1) for a field of the lexical list that
+--   * is identifier-like (at most 64 characters) and equals the whole query, or has no
+--     whitespace and equals one of the query's words (case-insensitive), or
+--   * contains the whole query as a phrase (a query of two lexemes or more: a name, a title), or
+--   * contains an identifier-like word of the query (one with a digit: a part number, a code)
+--     as a phrase of the field's own text search parse.
+-- Weights: a jsonb object
 --   {"vector": 1, "lexical": 1, "exact": 1, "rrf_k": 60}   (the defaults; any key may be left out)
 -- Re-applied after every upgrade: functions are CREATE OR REPLACE, the type is created once.
 
@@ -52,6 +62,7 @@ BEGIN
         distance    double precision,  -- cosine distance, when the vector list holds the row
         text_rank   integer,           -- position in the lexical list (NULL: not in it)
         vector_rank integer,           -- position in the vector list (NULL: not in it)
+        exact       boolean,           -- an exact match (see the boost above; NULL: not looked at)
         stale       boolean            -- the entity has queued changes (idxr.is_stale)
     );
 EXCEPTION WHEN duplicate_object THEN NULL;
@@ -108,7 +119,8 @@ BEGIN
         EXECUTE format('DROP INDEX IF EXISTS idxr.%I', idx);
         EXECUTE format(
             'CREATE INDEX %I ON idxr.search_index USING gin (to_tsvector(%L::regconfig, value))'
-            ' WHERE entity_kind = %L AND value_type = ''string''', idx, cfg::text, entity_kind);
+            ' WHERE (entity_kind = %L) IS TRUE AND value_type = ''string''',
+            idx, cfg::text, entity_kind);
         EXECUTE format('COMMENT ON INDEX idxr.%I IS %L', idx, expected);
     END IF;
     RETURN cfg;
@@ -204,6 +216,10 @@ RETURNS SETOF idxr.hybrid_hit
 LANGUAGE plpgsql
 VOLATILE
 SET jit = off  -- see knn_search
+-- A term in most rows makes the planner prefer a sequential scan, which parses every text it
+-- reads (to_tsvector of a long text costs ~0.2 ms); the GIN index answers without parsing.
+-- A kind without its index is still searched (the setting only discourages a seq scan).
+SET enable_seqscan = off
 SET search_path FROM CURRENT  -- see knn_search
 AS $$
 DECLARE
@@ -220,10 +236,18 @@ DECLARE
     extra      text := '';
     hits       idxr.hybrid_hit[] := '{}';
     part       idxr.hybrid_hit[];
-    common_cap constant integer := 1000;
+    common_cap integer;
+    phrase     text := lower(btrim(query_text));
+    words      text[];
+    whole      tsquery;    -- the query as a phrase (two lexemes or more)
+    codes      tsquery[];  -- the query's words with a digit, each as a phrase
 BEGIN
     PERFORM idxr.check_text_query(query_text);
     PERFORM idxr.check_search_args(NULL, entity_kind, k);
+    SELECT coalesce(array_agg(DISTINCT y.t), '{}') INTO words
+      FROM regexp_split_to_table(phrase, '[\s,;!?()"]+') AS x(word)
+     CROSS JOIN LATERAL (SELECT btrim(x.word, '.:''') AS t) y
+     WHERE y.t <> '';
     IF path_filter IS NOT NULL THEN
         extra := extra || ' AND s.path ~ $1';
     END IF;
@@ -231,6 +255,7 @@ BEGIN
         extra := extra || idxr.search_filter_sql(filters, 2);
     END IF;
     SELECT c.reltuples INTO total FROM pg_class c WHERE c.oid = 'idxr.search_index'::regclass;
+    common_cap := least(1000, greatest(100, 0.05 * total))::integer;
 
     FOR kind_name, cfg IN
         WITH RECURSIVE indexed(name) AS (  -- the distinct kinds, by skipping through the btree
@@ -249,11 +274,15 @@ BEGIN
     LOOP
         terms := idxr.text_query_terms(cfg, query_text);
         CONTINUE WHEN cardinality(terms) = 0;
-        kind_where := format('s.entity_kind = %L AND s.value_type = ''string''', kind_name);
+        kind_where := format('(s.entity_kind = %L) IS TRUE AND s.value_type = ''string''', kind_name);
         doc := format('to_tsvector(%L::regconfig, s.value)', cfg::text);
         idf := '{}';
         selective := NULL;
         any_term := NULL;
+        whole := CASE WHEN cardinality(terms) >= 2 THEN phraseto_tsquery(cfg, query_text) END;
+        SELECT coalesce(array_agg(phraseto_tsquery(cfg, w.word)), '{}') INTO codes
+          FROM unnest(words) AS w(word)
+         WHERE w.word ~ '\d' AND length(w.word) >= 2;
         FOR i IN 1 .. cardinality(terms) LOOP
             EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM idxr.search_index s'
                            ' WHERE %s AND %s @@ $1 LIMIT %s) x', kind_where, doc, common_cap)
@@ -268,26 +297,31 @@ BEGIN
             'WITH scored AS ('
             '  SELECT s.entity_kind, s.entity_id, s.path, s.value,'
             '         (SELECT sum(w.idf) FROM unnest($3, $4) AS w(term, idf) WHERE d.doc @@ w.term)'
-            '         + 0.01 * ts_rank(d.doc, $5, 1) AS score'
-            '    FROM idxr.search_index s CROSS JOIN LATERAL (SELECT %2$s AS doc) d'
+            '         + 0.01 * ts_rank(d.doc, $5, 1) AS score,'
+            '         (length(s.value) <= 64 AND (lower(btrim(s.value)) = $10'
+            '              OR (s.value !~ ''\s'' AND lower(s.value) = ANY ($11))))'
+            '         OR coalesce(d.doc @@ $8, false) OR d.doc @@ ANY ($9) AS exact'
+            '    FROM idxr.search_index s'
+            '   CROSS JOIN LATERAL (SELECT %2$s AS doc OFFSET 0) d'  -- parsed once per row
             '   WHERE %1$s AND %2$s @@ $5 %3$s),'
             ' best AS (SELECT * FROM scored WHERE NOT $7'
             '          UNION ALL'
             '          (SELECT DISTINCT ON (entity_id) * FROM scored WHERE $7'
             '            ORDER BY entity_id, score DESC, path))'
             ' SELECT array_agg(ROW(b.entity_kind, b.entity_id, b.path, b.value, b.score,'
-            '                      NULL, NULL, NULL, NULL)::idxr.hybrid_hit)'
+            '                      NULL, NULL, NULL, b.exact, NULL)::idxr.hybrid_hit)'
             '   FROM (SELECT * FROM best ORDER BY score DESC, entity_id, path LIMIT $6) b',
             kind_where, doc, extra)
             INTO part
-            USING path_filter, filters, terms, idf, coalesce(selective, any_term), k, per_entity;
+            USING path_filter, filters, terms, idf, coalesce(selective, any_term), k, per_entity,
+                  whole, codes, phrase, words;
         hits := hits || coalesce(part, '{}');
     END LOOP;
 
     RETURN QUERY
         SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance,
                (row_number() OVER (ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path))::integer,
-               h.vector_rank, h.stale
+               h.vector_rank, h.exact, h.stale
           FROM unnest(hits) h
          ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path
          LIMIT k;
@@ -309,7 +343,7 @@ LANGUAGE sql
 VOLATILE  -- as lexical_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
-           h.vector_rank, idxr.is_stale(h.entity_kind, h.entity_id)
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
       FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, false) h
 $$;
 
@@ -326,7 +360,7 @@ LANGUAGE sql
 VOLATILE  -- as lexical_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
-           h.vector_rank, idxr.is_stale(h.entity_kind, h.entity_id)
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
       FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, true) h
 $$;
 
@@ -351,8 +385,6 @@ AS $$
 DECLARE
     w      record;
     depth  integer;
-    words  text[];
-    phrase text;
 BEGIN
     PERFORM idxr.check_text_query(query_text);
     IF query_vector IS NULL THEN
@@ -367,11 +399,6 @@ BEGIN
     -- How deep each list is read: RRF needs more than k from each, so that a row ranked well
     -- by one list and moderately by the other is seen by both.
     depth := least(1000, greatest(100, 4 * k));
-    phrase := lower(btrim(query_text));
-    SELECT coalesce(array_agg(DISTINCT t), '{}') INTO words
-      FROM regexp_split_to_table(phrase, '[\s,;!?()"]+') AS x(word)
-     CROSS JOIN LATERAL (SELECT btrim(x.word, '.:''') AS t) y
-     WHERE y.t <> '';
 
     RETURN QUERY
     WITH vec AS (
@@ -382,7 +409,7 @@ BEGIN
          WHERE w.vector > 0
     ),
     lexf AS (
-        SELECT l.entity_kind, l.entity_id, l.path, l.value, l.text_rank AS r,
+        SELECT l.entity_kind, l.entity_id, l.path, l.value, l.text_rank AS r, l.exact,
                CASE WHEN per_entity THEN NULL ELSE l.path END AS kp
           FROM idxr.lexical_search(query_text, path_filter, entity_kind, depth, filters, false) l
          WHERE w.lexical > 0 OR w.exact > 0
@@ -395,9 +422,7 @@ BEGIN
     exact AS (
         SELECT DISTINCT f.entity_kind, f.entity_id, f.kp
           FROM lexf f
-         WHERE w.exact > 0 AND length(f.value) <= 64
-           AND (lower(btrim(f.value)) = phrase
-                OR (f.value !~ '\s' AND lower(f.value) = ANY (words)))
+         WHERE w.exact > 0 AND f.exact
     ),
     keys AS (
         SELECT v.entity_kind, v.entity_id, v.kp FROM vec v
@@ -414,7 +439,8 @@ BEGIN
                + CASE WHEN e.entity_id IS NOT NULL THEN w.exact / (w.rrf_k + 1) ELSE 0 END AS score,
                v.distance,
                CASE WHEN w.lexical > 0 THEN l.lr::integer END AS text_rank,
-               v.r::integer AS vector_rank
+               v.r::integer AS vector_rank,
+               e.entity_id IS NOT NULL AS exact
           FROM keys key
           LEFT JOIN vec v ON v.entity_kind = key.entity_kind AND v.entity_id = key.entity_id
                          AND v.kp IS NOT DISTINCT FROM key.kp
@@ -426,7 +452,7 @@ BEGIN
          LIMIT k
     )
     SELECT f.entity_kind, f.entity_id, f.path, f.value, f.score, f.distance, f.text_rank,
-           f.vector_rank, idxr.is_stale(f.entity_kind, f.entity_id)
+           f.vector_rank, f.exact, idxr.is_stale(f.entity_kind, f.entity_id)
       FROM fused f
      ORDER BY f.score DESC, f.entity_kind, f.entity_id, f.path;
 END

@@ -127,7 +127,9 @@ def test_text_search_language_is_per_kind_and_indexed(
             plan = "\n".join(
                 r[0]
                 for r in conn.execute(
-                    "EXPLAIN SELECT 1 FROM idxr.search_index s WHERE s.entity_kind = 'product'"
+                    # the shape of idxr.lexical_search's queries
+                    "EXPLAIN SELECT 1 FROM idxr.search_index s"
+                    " WHERE (s.entity_kind = 'product') IS TRUE"
                     " AND s.value_type = 'string'"
                     " AND to_tsvector('english'::regconfig, s.value) @@ 'intrus'::tsquery"
                 )
@@ -192,6 +194,41 @@ def test_exact_match_boost_for_identifier_like_fields(catalogue_url, embedder):
     assert rows[0][0] == "bandwidth"
     boosted_score = dict(rows)["bandwidth"]
     assert boosted_score == pytest.approx(dict(unboosted)["bandwidth"] + 1 / 61)
+
+
+def test_exact_boost_for_a_part_number_or_a_name_inside_a_long_text(
+    create_database: Callable[..., str], template_database: str, embedder
+):
+    """A code with a digit, or the whole query as a phrase, inside a longer text: flagged exact
+    and boosted, so it beats texts the vectors find closer."""
+    from idxr_pg.records.record import FieldRecord, ValueType
+
+    url = create_database(f"hybridexact{uuid.uuid4().hex[:6]}", template=template_database)
+    bodies = {
+        "1": "The pump seal was replaced. Part KV-3817-B was ordered. Ingrid Vasquez signed it.",
+        "2": "The hydraulic pump seal was leaking and part KV-3818-B was checked by Ingrid Moretti.",
+        "3": "Pump seals wear out; replacement parts for pumps are kept in the central store.",
+    }
+    with connect(url, autocommit=True) as conn:
+        search_data.register_model(conn, embedder, ["report"])
+        for key, body in bodies.items():
+            record = FieldRecord.create("report.body", body, ValueType.STRING, embeddable=True)
+            conn.execute(
+                "INSERT INTO idxr.search_index (entity_kind, entity_id, path, value, value_type,"
+                " content_hash, embedding) VALUES ('report', %s, %s, %s, 'string', %s, %s)",
+                [key, record.path, body, record.content_hash, embedder.embed([body])[0]],
+            )
+        for query, expected in (
+            ("where was KV-3817-B replaced", "1"),
+            ("Ingrid Vasquez", "1"),
+            ("replacement parts for pumps", "3"),
+        ):
+            rows = conn.execute(
+                "SELECT entity_id, exact FROM idxr.hybrid_search_entities(%s, %s, k => 3)",
+                [query, embedder.embed([query])[0]],
+            ).fetchall()
+            assert rows[0] == (expected, True), (query, rows)
+            assert [exact for _, exact in rows[1:]] == [False, False], (query, rows)
 
 
 def test_hybrid_weights_change_the_fusion(catalogue_url, embedder):
