@@ -171,6 +171,13 @@ def main() -> None:
         ),
     )
     parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="extra hybrid weights to compare, e.g. '{\"lexical\": 0.5}' (repeat)",
+    )
+    parser.add_argument(
         "--keep-database", action="store_true", help="leave the bench database for inspection"
     )
     args = parser.parse_args()
@@ -261,6 +268,13 @@ def main() -> None:
                         ),
                         latency[hybrid],
                     )
+                    for extra in args.weights:
+                        label = f"hybrid {config} {extra}"
+                        runs.setdefault(label, {})[q.query_id] = entity_ids(
+                            "SELECT entity_id FROM idxr.hybrid_search_entities("
+                            "%s, %s, NULL, %s, %s, NULL, %s::jsonb)",
+                            [q.text, v, KIND, DEPTH, extra],
+                        )
                     runs[fused][q.query_id] = rrf(
                         runs[lexical][q.query_id], runs["doc vector exact (numpy)"][q.query_id]
                     )[:DEPTH]

@@ -75,7 +75,7 @@ CREATE OR REPLACE FUNCTION idxr.default_text_search_config()
 RETURNS regconfig
 LANGUAGE sql
 STABLE PARALLEL SAFE
-AS $$ SELECT 'pg_catalog.simple'::regconfig $$;
+AS $$ SELECT 'pg_catalog.english'::regconfig $$;
 
 CREATE OR REPLACE FUNCTION idxr.text_search_index_name(entity_kind text)
 RETURNS text

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from idxr_pg.config import IdxrConfig, Settings, load_config
+from idxr_pg.config import EmbeddingSettings, IdxrConfig, Settings, load_config
 from idxr_pg.db import search as queries
 from idxr_pg.db.connection import DatabaseError, connect, redact
 from idxr_pg.errors import IdxrError
@@ -353,6 +354,39 @@ def parse_weights(expression: str) -> dict[str, float]:
     return _check_weights(weights) or {}
 
 
+# --------------------------------------------------------------------------- query embedding
+
+_EMBEDDERS: dict[str, Any] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def _embedder(settings: EmbeddingSettings) -> Any:
+    """The embedder of ``settings``, loaded once per process (loading takes seconds; a search
+    after the first costs the query's embedding only)."""
+    key = settings.model_dump_json()
+    with _EMBEDDERS_LOCK:
+        embedder = _EMBEDDERS.get(key)
+        if embedder is None:
+            from idxr_pg.embedding import load_embedder
+
+            embedder = _EMBEDDERS[key] = load_embedder(settings)
+    return embedder
+
+
+def _embed_query(embedder: Any, settings: EmbeddingSettings, text: str) -> Any:
+    """The query's vector, as the indexer embeds a text (truncation included); a short query on
+    the torch backend runs on one thread (`idxr_pg.embedding.threads`)."""
+    from idxr_pg.embedding import EmbeddingService, EmbedRequest
+    from idxr_pg.embedding.threads import threads_for, torch_threads
+
+    service = EmbeddingService(embedder, settings)
+    count = None
+    if getattr(embedder, "backend", None) == "torch":
+        count = threads_for(embedder.count_tokens([text]))
+    with torch_threads(count):
+        return service.embed([EmbedRequest("search query", text)])[0].vector
+
+
 # --------------------------------------------------------------------------- API
 
 
@@ -411,12 +445,9 @@ def search(
                 queries.check_weights(conn, weights)
             except psycopg.Error as exc:
                 raise _database_error(exc, url) from None
-        from idxr_pg.embedding import EmbeddingService, EmbedRequest, load_embedder
-
-        embedder = load_embedder(settings)
+        embedder = _embedder(settings)
         _check_model(conn, embedder, kind)
-        service = EmbeddingService(embedder, settings)
-        vector = service.embed([EmbedRequest("search query", text)])[0].vector
+        vector = _embed_query(embedder, settings, text)
         if hybrid:
             try:
                 rows = queries.hybrid_search(
