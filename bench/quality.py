@@ -54,6 +54,7 @@ from idxr_pg.embedding import EmbeddingService, EmbedRequest, load_embedder  # n
 from idxr_pg.runtime.backfill import Backfill, BackfillOptions  # noqa: E402
 
 KIND = "report"
+WHOLE = "report_whole"  # the same reports, with the composite record "{title}\n{body}"
 DEPTH = 100
 RRF_K = 60
 
@@ -117,17 +118,16 @@ def normalise(rows: np.ndarray) -> np.ndarray:
 
 
 def index_corpus(url: str, corpus: Corpus, embedder, text_search: str) -> float:
+    entity = {
+        "name": KIND,
+        "model": "bench.quality_corpus:Report",
+        "table": "bench.reports",
+        "key": "id",
+        "text_search": text_search,
+    }
     config = parse_config(
         {
-            "entities": [
-                {
-                    "name": KIND,
-                    "model": "bench.quality_corpus:Report",
-                    "table": "bench.reports",
-                    "key": "id",
-                    "text_search": text_search,
-                }
-            ],
+            "entities": [entity, {**entity, "name": WHOLE, "composite": "{title}\n{body}"}],
             "embedding": {"model": embedder.name},
         },
         "bench",
@@ -138,13 +138,14 @@ def index_corpus(url: str, corpus: Corpus, embedder, text_search: str) -> float:
             for d in corpus.documents:
                 copy.write_row((d.doc_id, d.title, d.body))
     started = time.perf_counter()
-    Backfill(
-        url,
-        config,
-        KIND,
-        BackfillOptions(batch_size=64, progress_interval=3600, tty=False),
-        embedder=embedder,
-    ).run()
+    for kind in (KIND, WHOLE):
+        Backfill(
+            url,
+            config,
+            kind,
+            BackfillOptions(batch_size=64, progress_interval=3600, tty=False),
+            embedder=embedder,
+        ).run()
     return time.perf_counter() - started
 
 
@@ -227,6 +228,7 @@ def main() -> None:
 
             for label in (
                 "vector (idxr, truncated)",
+                "vector (idxr) + composite, fused",
                 "vector exact (numpy)",
                 "doc vector exact (numpy)",
             ):
@@ -240,11 +242,16 @@ def main() -> None:
                     ),
                     latency["vector"],
                 )
+                runs["vector (idxr) + composite, fused"][q.query_id] = entity_ids(
+                    "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
+                    [v, WHOLE, DEPTH],
+                )
                 runs["vector exact (numpy)"][q.query_id] = exact_ranking(matrix, owners, v)
                 order = np.argsort(-(doc_vectors @ (v / np.linalg.norm(v))), kind="stable")
                 runs["doc vector exact (numpy)"][q.query_id] = [doc_ids[i] for i in order[:DEPTH]]
             for config in configs:
-                conn.execute("SELECT idxr.set_text_search_config(%s, %s)", [KIND, config])
+                for kind in (KIND, WHOLE):
+                    conn.execute("SELECT idxr.set_text_search_config(%s, %s)", [kind, config])
                 conn.execute("ANALYZE idxr.search_index")
                 lexical, hybrid, fused = (
                     f"lexical {config}",
@@ -267,6 +274,12 @@ def main() -> None:
                             [q.text, v, KIND, DEPTH],
                         ),
                         latency[hybrid],
+                    )
+                    runs.setdefault(f"hybrid {config} + composite record", {})[q.query_id] = (
+                        entity_ids(
+                            "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
+                            [q.text, v, WHOLE, DEPTH],
+                        )
                     )
                     for extra in args.weights:
                         label = f"hybrid {config} {extra}"

@@ -23,6 +23,7 @@ from idxr_pg.config import EntityConfig, IdxrConfig
 from idxr_pg.db import catalog, source
 from idxr_pg.db import kinds as kinds_db
 from idxr_pg.errors import IdxrError
+from idxr_pg.records.composite import template_fields
 from idxr_pg.records.traverse import schema_fingerprint
 
 __all__ = [
@@ -148,6 +149,14 @@ def _resolve(
                 f"entity kind {entity.name!r}: table {entity.table!r} has no column "
                 f"{column!r} (listed in columns)"
             )
+    if entity.composite:
+        unknown = [f for f in template_fields(entity.composite) if f not in model.model_fields]
+        if unknown:
+            raise RegistryError(
+                f"entity kind {entity.name!r}: composite template {entity.composite!r} names "
+                f"{unknown[0]!r}, which is not a field of {entity.model} (fields: "
+                f"{', '.join(model.model_fields)})"
+            )
     kind = RegisteredKind(
         config=entity, model=model, schema=relation.schema, table=relation.name, key_type=key_type
     )
@@ -225,6 +234,7 @@ def register(conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder
                 conn, kind.name, embedder.name, kind.source_table, kind.refresh, fingerprint
             )
             _text_search(conn, kind)
+            kinds_db.set_composite(conn, kind.name, kind.config.composite)
             if before not in (None, fingerprint):
                 log.warning(
                     "entity kind %r: model %s changed since it was last registered; rows "

@@ -6,12 +6,16 @@
 --   full-text index (NULL: idxr.default_text_search_config()). idxr.set_text_search_config
 --   (045_hybrid.sql) records it and builds the kind's GIN index; the worker's registration
 --   calls it, so a configured kind always has its index.
+-- * idxr.entity_kinds.composite: the kind's composite template (NULL: none), see 040_search.sql.
 -- * idxr.search_hit gains a `stale` column (the entity has queued changes). A composite type
 --   cannot be changed while functions return it, so an older search_hit is dropped here with
 --   the functions that return it (CASCADE); 040_search.sql, re-applied after the upgrade,
 --   creates them again with the new shape.
 
 ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS text_search_config regconfig;
+-- The kind's composite template (config `composite:`), recorded by registration: entity search
+-- fuses the composite record (path = the kind's root label) with the best field for such kinds.
+ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS composite text;
 
 DO $$
 BEGIN

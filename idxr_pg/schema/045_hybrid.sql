@@ -404,9 +404,14 @@ BEGIN
     WITH vec AS (
         SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r,
                CASE WHEN per_entity THEN NULL ELSE v.path END AS kp
-          FROM idxr.knn_search(query_vector, path_filter, entity_kind, depth, filters, per_entity)
+          FROM idxr.knn_search(query_vector, path_filter, entity_kind, depth, filters, false)
                WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
-         WHERE w.vector > 0
+         WHERE w.vector > 0 AND NOT per_entity
+        UNION ALL
+        SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r, NULL::ltree
+          FROM idxr.entity_knn(query_vector, path_filter, entity_kind, depth, filters)
+               WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
+         WHERE w.vector > 0 AND per_entity
     ),
     lexf AS (
         SELECT l.entity_kind, l.entity_id, l.path, l.value, l.text_rank AS r, l.exact,

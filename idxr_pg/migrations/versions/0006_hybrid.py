@@ -1,6 +1,7 @@
 """Lexical and hybrid search, the stale flag in search results (issues 16 and 18).
 
-Runs idxr_pg/schema/015_hybrid.sql: adds ``idxr.entity_kinds.text_search_config`` and drops
+Runs idxr_pg/schema/015_hybrid.sql: adds ``idxr.entity_kinds.text_search_config`` and
+``composite``, and drops
 an ``idxr.search_hit`` without the ``stale`` column together with the functions returning it
 (040_search.sql, re-applied after the upgrade, creates them again with ``stale``).
 
@@ -43,5 +44,6 @@ def downgrade() -> None:
         END
         $$;
         ALTER TABLE idxr.entity_kinds DROP COLUMN IF EXISTS text_search_config;
+        ALTER TABLE idxr.entity_kinds DROP COLUMN IF EXISTS composite;
         """
     )
