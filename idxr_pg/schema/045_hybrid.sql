@@ -31,22 +31,24 @@
 -- Scoring (lexical): PostgreSQL's ts_rank has no inverse document frequency, so a query's rare
 -- exact term (a part number, a name) weighs no more than its common words. Here each distinct
 -- lexeme of the query gets a BM25 idf, ln(1 + (N - df + 0.5) / (df + 0.5)), with df counted
--- through the index up to `common_cap` rows (bounded cost; a term in more rows is common and
--- weighs little anyway) and N the table's row estimate; a field's score is the sum of the idf
--- of the query lexemes it contains, plus 0.01 * ts_rank (length-normalised) to break ties.
--- Candidates are the fields containing a rare lexeme (df < common_cap: 5% of the rows, between
--- 100 and 1000), or any lexeme when the query has none: matching is OR, so a paraphrase with one
--- shared word still finds a field, and a query's stop-like words do not make every field a
--- candidate (scoring each candidate parses its text once: the cost grows with their number).
+-- through the index up to `common_cap` rows (5% of the rows, between 100 and 1000: bounded cost)
+-- and N the table's row estimate. The candidates are the fields holding a rare lexeme
+-- (df < common_cap; matching is OR, so a paraphrase sharing one rare word finds a field), or,
+-- when every word of the query is common, those holding the rarest one (at most common_cap).
+-- A field's score is the sum of the idf of the picked lexemes it holds, computed from the GIN
+-- index alone: no candidate's text is parsed (to_tsvector of a long text costs ~0.1-0.3 ms,
+-- and parsing every candidate made a query of common words cost 100 ms at 2,000 records).
+-- Measured in bench/quality.py: 0.015 nDCG@10 below also scoring common words and breaking
+-- ties with ts_rank on the parsed text, for a bounded cost (docs/benchmarks.md).
 --
 -- Fusion (hybrid): reciprocal rank fusion, score = sum over the lists of weight / (rrf_k + rank)
--- over the vector list (idxr.knn_search) and the lexical list, each `depth` candidates deep,
--- plus an exact-match boost weight_exact / (rrf_k + 1) for a field of the lexical list that
+-- over the vector list (idxr.knn_search; entity level: idxr.entity_knn) and the lexical list,
+-- each `depth` candidates deep (4k, at least 100), plus an exact-match boost
+-- weight_exact / (rrf_k + 1) for a field of the lexical list that
 --   * is identifier-like (at most 64 characters) and equals the whole query, or has no
 --     whitespace and equals one of the query's words (case-insensitive), or
---   * contains the whole query as a phrase (a query of two lexemes or more: a name, a title), or
---   * contains an identifier-like word of the query (one with a digit: a part number, a code)
---     as a phrase of the field's own text search parse.
+--   * holds every picked lexeme of the query, two or more (a name, a title), or
+--   * holds a query lexeme with a digit (a part number, a code).
 -- Weights: a jsonb object
 --   {"vector": 1, "lexical": 1, "exact": 1, "rrf_k": 60}   (the defaults; any key may be left out)
 -- Re-applied after every upgrade: functions are CREATE OR REPLACE, the type is created once.
@@ -227,10 +229,13 @@ DECLARE
     cfg        regconfig;
     terms      tsquery[];
     idf        double precision[];
+    pick       boolean[];  -- the terms whose rows are the candidates
+    code       boolean[];  -- the terms with a digit (part numbers, codes)
+    picked     integer;
+    rarest     integer;
+    rarest_df  bigint;
     df         bigint;
     total      double precision;
-    selective  tsquery;
-    any_term   tsquery;
     kind_where text;
     doc        text;
     extra      text := '';
@@ -239,8 +244,6 @@ DECLARE
     common_cap integer;
     phrase     text := lower(btrim(query_text));
     words      text[];
-    whole      tsquery;    -- the query as a phrase (two lexemes or more)
-    codes      tsquery[];  -- the query's words with a digit, each as a phrase
 BEGIN
     PERFORM idxr.check_text_query(query_text);
     PERFORM idxr.check_search_args(NULL, entity_kind, k);
@@ -277,44 +280,55 @@ BEGIN
         kind_where := format('(s.entity_kind = %L) IS TRUE AND s.value_type = ''string''', kind_name);
         doc := format('to_tsvector(%L::regconfig, s.value)', cfg::text);
         idf := '{}';
-        selective := NULL;
-        any_term := NULL;
-        whole := CASE WHEN cardinality(terms) >= 2 THEN phraseto_tsquery(cfg, query_text) END;
-        SELECT coalesce(array_agg(phraseto_tsquery(cfg, w.word)), '{}') INTO codes
-          FROM unnest(words) AS w(word)
-         WHERE w.word ~ '\d' AND length(w.word) >= 2;
+        pick := '{}';
+        code := '{}';
+        rarest := NULL;
+        rarest_df := NULL;
         FOR i IN 1 .. cardinality(terms) LOOP
             EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM idxr.search_index s'
                            ' WHERE %s AND %s @@ $1 LIMIT %s) x', kind_where, doc, common_cap)
                 INTO df USING terms[i];
             idf := idf || ln(1 + (greatest(total, df, 1) - df + 0.5) / (df + 0.5));
-            IF df > 0 AND df < common_cap THEN
-                selective := CASE WHEN selective IS NULL THEN terms[i] ELSE selective || terms[i] END;
+            pick := pick || (df > 0 AND df < common_cap);
+            code := code || (terms[i]::text ~ '\d' AND length(terms[i]::text) >= 4);  -- 'x1'
+            IF df > 0 AND (rarest IS NULL OR df < rarest_df) THEN
+                rarest := i;
+                rarest_df := df;
             END IF;
-            any_term := CASE WHEN any_term IS NULL THEN terms[i] ELSE any_term || terms[i] END;
         END LOOP;
+        CONTINUE WHEN rarest IS NULL;  -- no word of the query occurs in this kind
+        IF NOT (true = ANY (pick)) THEN
+            pick[rarest] := true;  -- only common words: the rarest one finds the candidates
+        END IF;
+        picked := cardinality(array_positions(pick, true));
+        -- Scored from the index alone: each picked term's rows come from the GIN index (no text
+        -- is parsed), a field's score is the sum of the idf of the terms it holds.
         EXECUTE format(
-            'WITH scored AS ('
-            '  SELECT s.entity_kind, s.entity_id, s.path, s.value,'
-            '         (SELECT sum(w.idf) FROM unnest($3, $4) AS w(term, idf) WHERE d.doc @@ w.term)'
-            '         + 0.01 * ts_rank(d.doc, $5, 1) AS score,'
-            '         (length(s.value) <= 64 AND (lower(btrim(s.value)) = $10'
-            '              OR (s.value !~ ''\s'' AND lower(s.value) = ANY ($11))))'
-            '         OR coalesce(d.doc @@ $8, false) OR d.doc @@ ANY ($9) AS exact'
-            '    FROM idxr.search_index s'
-            '   CROSS JOIN LATERAL (SELECT %2$s AS doc OFFSET 0) d'  -- parsed once per row
-            '   WHERE %1$s AND %2$s @@ $5 %3$s),'
-            ' best AS (SELECT * FROM scored WHERE NOT $7'
+            'WITH t AS (SELECT u.term, u.idf, u.code FROM unnest($3, $4, $8, $9)'
+            '             AS u(term, idf, pick, code) WHERE u.pick),'
+            ' m AS (SELECT x.entity_id, x.path, sum(t.idf) AS score, count(*) AS matched,'
+            '              bool_or(t.code) AS code'
+            '         FROM t CROSS JOIN LATERAL ('
+            '              SELECT s.entity_id, s.path FROM idxr.search_index s'
+            '               WHERE %1$s AND %2$s @@ t.term %3$s LIMIT %5$s) x'
+            '        GROUP BY x.entity_id, x.path),'
+            ' best AS (SELECT * FROM m WHERE NOT $7'
             '          UNION ALL'
-            '          (SELECT DISTINCT ON (entity_id) * FROM scored WHERE $7'
-            '            ORDER BY entity_id, score DESC, path))'
-            ' SELECT array_agg(ROW(b.entity_kind, b.entity_id, b.path, b.value, b.score,'
-            '                      NULL, NULL, NULL, b.exact, NULL)::idxr.hybrid_hit)'
-            '   FROM (SELECT * FROM best ORDER BY score DESC, entity_id, path LIMIT $6) b',
-            kind_where, doc, extra)
+            '          (SELECT DISTINCT ON (entity_id) * FROM m WHERE $7'
+            '            ORDER BY entity_id, score DESC, path)),'
+            ' top AS (SELECT * FROM best ORDER BY score DESC, entity_id, path LIMIT $6)'
+            ' SELECT array_agg(ROW(s.entity_kind, s.entity_id, s.path, s.value, top.score,'
+            '                      NULL, NULL, NULL,'
+            '                      (length(s.value) <= 64 AND (lower(btrim(s.value)) = $10'
+            '                           OR (s.value !~ ''\s'' AND lower(s.value) = ANY ($11))))'
+            '                      OR top.code OR (top.matched >= 2 AND top.matched = $12),'
+            '                      NULL)::idxr.hybrid_hit)'
+            '   FROM top JOIN idxr.search_index s'
+            '     ON s.entity_kind = %4$L AND s.entity_id = top.entity_id AND s.path = top.path',
+            kind_where, doc, extra, kind_name, common_cap)
             INTO part
-            USING path_filter, filters, terms, idf, coalesce(selective, any_term), k, per_entity,
-                  whole, codes, phrase, words;
+            USING path_filter, filters, terms, idf, NULL, k, per_entity, pick, code, phrase, words,
+                  picked;
         hits := hits || coalesce(part, '{}');
     END LOOP;
 
