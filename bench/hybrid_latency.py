@@ -79,6 +79,7 @@ def main() -> None:
             "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
     )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
     sentences = [s for t in TOPICS for s in t.sentences] + list(BOILERPLATE)
     rng = random.Random(16)
@@ -129,10 +130,13 @@ def main() -> None:
                         conn.execute(query, params).fetchall()
                         times[label].append(time.perf_counter() - started)
     finally:
-        with psycopg.connect(args.database_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        if args.keep:
+            print(f"kept database {name}")
+        else:
+            with psycopg.connect(args.database_url, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
 
     load = os.getloadavg()
     print(
