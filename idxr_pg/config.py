@@ -139,6 +139,19 @@ class EntityConfig(_Strict):
         "'22:00-06:00'): the worker processes the kind only inside it; changes accumulate "
         "outside it",
     )
+    text_search: str | None = Field(
+        None,
+        description="PostgreSQL text search configuration (language) of the kind's full-text "
+        "index, e.g. 'simple' or 'english' (default: idxr.default_text_search_config(), "
+        "'simple'); lexical and hybrid search use it",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$",
+    )
+    composite: str | None = Field(
+        None,
+        description="template over the entity's fields, e.g. '{title}\\n{body}': its text is "
+        "indexed and embedded as one more record at the kind's root path, so entity search "
+        "also compares the query with the entity as a whole",
+    )
     max_depth: Annotated[int, Field(gt=0)] = 32
     max_records: Annotated[int, Field(gt=0)] = 10_000
     exclude_paths: list[str] = Field(
@@ -174,6 +187,18 @@ class EntityConfig(_Strict):
     def _kind_name(cls, value: str) -> str:
         if not _KIND_NAME.match(value):
             raise ValueError("must be 1-63 letters, digits or underscores (it is an LTree label)")
+        return value
+
+    @field_validator("composite")
+    @classmethod
+    def _composite_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            from idxr_pg.records.composite import CompositeError, template_fields
+
+            try:
+                template_fields(value)
+            except CompositeError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("exclude_paths")

@@ -359,6 +359,37 @@ CREATE TABLE IF NOT EXISTS idxr.load_keys (
 );
 CREATE INDEX IF NOT EXISTS load_keys_load ON idxr.load_keys (load_id);
 
+-- ==== 015_hybrid.sql ====
+-- idxr-pg revision 0006: lexical and hybrid search, the stale flag (issues 16 and 18).
+-- Revisioned: Alembic revision 0006 runs this file once; sql/install.sql runs it too, so every
+-- statement is idempotent.
+--
+-- * idxr.entity_kinds.text_search_config: the text search configuration (language) of a kind's
+--   full-text index (NULL: idxr.default_text_search_config()). idxr.set_text_search_config
+--   (045_hybrid.sql) records it and builds the kind's GIN index; the worker's registration
+--   calls it, so a configured kind always has its index.
+-- * idxr.entity_kinds.composite: the kind's composite template (NULL: none), see 040_search.sql.
+-- * idxr.search_hit gains a `stale` column (the entity has queued changes). A composite type
+--   cannot be changed while functions return it, so an older search_hit is dropped here with
+--   the functions that return it (CASCADE); 040_search.sql, re-applied after the upgrade,
+--   creates them again with the new shape.
+
+ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS text_search_config regconfig;
+-- The kind's composite template (config `composite:`), recorded by registration: entity search
+-- fuses the composite record (path = the kind's root label) with the best field for such kinds.
+ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS composite text;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t
+                WHERE t.oid = to_regtype('idxr.search_hit')
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                   WHERE a.attrelid = t.typrelid AND a.attname = 'stale')) THEN
+        DROP TYPE idxr.search_hit CASCADE;
+    END IF;
+END
+$$;
+
 -- ==== 020_dimensions.sql ====
 -- Vector dimensions are handled here and only here: the embedding column is typed vector(N)
 -- so the HNSW (cosine) index can exist. `idxr-pg migrate` calls this with the configured
@@ -420,6 +451,8 @@ SELECT idxr.set_embedding_dimensions(COALESCE(idxr.embedding_dimensions(), 384))
 --                                                                 typed views of `value`, for
 --                                                                 structured filters by hand
 -- Distances are cosine distances (`<=>`, 0 = same direction, 2 = opposite).
+-- Every result row says whether its entity has queued changes not yet indexed (`stale`).
+-- Lexical (full-text) and hybrid search are in 045_hybrid.sql.
 --
 -- How a filtered KNN query is run (measured in bench/search.py, see docs/benchmarks.md):
 --   * No filter: the HNSW index (search_index_embedding_hnsw), ORDER BY embedding <=> query.
@@ -450,10 +483,33 @@ BEGIN
         entity_id   text,
         path        ltree,
         value       text,
-        distance    double precision
+        distance    double precision,
+        stale       boolean            -- the entity has queued changes (see idxr.is_stale)
     );
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
+$$;
+
+-- Whether an entity has changes the worker has not indexed yet: a row in idxr.queue (pending,
+-- claimed or in retry) or its key in an idxr.queue_batches row. Search results carry it as
+-- `stale`, so an application can show that a result is being updated. SECURITY DEFINER: the
+-- reader role may not read the queue tables; this answers one yes/no per entity and nothing
+-- else. The two EXISTS on idxr.queue match its partial indexes (queue_pending, queue_held).
+CREATE OR REPLACE FUNCTION idxr.is_stale(entity_kind text, entity_id text)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM idxr.queue q
+                    WHERE q.entity_kind = $1 AND q.entity_id = $2
+                      AND q.claimed_by IS NULL AND q.attempts = 0)
+        OR EXISTS (SELECT 1 FROM idxr.queue q
+                    WHERE q.entity_kind = $1 AND q.entity_id = $2
+                      AND (q.claimed_by IS NOT NULL OR q.attempts > 0))
+        OR EXISTS (SELECT 1 FROM idxr.queue_batches b
+                    WHERE b.entity_kind = $1 AND $2 = ANY (b.entity_ids))
 $$;
 
 -- Typed views of a record's value: NULL unless the value type matches and the text parses,
@@ -740,7 +796,8 @@ BEGIN
 END
 $$;
 
--- The engine behind the public functions (call those instead). Returns the k nearest rows
+-- The engine behind the public functions (call those instead; `stale` is NULL here, the public
+-- functions fill it in for the k rows returned). Returns the k nearest rows
 -- that have an embedding and pass every filter; with per_entity, the k nearest entities,
 -- each represented by its nearest row. exclude_kind/exclude_id drop one entity (similar_to).
 -- Uses dynamic SQL so each query is planned with its actual arguments; the arguments are
@@ -795,7 +852,7 @@ DECLARE
     -- here they raised "cannot take square root of a negative number" or "integer out of range").
     max_fetch  integer;
     threshold  integer;
-    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance';
+    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance, NULL::boolean AS stale';
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'idxr: the query vector is NULL'
@@ -864,7 +921,7 @@ BEGIN
             END LOOP;
         ELSE
             EXECUTE format(
-                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance)::idxr.search_hit)'
+                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
                 '       ORDER BY s.embedding <=> $1 LIMIT $4) c', cols, hnsw_where)
                 INTO hits
@@ -912,11 +969,81 @@ RETURNS SETOF idxr.search_hit
 LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
-    SELECT * FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, false)
+    SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
+           idxr.is_stale(h.entity_kind, h.entity_id)
+      FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, false) h
+$$;
+
+-- Entity-level nearest neighbours. For kinds without a composite record (config `composite:`,
+-- recorded in idxr.entity_kinds.composite) an entity is as near as its nearest field
+-- (knn_search). With one, the entity's distance fuses two pieces of evidence: the mean of the
+-- composite record's distance (path = the kind's root label: the entity as a whole) and its
+-- nearest field's distance, over the candidates of a deeper knn_search (4k, at least 100
+-- entities), each looked up exactly by its key; the row shows the nearest field. Measured in
+-- bench/quality.py (docs/benchmarks.md): nDCG@10 0.543 against 0.515 for the nearest row with
+-- the composite among the fields, 0.498 without it, and 0.517 for one exact vector per
+-- document. The composite counts only when it matches path_filter (when one is given).
+CREATE OR REPLACE FUNCTION idxr.entity_knn(
+    query       vector,
+    path_filter lquery,
+    entity_kind text,
+    k           integer,
+    filters     jsonb
+)
+RETURNS SETOF idxr.search_hit
+LANGUAGE plpgsql
+VOLATILE  -- as knn_search
+SET jit = off  -- see knn_search
+SET search_path FROM CURRENT  -- see knn_search
+AS $$
+BEGIN
+    PERFORM idxr.check_search_args(query, entity_knn.entity_kind, k);
+    IF NOT EXISTS (SELECT 1 FROM idxr.entity_kinds ek
+                    WHERE ek.composite IS NOT NULL
+                      AND (entity_knn.entity_kind IS NULL OR ek.name = entity_knn.entity_kind)) THEN
+        RETURN QUERY SELECT * FROM idxr.knn_search(query, path_filter, entity_knn.entity_kind, k,
+                                                   filters, true);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH c AS (
+        SELECT h.entity_kind, h.entity_id
+          FROM idxr.knn_search(query, path_filter, entity_knn.entity_kind,
+                               least(1000, greatest(4 * k, 100)), filters, true) h
+    ),
+    scored AS (
+        SELECT c.entity_kind, c.entity_id,
+               coalesce(b.path, w.path) AS path, coalesce(b.value, w.value) AS value,
+               CASE WHEN w.d IS NULL THEN b.d WHEN b.d IS NULL THEN w.d
+                    ELSE (w.d + b.d) / 2 END AS distance
+          FROM c
+          LEFT JOIN LATERAL (
+              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
+                FROM idxr.search_index s
+               WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
+                 AND nlevel(s.path) = 1 AND s.embedding IS NOT NULL
+                 AND (path_filter IS NULL OR s.path ~ path_filter)
+          ) w ON true
+          LEFT JOIN LATERAL (
+              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
+                FROM idxr.search_index s
+               WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
+                 AND nlevel(s.path) > 1 AND s.embedding IS NOT NULL
+                 AND (path_filter IS NULL OR s.path ~ path_filter)
+               ORDER BY 3 LIMIT 1
+          ) b ON true
+    )
+    SELECT sc.entity_kind, sc.entity_id, sc.path, sc.value, sc.distance, NULL::boolean
+      FROM scored sc
+     WHERE sc.distance IS NOT NULL
+     ORDER BY sc.distance, sc.entity_kind, sc.entity_id
+     LIMIT k;
+END
 $$;
 
 -- Like search, one row per entity: the k nearest entities, each with its nearest field
--- (among those matching path_filter) and that field's path, value and distance.
+-- (among those matching path_filter) and that field's path, value and distance (for a kind
+-- with a composite record, the fused distance of idxr.entity_knn).
 CREATE OR REPLACE FUNCTION idxr.search_entities(
     query       vector,
     path_filter lquery DEFAULT NULL,
@@ -928,7 +1055,9 @@ RETURNS SETOF idxr.search_hit
 LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
-    SELECT * FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, true)
+    SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
+           idxr.is_stale(h.entity_kind, h.entity_id)
+      FROM idxr.entity_knn(query, path_filter, entity_kind, k, filters) h
 $$;
 
 -- Search by example: the k entities (other than the example) nearest to the stored vector of
@@ -974,9 +1103,531 @@ BEGIN
             quote_literal(entity_kind), quote_literal(entity_id), quote_literal(path::text)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN QUERY SELECT * FROM idxr.knn_search(
-        example, path_filter, NULL, k, NULL, true, entity_kind, entity_id);
+    RETURN QUERY SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
+                        idxr.is_stale(h.entity_kind, h.entity_id)
+                   FROM idxr.knn_search(example, path_filter, NULL, k, NULL, true,
+                                        entity_kind, entity_id) h;
 END
+$$;
+
+-- ==== 045_hybrid.sql ====
+-- idxr-pg lexical (full-text) and hybrid search over idxr.search_index (issue 16).
+--
+-- Public functions (schema idxr):
+--   text_search(query_text, path_filter, entity_kind, k, filters)
+--       the k string fields that best match the words of query_text (PostgreSQL full-text
+--       search); text_search_entities: one row per entity, its best-matching field
+--   hybrid_search(query_text, query_vector, path_filter, entity_kind, k, filters, weights)
+--       lexical and vector candidates fused by reciprocal rank fusion, one row per field;
+--       hybrid_search_entities: one row per entity
+--   set_text_search_config(entity_kind, config)
+--       the kind's text search configuration (language), and its GIN index
+-- All take the path filter (lquery), kind and structured filters of idxr.search, and return
+-- idxr.hybrid_hit rows, best first, with `stale` (the entity has queued changes).
+--
+-- The full-text index. A text search configuration (e.g. 'simple', 'english') is chosen per
+-- kind (YAML `text_search:`; NULL: idxr.default_text_search_config()). Each kind gets one
+-- partial expression GIN index,
+--   USING gin (to_tsvector('<config>'::regconfig, value))
+--     WHERE (entity_kind = '<kind>') IS TRUE AND value_type = 'string'
+-- (`IS TRUE`: the queries repeat that condition, which proves the partial index applies, and
+-- the planner cannot answer it from the btree on entity_kind instead: planner statistics are
+-- not kept for a partial index's expression, so it guesses the text condition's selectivity and
+-- preferred reading every row of the kind through the btree, parsing each text)
+-- named idxr.text_search_index_name(kind), built by idxr.set_text_search_config (the worker's
+-- registration calls it). An expression index, not a stored tsvector column: the write path
+-- (upserts, COPY) writes the same columns as before, and no second copy of every text is kept.
+-- The queries below splice the kind and its configuration in as literals (quoted with %L) so
+-- that the planner matches the partial index; every other argument is a parameter. A kind
+-- without an index (never registered by a worker) is still searched, by a sequential scan.
+--
+-- Scoring (lexical): PostgreSQL's ts_rank has no inverse document frequency, so a query's rare
+-- exact term (a part number, a name) weighs no more than its common words. Here each distinct
+-- lexeme of the query gets a BM25 idf, ln(1 + (N - df + 0.5) / (df + 0.5)), with df counted
+-- through the index up to `common_cap` rows (5% of the rows, between 100 and 1000: bounded cost)
+-- and N the table's row estimate. The candidates are the fields holding a rare lexeme
+-- (df < common_cap; matching is OR, so a paraphrase sharing one rare word finds a field), or,
+-- when every word of the query is common, those holding the rarest one (at most common_cap).
+-- A field's score is the sum of the idf of the picked lexemes it holds, computed from the GIN
+-- index alone: no candidate's text is parsed (to_tsvector of a long text costs ~0.1-0.3 ms,
+-- and parsing every candidate made a query of common words cost 100 ms at 2,000 records).
+-- Measured in bench/quality.py: 0.015 nDCG@10 below also scoring common words and breaking
+-- ties with ts_rank on the parsed text, for a bounded cost (docs/benchmarks.md).
+--
+-- Fusion (hybrid): reciprocal rank fusion, score = sum over the lists of weight / (rrf_k + rank)
+-- over the vector list (idxr.knn_search; entity level: idxr.entity_knn) and the lexical list,
+-- each `depth` candidates deep (4k, at least 100), plus an exact-match boost
+-- weight_exact / (rrf_k + 1) for a field of the lexical list that
+--   * is identifier-like (at most 64 characters) and equals the whole query, or has no
+--     whitespace and equals one of the query's words (case-insensitive), or
+--   * holds every picked lexeme of the query, two or more (a name, a title), or
+--   * holds a query lexeme with a digit (a part number, a code).
+-- Weights: a jsonb object
+--   {"vector": 1, "lexical": 1, "exact": 1, "rrf_k": 60}   (the defaults; any key may be left out)
+-- Re-applied after every upgrade: functions are CREATE OR REPLACE, the type is created once.
+
+DO $$
+BEGIN
+    CREATE TYPE idxr.hybrid_hit AS (
+        entity_kind text,
+        entity_id   text,
+        path        ltree,
+        value       text,
+        score       double precision,  -- fused score (hybrid) or lexical score (text_search)
+        distance    double precision,  -- cosine distance, when the vector list holds the row
+        text_rank   integer,           -- position in the lexical list (NULL: not in it)
+        vector_rank integer,           -- position in the vector list (NULL: not in it)
+        exact       boolean,           -- an exact match (see the boost above; NULL: not looked at)
+        stale       boolean            -- the entity has queued changes (idxr.is_stale)
+    );
+EXCEPTION WHEN duplicate_object THEN NULL;
+END
+$$;
+
+-- The text search configuration of kinds that name none (decided on bench/quality.py, see
+-- docs/benchmarks.md).
+CREATE OR REPLACE FUNCTION idxr.default_text_search_config()
+RETURNS regconfig
+LANGUAGE sql
+STABLE PARALLEL SAFE
+AS $$ SELECT 'pg_catalog.english'::regconfig $$;
+
+CREATE OR REPLACE FUNCTION idxr.text_search_index_name(entity_kind text)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 'search_index_text_' || left(md5($1), 12) $$;
+
+-- Records `config` (NULL: the default) as the kind's text search configuration and makes sure
+-- its partial GIN index exists with that configuration (built again when it changed). Returns
+-- the configuration in use. SECURITY DEFINER so that the worker role, which does not own
+-- idxr.search_index, can build the index of a kind it registers; it only ever builds that one
+-- index shape, for a kind recorded in idxr.entity_kinds.
+CREATE OR REPLACE FUNCTION idxr.set_text_search_config(entity_kind text, config regconfig DEFAULT NULL)
+RETURNS regconfig
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg      regconfig := coalesce(config, idxr.default_text_search_config());
+    idx      text := idxr.text_search_index_name(entity_kind);
+    expected text;
+    current  text;
+BEGIN
+    IF entity_kind IS NULL THEN
+        RAISE EXCEPTION 'idxr: set_text_search_config needs an entity kind'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM idxr.entity_kinds ek WHERE ek.name = entity_kind) THEN
+        RAISE EXCEPTION 'idxr: unknown entity kind %', quote_literal(entity_kind)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Register the kind first (start a worker or a backfill for it).';
+    END IF;
+    UPDATE idxr.entity_kinds ek SET text_search_config = cfg
+     WHERE ek.name = entity_kind AND ek.text_search_config IS DISTINCT FROM cfg;
+    expected := format('idxr: full-text index of entity kind %s (%s)', entity_kind, cfg::text);
+    SELECT obj_description(c.oid, 'pg_class') INTO current
+      FROM pg_class c
+     WHERE c.relname = idx AND c.relnamespace = 'idxr'::regnamespace;
+    IF current IS DISTINCT FROM expected THEN
+        EXECUTE format('DROP INDEX IF EXISTS idxr.%I', idx);
+        EXECUTE format(
+            'CREATE INDEX %I ON idxr.search_index USING gin (to_tsvector(%L::regconfig, value))'
+            ' WHERE (entity_kind = %L) IS TRUE AND value_type = ''string''',
+            idx, cfg::text, entity_kind);
+        EXECUTE format('COMMENT ON INDEX idxr.%I IS %L', idx, expected);
+    END IF;
+    RETURN cfg;
+END
+$$;
+
+-- Refuses a missing or blank query text.
+CREATE OR REPLACE FUNCTION idxr.check_text_query(query_text text)
+RETURNS void
+LANGUAGE plpgsql
+IMMUTABLE
+AS $$
+BEGIN
+    IF query_text IS NULL OR btrim(query_text, E' \t\r\n') = '' THEN
+        RAISE EXCEPTION 'idxr: the query text is empty: give the words to search for'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- The distinct lexemes of `query_text` under `config`, each as a one-term tsquery.
+CREATE OR REPLACE FUNCTION idxr.text_query_terms(config regconfig, query_text text)
+RETURNS tsquery[]
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(array_agg(
+               format('''%s''', replace(replace(t.lexeme, '\', '\\'), '''', ''''''))::tsquery
+               ORDER BY t.lexeme), '{}')
+      FROM unnest(to_tsvector($1, $2)) AS t
+$$;
+
+-- Validates the hybrid weights (see the top of this file); returns them with defaults filled in.
+CREATE OR REPLACE FUNCTION idxr.hybrid_weights(
+    weights jsonb,
+    OUT vector double precision, OUT lexical double precision,
+    OUT exact double precision, OUT rrf_k double precision)
+LANGUAGE plpgsql
+IMMUTABLE
+AS $$
+DECLARE
+    key text;
+    known constant text[] := ARRAY['vector', 'lexical', 'exact', 'rrf_k'];
+BEGIN
+    vector := 1; lexical := 1; exact := 1; rrf_k := 60;
+    IF weights IS NULL OR jsonb_typeof(weights) = 'null' THEN
+        RETURN;
+    END IF;
+    IF jsonb_typeof(weights) <> 'object' THEN
+        RAISE EXCEPTION 'idxr: weights must be a JSON object, got a JSON %', jsonb_typeof(weights)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'e.g. {"vector": 1, "lexical": 0.5, "exact": 1, "rrf_k": 60}';
+    END IF;
+    FOR key IN SELECT jsonb_object_keys(weights) LOOP
+        IF key <> ALL (known) THEN
+            RAISE EXCEPTION 'idxr: unknown weight % (allowed: %)', quote_literal(key),
+                array_to_string(known, ', ')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(weights -> key) <> 'number' OR (weights ->> key)::numeric < 0
+           OR (weights ->> key)::numeric > 1000 THEN
+            RAISE EXCEPTION 'idxr: weight % must be a number between 0 and 1000, got %', key, weights -> key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    vector := coalesce((weights ->> 'vector')::double precision, vector);
+    lexical := coalesce((weights ->> 'lexical')::double precision, lexical);
+    exact := coalesce((weights ->> 'exact')::double precision, exact);
+    rrf_k := coalesce((weights ->> 'rrf_k')::double precision, rrf_k);
+    IF vector = 0 AND lexical = 0 THEN
+        RAISE EXCEPTION 'idxr: weights "vector" and "lexical" are both 0: nothing would be searched'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF rrf_k < 1 THEN
+        RAISE EXCEPTION 'idxr: weight rrf_k must be at least 1, got %', rrf_k
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- The engine of lexical search (call text_search / text_search_entities / hybrid_search).
+-- Field rows best first (per_entity: each entity's best field), `score` and `text_rank` set,
+-- `stale` NULL. See the scoring notes at the top of this file.
+CREATE OR REPLACE FUNCTION idxr.lexical_search(
+    query_text  text,
+    path_filter lquery,
+    entity_kind text,
+    k           integer,
+    filters     jsonb,
+    per_entity  boolean
+)
+RETURNS SETOF idxr.hybrid_hit
+LANGUAGE plpgsql
+VOLATILE
+SET jit = off  -- see knn_search
+-- A term in most rows makes the planner prefer a sequential scan, which parses every text it
+-- reads (to_tsvector of a long text costs ~0.2 ms); the GIN index answers without parsing.
+-- A kind without its index is still searched (the setting only discourages a seq scan).
+SET enable_seqscan = off
+SET search_path FROM CURRENT  -- see knn_search
+AS $$
+DECLARE
+    kind_name  text;
+    cfg        regconfig;
+    terms      tsquery[];
+    idf        double precision[];
+    pick       boolean[];  -- the terms whose rows are the candidates
+    code       boolean[];  -- the terms with a digit (part numbers, codes)
+    picked     integer;
+    rarest     integer;
+    rarest_df  bigint;
+    df         bigint;
+    total      double precision;
+    kind_where text;
+    doc        text;
+    extra      text := '';
+    hits       idxr.hybrid_hit[] := '{}';
+    part       idxr.hybrid_hit[];
+    common_cap integer;
+    phrase     text := lower(btrim(query_text));
+    words      text[];
+BEGIN
+    PERFORM idxr.check_text_query(query_text);
+    PERFORM idxr.check_search_args(NULL, entity_kind, k);
+    SELECT coalesce(array_agg(DISTINCT y.t), '{}') INTO words
+      FROM regexp_split_to_table(phrase, '[\s,;!?()"]+') AS x(word)
+     CROSS JOIN LATERAL (SELECT btrim(x.word, '.:''') AS t) y
+     WHERE y.t <> '';
+    IF path_filter IS NOT NULL THEN
+        extra := extra || ' AND s.path ~ $1';
+    END IF;
+    IF filters IS NOT NULL AND jsonb_typeof(filters) <> 'null' THEN
+        extra := extra || idxr.search_filter_sql(filters, 2);
+    END IF;
+    SELECT c.reltuples INTO total FROM pg_class c WHERE c.oid = 'idxr.search_index'::regclass;
+    common_cap := least(1000, greatest(100, 0.05 * total))::integer;
+
+    FOR kind_name, cfg IN
+        WITH RECURSIVE indexed(name) AS (  -- the distinct kinds, by skipping through the btree
+            (SELECT s.entity_kind FROM idxr.search_index s ORDER BY s.entity_kind LIMIT 1)
+            UNION ALL
+            SELECT (SELECT s.entity_kind FROM idxr.search_index s
+                     WHERE s.entity_kind > i.name ORDER BY s.entity_kind LIMIT 1)
+              FROM indexed i WHERE i.name IS NOT NULL
+        )
+        SELECT kk.name, coalesce(ek.text_search_config, idxr.default_text_search_config())
+          FROM (SELECT lexical_search.entity_kind AS name WHERE lexical_search.entity_kind IS NOT NULL
+                UNION ALL
+                SELECT i.name FROM indexed i
+                 WHERE lexical_search.entity_kind IS NULL AND i.name IS NOT NULL) kk
+          LEFT JOIN idxr.entity_kinds ek ON ek.name = kk.name
+    LOOP
+        terms := idxr.text_query_terms(cfg, query_text);
+        CONTINUE WHEN cardinality(terms) = 0;
+        kind_where := format('(s.entity_kind = %L) IS TRUE AND s.value_type = ''string''', kind_name);
+        doc := format('to_tsvector(%L::regconfig, s.value)', cfg::text);
+        idf := '{}';
+        pick := '{}';
+        code := '{}';
+        rarest := NULL;
+        rarest_df := NULL;
+        FOR i IN 1 .. cardinality(terms) LOOP
+            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM idxr.search_index s'
+                           ' WHERE %s AND %s @@ $1 LIMIT %s) x', kind_where, doc, common_cap)
+                INTO df USING terms[i];
+            idf := idf || ln(1 + (greatest(total, df, 1) - df + 0.5) / (df + 0.5));
+            pick := pick || (df > 0 AND df < common_cap);
+            code := code || (terms[i]::text ~ '\d' AND length(terms[i]::text) >= 4);  -- 'x1'
+            IF df > 0 AND (rarest IS NULL OR df < rarest_df) THEN
+                rarest := i;
+                rarest_df := df;
+            END IF;
+        END LOOP;
+        CONTINUE WHEN rarest IS NULL;  -- no word of the query occurs in this kind
+        IF NOT (true = ANY (pick)) THEN
+            pick[rarest] := true;  -- only common words: the rarest one finds the candidates
+        END IF;
+        picked := cardinality(array_positions(pick, true));
+        -- Scored from the index alone: each picked term's rows come from the GIN index (no text
+        -- is parsed), a field's score is the sum of the idf of the terms it holds.
+        EXECUTE format(
+            'WITH t AS (SELECT u.term, u.idf, u.code FROM unnest($3, $4, $8, $9)'
+            '             AS u(term, idf, pick, code) WHERE u.pick),'
+            ' m AS (SELECT x.entity_id, x.path, sum(t.idf) AS score, count(*) AS matched,'
+            '              bool_or(t.code) AS code'
+            '         FROM t CROSS JOIN LATERAL ('
+            '              SELECT s.entity_id, s.path FROM idxr.search_index s'
+            '               WHERE %1$s AND %2$s @@ t.term %3$s LIMIT %5$s) x'
+            '        GROUP BY x.entity_id, x.path),'
+            ' best AS (SELECT * FROM m WHERE NOT $7'
+            '          UNION ALL'
+            '          (SELECT DISTINCT ON (entity_id) * FROM m WHERE $7'
+            '            ORDER BY entity_id, score DESC, path)),'
+            ' top AS (SELECT * FROM best ORDER BY score DESC, entity_id, path LIMIT $6)'
+            ' SELECT array_agg(ROW(s.entity_kind, s.entity_id, s.path, s.value, top.score,'
+            '                      NULL, NULL, NULL,'
+            '                      (length(s.value) <= 64 AND (lower(btrim(s.value)) = $10'
+            '                           OR (s.value !~ ''\s'' AND lower(s.value) = ANY ($11))))'
+            '                      OR top.code OR (top.matched >= 2 AND top.matched = $12),'
+            '                      NULL)::idxr.hybrid_hit)'
+            '   FROM top JOIN idxr.search_index s'
+            '     ON s.entity_kind = %4$L AND s.entity_id = top.entity_id AND s.path = top.path',
+            kind_where, doc, extra, kind_name, common_cap)
+            INTO part
+            USING path_filter, filters, terms, idf, NULL, k, per_entity, pick, code, phrase, words,
+                  picked;
+        hits := hits || coalesce(part, '{}');
+    END LOOP;
+
+    RETURN QUERY
+        SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance,
+               (row_number() OVER (ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path))::integer,
+               h.vector_rank, h.exact, h.stale
+          FROM unnest(hits) h
+         ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path
+         LIMIT k;
+END
+$$;
+
+-- The k string fields best matching the words of `query_text` (see lexical scoring above),
+-- among those whose path matches `path_filter`, of kind `entity_kind`, in entities meeting
+-- `filters` (as idxr.search); NULL = no limit.
+CREATE OR REPLACE FUNCTION idxr.text_search(
+    query_text  text,
+    path_filter lquery DEFAULT NULL,
+    entity_kind text DEFAULT NULL,
+    k           integer DEFAULT 10,
+    filters     jsonb DEFAULT NULL
+)
+RETURNS SETOF idxr.hybrid_hit
+LANGUAGE sql
+VOLATILE  -- as lexical_search
+AS $$
+    SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
+      FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, false) h
+$$;
+
+-- Like text_search, one row per entity: its best-matching field.
+CREATE OR REPLACE FUNCTION idxr.text_search_entities(
+    query_text  text,
+    path_filter lquery DEFAULT NULL,
+    entity_kind text DEFAULT NULL,
+    k           integer DEFAULT 10,
+    filters     jsonb DEFAULT NULL
+)
+RETURNS SETOF idxr.hybrid_hit
+LANGUAGE sql
+VOLATILE  -- as lexical_search
+AS $$
+    SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
+      FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, true) h
+$$;
+
+-- The engine of hybrid search (call hybrid_search / hybrid_search_entities): reciprocal rank
+-- fusion of the vector and lexical candidate lists, plus the exact-match boost.
+CREATE OR REPLACE FUNCTION idxr.fused_search(
+    query_text   text,
+    query_vector vector,
+    path_filter  lquery,
+    entity_kind  text,
+    k            integer,
+    filters      jsonb,
+    weights      jsonb,
+    per_entity   boolean
+)
+RETURNS SETOF idxr.hybrid_hit
+LANGUAGE plpgsql
+VOLATILE
+SET jit = off  -- see knn_search
+SET search_path FROM CURRENT  -- see knn_search
+AS $$
+DECLARE
+    w      record;
+    depth  integer;
+BEGIN
+    PERFORM idxr.check_text_query(query_text);
+    IF query_vector IS NULL THEN
+        RAISE EXCEPTION 'idxr: the query vector is NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM idxr.check_search_args(query_vector, entity_kind, k);
+    SELECT * INTO w FROM idxr.hybrid_weights(weights);
+    IF filters IS NOT NULL THEN
+        PERFORM idxr.search_filter_sql(filters, 5);  -- a bad filter fails before any search
+    END IF;
+    -- How deep each list is read: RRF needs more than k from each, so that a row ranked well
+    -- by one list and moderately by the other is seen by both.
+    depth := least(1000, greatest(100, 4 * k));
+
+    RETURN QUERY
+    WITH vec AS (
+        SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r,
+               CASE WHEN per_entity THEN NULL ELSE v.path END AS kp
+          FROM idxr.knn_search(query_vector, path_filter, entity_kind, depth, filters, false)
+               WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
+         WHERE w.vector > 0 AND NOT per_entity
+        UNION ALL
+        SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r, NULL::ltree
+          FROM idxr.entity_knn(query_vector, path_filter, entity_kind, depth, filters)
+               WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
+         WHERE w.vector > 0 AND per_entity
+    ),
+    lexf AS (
+        SELECT l.entity_kind, l.entity_id, l.path, l.value, l.text_rank AS r, l.exact,
+               CASE WHEN per_entity THEN NULL ELSE l.path END AS kp
+          FROM idxr.lexical_search(query_text, path_filter, entity_kind, depth, filters, false) l
+         WHERE w.lexical > 0 OR w.exact > 0
+    ),
+    lex AS (  -- the lexical list: fields, or entities ranked by their best field
+        SELECT b.*, row_number() OVER (ORDER BY b.r) AS lr
+          FROM (SELECT DISTINCT ON (f.entity_kind, f.entity_id, f.kp) f.*
+                  FROM lexf f ORDER BY f.entity_kind, f.entity_id, f.kp, f.r) b
+    ),
+    exact AS (
+        SELECT DISTINCT f.entity_kind, f.entity_id, f.kp
+          FROM lexf f
+         WHERE w.exact > 0 AND f.exact
+    ),
+    keys AS (
+        SELECT v.entity_kind, v.entity_id, v.kp FROM vec v
+        UNION
+        SELECT l.entity_kind, l.entity_id, l.kp FROM lex l WHERE w.lexical > 0
+        UNION
+        SELECT e.entity_kind, e.entity_id, e.kp FROM exact e
+    ),
+    fused AS (
+        SELECT key.entity_kind, key.entity_id,
+               coalesce(v.path, l.path) AS path, coalesce(v.value, l.value) AS value,
+               coalesce(w.vector / (w.rrf_k + v.r), 0)
+               + CASE WHEN w.lexical > 0 THEN coalesce(w.lexical / (w.rrf_k + l.lr), 0) ELSE 0 END
+               + CASE WHEN e.entity_id IS NOT NULL THEN w.exact / (w.rrf_k + 1) ELSE 0 END AS score,
+               v.distance,
+               CASE WHEN w.lexical > 0 THEN l.lr::integer END AS text_rank,
+               v.r::integer AS vector_rank,
+               e.entity_id IS NOT NULL AS exact
+          FROM keys key
+          LEFT JOIN vec v ON v.entity_kind = key.entity_kind AND v.entity_id = key.entity_id
+                         AND v.kp IS NOT DISTINCT FROM key.kp
+          LEFT JOIN lex l ON l.entity_kind = key.entity_kind AND l.entity_id = key.entity_id
+                         AND l.kp IS NOT DISTINCT FROM key.kp
+          LEFT JOIN exact e ON e.entity_kind = key.entity_kind AND e.entity_id = key.entity_id
+                           AND e.kp IS NOT DISTINCT FROM key.kp
+         ORDER BY score DESC, key.entity_kind, key.entity_id, path
+         LIMIT k
+    )
+    SELECT f.entity_kind, f.entity_id, f.path, f.value, f.score, f.distance, f.text_rank,
+           f.vector_rank, f.exact, idxr.is_stale(f.entity_kind, f.entity_id)
+      FROM fused f
+     ORDER BY f.score DESC, f.entity_kind, f.entity_id, f.path;
+END
+$$;
+
+-- Hybrid search: the k field records best matching `query_text` (its words, full-text) and
+-- `query_vector` (the same text embedded with the index's model), fused by reciprocal rank;
+-- path_filter, entity_kind and filters as idxr.search; weights see the top of this file.
+CREATE OR REPLACE FUNCTION idxr.hybrid_search(
+    query_text   text,
+    query_vector vector,
+    path_filter  lquery DEFAULT NULL,
+    entity_kind  text DEFAULT NULL,
+    k            integer DEFAULT 10,
+    filters      jsonb DEFAULT NULL,
+    weights      jsonb DEFAULT NULL
+)
+RETURNS SETOF idxr.hybrid_hit
+LANGUAGE sql
+VOLATILE  -- as fused_search
+AS $$
+    SELECT * FROM idxr.fused_search(query_text, query_vector, path_filter, entity_kind, k,
+                                    filters, weights, false)
+$$;
+
+-- Like hybrid_search, one row per entity: entities ranked by fusing their best vector field's
+-- rank and their best lexical field's rank; the row shows the best vector field (or, for an
+-- entity only the lexical list found, its best lexical field).
+CREATE OR REPLACE FUNCTION idxr.hybrid_search_entities(
+    query_text   text,
+    query_vector vector,
+    path_filter  lquery DEFAULT NULL,
+    entity_kind  text DEFAULT NULL,
+    k            integer DEFAULT 10,
+    filters      jsonb DEFAULT NULL,
+    weights      jsonb DEFAULT NULL
+)
+RETURNS SETOF idxr.hybrid_hit
+LANGUAGE sql
+VOLATILE  -- as fused_search
+AS $$
+    SELECT * FROM idxr.fused_search(query_text, query_vector, path_filter, entity_kind, k,
+                                    filters, weights, true)
 $$;
 
 -- ==== 050_status.sql ====
@@ -1112,6 +1763,8 @@ COMMENT ON VIEW idxr.stale IS
 --     tables to the worker's login role yourself.
 -- Never granted to either: set_embedding_dimensions (the installer's, via `idxr-pg migrate`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
+-- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
+-- of search results), idxr.set_text_search_config to idxr_worker (a kind's full-text index).
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA idxr FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA idxr REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
@@ -1146,11 +1799,17 @@ BEGIN
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;
+        -- The one SECURITY DEFINER function readers get: whether an entity has queued changes
+        -- (the `stale` column of search results), one boolean, no queue row itself.
+        GRANT EXECUTE ON FUNCTION idxr.is_stale(text, text) TO idxr_reader;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_worker') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_worker;
         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA idxr TO idxr_worker;
         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA idxr TO idxr_worker;
+        -- Registration builds a kind's full-text index through this SECURITY DEFINER function
+        -- (the worker does not own idxr.search_index; 045_hybrid.sql).
+        GRANT EXECUTE ON FUNCTION idxr.set_text_search_config(text, regconfig) TO idxr_worker;
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader')
            AND NOT pg_catalog.pg_has_role('idxr_worker', 'idxr_reader', 'MEMBER') THEN
             BEGIN
@@ -1169,6 +1828,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0005');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0006');
 
 COMMIT;

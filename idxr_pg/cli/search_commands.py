@@ -25,29 +25,43 @@ WHERE_HELP = (
 )
 
 
-RESULT_COLUMNS = (
-    Column("#", justify="right"),
-    Column("distance", justify="right", no_wrap=True),
-    Column("entity", no_wrap=True),
-    Column("path", fold=True),  # path and value wrap when the terminal is narrow
-    Column("value", max_width=VALUE_WIDTH),
-)
+STALE_MARK = "updating"
+"""Shown in the `stale` column for an entity with queued changes not indexed yet."""
+
+
+def _columns(measure: str) -> tuple[Column, ...]:
+    return (
+        Column("#", justify="right"),
+        Column(measure, justify="right", no_wrap=True),
+        Column("entity", no_wrap=True),
+        Column("path", fold=True),  # path and value wrap when the terminal is narrow
+        Column("value", max_width=VALUE_WIDTH),
+        Column("stale", no_wrap=True),
+    )
 
 
 def _hit_row(rank: int, hit: SearchHit) -> list[object]:
     value = " ".join(hit.value.split())  # one line per result
     if len(value) > VALUE_WIDTH:
         value = value[: VALUE_WIDTH - 1] + "…"
-    return [rank, f"{hit.distance:.4f}", f"{hit.entity_kind}/{hit.entity_id}", hit.path, value]
+    measure = hit.score if hit.score is not None else hit.distance
+    return [
+        rank,
+        "" if measure is None else f"{measure:.4f}",
+        f"{hit.entity_kind}/{hit.entity_id}",
+        hit.path,
+        value,
+        STALE_MARK if hit.stale else "",
+    ]
 
 
-def _show(hits: Sequence[SearchHit], as_json: bool, title: str) -> None:
+def _show(hits: Sequence[SearchHit], as_json: bool, title: str, measure: str = "distance") -> None:
     print_listing(
         list(enumerate(hits, 1)),
         as_json=as_json,
         to_json=lambda ranked: ranked[1].to_dict(),
         empty="no results",
-        columns=RESULT_COLUMNS,
+        columns=_columns(measure),
         to_row=lambda ranked: _hit_row(*ranked),
         title=title,
     )
@@ -70,6 +84,25 @@ def _show(hits: Sequence[SearchHit], as_json: bool, title: str) -> None:
     help="One row per entity (its best-matching field) instead of one row per field.",
 )
 @click.option("--where", "where", multiple=True, metavar="CONDITION", help=WHERE_HELP)
+@click.option(
+    "--hybrid",
+    is_flag=True,
+    help="Fuse full-text search over the words of TEXT with the vector search (reciprocal "
+    "rank fusion, idxr.hybrid_search): finds rare exact terms (part numbers, names) as well "
+    "as paraphrases. Results are ordered by score, higher is better.",
+)
+@click.option(
+    "--lexical",
+    is_flag=True,
+    help="Full-text search alone (idxr.text_search): the words of TEXT, no model is loaded.",
+)
+@click.option(
+    "--weights",
+    metavar="NAME=NUMBER,...",
+    default=None,
+    help="With --hybrid: weights of the fused lists, e.g. 'vector=1,lexical=0.5,exact=1,rrf_k=60' "
+    "(the defaults are 1, 1, 1 and 60).",
+)
 @json_flag("Print the results as JSON.")
 @pass_app
 def search_command(
@@ -80,15 +113,22 @@ def search_command(
     k: int,
     entities: bool,
     where: tuple[str, ...],
+    hybrid: bool,
+    lexical: bool,
+    weights: str | None,
     as_json: bool,
 ) -> None:
     """Find the fields (or entities) closest in meaning to TEXT.
 
     TEXT is embedded with the configured model, which must be the one the index was built
     with, and compared by cosine distance (0 = same meaning) with every indexed text field.
+    With --hybrid, full-text matches of its words are fused in; with --lexical, only those.
+    The stale column says "updating" for an entity with changes not indexed yet.
     """
-    from idxr_pg.search import search
+    from idxr_pg.search import SearchError, parse_weights, search
 
+    if weights is not None and not hybrid:
+        raise SearchError("--weights applies to --hybrid search only")
     hits = search(
         text,
         path=path,
@@ -96,10 +136,18 @@ def search_command(
         k=k,
         entities=entities,
         where=list(where) or None,
+        hybrid=hybrid,
+        lexical=lexical,
+        weights=parse_weights(weights) if weights is not None else None,
         database_url=app.database_url,
         config=app.config,
     )
-    _show(hits, as_json, f"{'entities' if entities else 'fields'} nearest to {text!r}")
+    what = "entities" if entities else "fields"
+    if hybrid or lexical:
+        how = "hybrid" if hybrid else "full-text"
+        _show(hits, as_json, f"{what} best matching {text!r} ({how})", measure="score")
+    else:
+        _show(hits, as_json, f"{what} nearest to {text!r}")
 
 
 @click.command("similar")

@@ -28,6 +28,8 @@ __all__ = [
     "recorded_schema",
     "refresh_state",
     "resume_kind",
+    "set_composite",
+    "set_text_search_config",
     "upsert_embedding_model",
     "upsert_entity_kind",
 ]
@@ -87,6 +89,13 @@ SELECT paused_at IS NOT NULL,
        %(interval)s::float8 IS NULL OR last_refresh_at IS NULL
            OR last_refresh_at + make_interval(secs => %(interval)s::float8) <= now()
 FROM idxr.entity_kinds WHERE name = %(kind)s
+"""
+# SECURITY DEFINER (045_hybrid.sql): records the configuration, builds the kind's GIN index
+# when it is missing or was built with another configuration; a no-op otherwise.
+_TEXT_SEARCH_SQL = "SELECT idxr.set_text_search_config(%s, %s::regconfig)::text"
+_COMPOSITE_SQL = """
+UPDATE idxr.entity_kinds SET composite = %(template)s
+ WHERE name = %(kind)s AND composite IS DISTINCT FROM %(template)s
 """
 _MODEL_VERSION_SQL = "SELECT version FROM idxr.embedding_models WHERE name = %s"
 _MODEL_HAS_VECTORS_SQL = """
@@ -193,3 +202,14 @@ def refresh_state(
     if row is None:
         return RefreshState(paused=False, due=True)
     return RefreshState(paused=bool(row[0]), due=bool(row[1]))
+
+
+def set_text_search_config(conn: psycopg.Connection, kind: str, config: str | None) -> str:
+    """Record the kind's text search configuration (None: the default) and build its full-text
+    index if missing or built with another one; returns the configuration in use."""
+    return conn.execute(_TEXT_SEARCH_SQL, [kind, config]).fetchone()[0]
+
+
+def set_composite(conn: psycopg.Connection, kind: str, template: str | None) -> None:
+    """Record the kind's composite template (None: none); entity search reads it."""
+    conn.execute(_COMPOSITE_SQL, {"kind": kind, "template": template})

@@ -59,6 +59,7 @@ from idxr_pg.db.leases import Leases
 from idxr_pg.embedding import EmbeddedText, EmbeddingError, EmbeddingService, EmbedRequest
 from idxr_pg.indexing.failures import STAGES, EntityFailure
 from idxr_pg.indexing.registry import RegisteredKind
+from idxr_pg.records.composite import composite_record
 from idxr_pg.records.counts import Counts
 from idxr_pg.records.diff import Diff, diff
 from idxr_pg.records.record import FieldRecord
@@ -326,6 +327,10 @@ class Pipeline:
                     max_records=self.kind.config.max_records,
                     exclude_paths=self.kind.config.exclude_paths,
                 )
+                if self.kind.config.composite:
+                    whole = composite_record(instance, self.kind.name, self.kind.config.composite)
+                    if whole is not None:
+                        entity.records.append(whole)
                 entity.change = diff(entity.records, stored.get(entity.id, {}), force=force)
             except Exception as exc:
                 self._fail(failures, entity, "flatten", exc)

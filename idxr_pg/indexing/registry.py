@@ -24,6 +24,7 @@ from idxr_pg.db import catalog, source
 from idxr_pg.db import kinds as kinds_db
 from idxr_pg.errors import IdxrError
 from idxr_pg.indexing import schema_state
+from idxr_pg.records.composite import template_fields
 from idxr_pg.records.shape import ShapeChange
 
 __all__ = [
@@ -149,6 +150,14 @@ def _resolve(
                 f"entity kind {entity.name!r}: table {entity.table!r} has no column "
                 f"{column!r} (listed in columns)"
             )
+    if entity.composite:
+        unknown = [f for f in template_fields(entity.composite) if f not in model.model_fields]
+        if unknown:
+            raise RegistryError(
+                f"entity kind {entity.name!r}: composite template {entity.composite!r} names "
+                f"{unknown[0]!r}, which is not a field of {entity.model} (fields: "
+                f"{', '.join(model.model_fields)})"
+            )
     kind = RegisteredKind(
         config=entity, model=model, schema=relation.schema, table=relation.name, key_type=key_type
     )
@@ -228,6 +237,8 @@ def register(
             kinds_db.upsert_entity_kind(
                 conn, kind.name, embedder.name, kind.source_table, kind.refresh
             )
+            _text_search(conn, kind)
+            kinds_db.set_composite(conn, kind.name, kind.config.composite)
             change = schema_state.reconcile(conn, kind)
             if change:
                 changes[kind.name] = change
@@ -243,3 +254,16 @@ def register(
                     extra={"entity_kind": kind.name, "schema_change": change.summary()},
                 )
     return changes
+
+
+def _text_search(conn: psycopg.Connection, kind: RegisteredKind) -> None:
+    """The kind's full-text index in its configured language (a no-op when it exists)."""
+    try:
+        with conn.transaction():
+            kinds_db.set_text_search_config(conn, kind.name, kind.config.text_search)
+    except psycopg.errors.UndefinedObject as exc:  # an unknown text search configuration
+        raise RegistryError(
+            f"entity kind {kind.name!r}: text_search {kind.config.text_search!r} is not a text "
+            f"search configuration of this database ({exc.diag.message_primary}); see "
+            "`SELECT cfgname FROM pg_ts_config`"
+        ) from None

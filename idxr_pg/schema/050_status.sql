@@ -130,6 +130,8 @@ COMMENT ON VIEW idxr.stale IS
 --     tables to the worker's login role yourself.
 -- Never granted to either: set_embedding_dimensions (the installer's, via `idxr-pg migrate`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
+-- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
+-- of search results), idxr.set_text_search_config to idxr_worker (a kind's full-text index).
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA idxr FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA idxr REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
@@ -164,11 +166,17 @@ BEGIN
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;
+        -- The one SECURITY DEFINER function readers get: whether an entity has queued changes
+        -- (the `stale` column of search results), one boolean, no queue row itself.
+        GRANT EXECUTE ON FUNCTION idxr.is_stale(text, text) TO idxr_reader;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_worker') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_worker;
         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA idxr TO idxr_worker;
         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA idxr TO idxr_worker;
+        -- Registration builds a kind's full-text index through this SECURITY DEFINER function
+        -- (the worker does not own idxr.search_index; 045_hybrid.sql).
+        GRANT EXECUTE ON FUNCTION idxr.set_text_search_config(text, regconfig) TO idxr_worker;
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader')
            AND NOT pg_catalog.pg_has_role('idxr_worker', 'idxr_reader', 'MEMBER') THEN
             BEGIN

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from idxr_pg.config import IdxrConfig, Settings, load_config
+from idxr_pg.config import EmbeddingSettings, IdxrConfig, Settings, load_config
 from idxr_pg.db import search as queries
 from idxr_pg.db.connection import DatabaseError, connect, redact
 from idxr_pg.errors import IdxrError
@@ -38,6 +39,7 @@ __all__ = [
     "ModelMismatchError",
     "SearchError",
     "SearchHit",
+    "parse_weights",
     "parse_where",
     "search",
     "search_vector",
@@ -65,18 +67,25 @@ class ModelMismatchError(SearchError):
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
-    """One result: a field record (or an entity's best field) and its cosine distance."""
+    """One result: a field record (or an entity's best field) and its cosine distance.
+
+    ``stale``: the entity has queued changes not indexed yet (a result being updated).
+    ``score``: hybrid and lexical search only, higher is better (``distance`` is then None for
+    a row that only the lexical list found).
+    """
 
     entity_kind: str
     entity_id: str
     path: str
     value: str
-    distance: float
+    distance: float | None
+    stale: bool = False
+    score: float | None = None
 
     @property
-    def similarity(self) -> float:
+    def similarity(self) -> float | None:
         """Cosine similarity, 1 - distance (1 = same direction)."""
-        return 1.0 - self.distance
+        return None if self.distance is None else 1.0 - self.distance
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "similarity": self.similarity}
@@ -300,9 +309,82 @@ def _check_numeric_path(kind: str, built: str, configured: str) -> None:
 
 def _hits(rows: Iterable[Sequence[Any]]) -> list[SearchHit]:
     return [
-        SearchHit(kind, eid, path, value, float(distance))
-        for kind, eid, path, value, distance in rows
+        SearchHit(
+            kind,
+            eid,
+            path,
+            value,
+            None if distance is None else float(distance),
+            bool(stale),
+            None if score is None else float(score),
+        )
+        for kind, eid, path, value, distance, stale, score in rows
     ]
+
+
+WEIGHT_KEYS = ("vector", "lexical", "exact", "rrf_k")
+"""The keys of hybrid search weights (``idxr.hybrid_weights`` is the authority)."""
+
+
+def _check_weights(weights: Mapping[str, float] | None) -> dict[str, float] | None:
+    if weights is None:
+        return None
+    unknown = sorted(set(weights) - set(WEIGHT_KEYS))
+    if unknown:
+        raise SearchError(
+            f"unknown hybrid weight {unknown[0]!r} (allowed: {', '.join(WEIGHT_KEYS)})"
+        )
+    return dict(weights)
+
+
+def parse_weights(expression: str) -> dict[str, float]:
+    """``vector=1,lexical=0.5`` → ``{"vector": 1.0, "lexical": 0.5}`` (the CLI's --weights)."""
+    weights: dict[str, float] = {}
+    for part in expression.split(","):
+        name, sep, raw = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            weights[name.strip()] = float(raw)
+        except ValueError:
+            raise SearchError(
+                f"cannot parse weights {expression!r}: expected NAME=NUMBER pairs separated by "
+                f"commas, NAME one of {', '.join(WEIGHT_KEYS)} (e.g. 'vector=1,lexical=0.5')"
+            ) from None
+    return _check_weights(weights) or {}
+
+
+# --------------------------------------------------------------------------- query embedding
+
+_EMBEDDERS: dict[str, Any] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def _embedder(settings: EmbeddingSettings) -> Any:
+    """The embedder of ``settings``, loaded once per process (loading takes seconds; a search
+    after the first costs the query's embedding only)."""
+    key = settings.model_dump_json()
+    with _EMBEDDERS_LOCK:
+        embedder = _EMBEDDERS.get(key)
+        if embedder is None:
+            from idxr_pg.embedding import load_embedder
+
+            embedder = _EMBEDDERS[key] = load_embedder(settings)
+    return embedder
+
+
+def _embed_query(embedder: Any, settings: EmbeddingSettings, text: str) -> Any:
+    """The query's vector, as the indexer embeds a text (truncation included); a short query on
+    the torch backend runs on one thread (`idxr_pg.embedding.threads`)."""
+    from idxr_pg.embedding import EmbeddingService, EmbedRequest
+    from idxr_pg.embedding.threads import threads_for, torch_threads
+
+    service = EmbeddingService(embedder, settings)
+    count = None
+    if getattr(embedder, "backend", None) == "torch":
+        count = threads_for(embedder.count_tokens([text]))
+    with torch_threads(count):
+        return service.embed([EmbedRequest("search query", text)])[0].vector
 
 
 # --------------------------------------------------------------------------- API
@@ -316,11 +398,19 @@ def search(
     *,
     entities: bool = False,
     where: WhereArg | Iterable[WhereArg] | None = None,
+    hybrid: bool = False,
+    lexical: bool = False,
+    weights: Mapping[str, float] | None = None,
     database_url: str | None = None,
     config: IdxrConfig | None = None,
 ) -> list[SearchHit]:
     """The ``k`` field records nearest to ``text`` (with ``entities``: the ``k`` nearest
     entities, each with its best-matching field), nearest first.
+
+    ``hybrid``: fuse full-text search over the words of ``text`` with the vector search
+    (``idxr.hybrid_search``, reciprocal rank fusion; ``weights`` e.g.
+    ``{"vector": 1, "lexical": 1, "exact": 1, "rrf_k": 60}``), best first by ``score``.
+    ``lexical``: full-text search alone (``idxr.text_search``); no model is loaded.
 
     ``path`` is an lquery restricting the fields compared (e.g. ``'subscription.product.*'``);
     ``kind`` an entity kind; ``where`` structured filters (`parse_where` strings, `Filter`\\ s
@@ -332,17 +422,40 @@ def search(
     if not isinstance(text, str) or not text.strip():
         raise SearchError("the query text is empty: give the words to search for")
     _check_k(k)
+    if hybrid and lexical:
+        raise SearchError("choose hybrid or lexical search, not both")
+    weights = _check_weights(weights)
+    if weights and not hybrid:
+        raise SearchError("weights apply to hybrid search only (hybrid=True)")
     filters = _filters_json(where)
     url = database_url or Settings().database_url
+    if lexical:
+        with connect(url, autocommit=True) as conn:
+            _validate(conn, url, path, kind, k, filters)
+            try:
+                rows = queries.text_search(conn, text, path, kind, k, filters, entities=entities)
+            except psycopg.Error as exc:
+                raise _database_error(exc, url) from None
+        return _hits(rows)
     settings = (config or load_config()).embedding
     with connect(url, autocommit=True) as conn:
         _validate(conn, url, path, kind, k, filters)
-        from idxr_pg.embedding import EmbeddingService, EmbedRequest, load_embedder
-
-        embedder = load_embedder(settings)
+        if weights:
+            try:
+                queries.check_weights(conn, weights)
+            except psycopg.Error as exc:
+                raise _database_error(exc, url) from None
+        embedder = _embedder(settings)
         _check_model(conn, embedder, kind)
-        service = EmbeddingService(embedder, settings)
-        vector = service.embed([EmbedRequest("search query", text)])[0].vector
+        vector = _embed_query(embedder, settings, text)
+        if hybrid:
+            try:
+                rows = queries.hybrid_search(
+                    conn, text, vector, path, kind, k, filters, weights, entities=entities
+                )
+            except psycopg.Error as exc:
+                raise _database_error(exc, url) from None
+            return _hits(rows)
         return _run(conn, url, vector, path, kind, k, entities, filters)
 
 

@@ -64,6 +64,20 @@ KNOWN_FUNCTIONS: dict[str, tuple[bool, frozenset[str], str]] = {
     "similar_to": (False, READER, "idxr.search_index " + INVOKER_READS),
     "refresh_interval": (False, READER, "nothing (parses its argument)"),
     "index_counts": (False, READER, "counts of idxr.search_index " + INVOKER_READS),
+    "is_stale": (
+        True,
+        READER,
+        "whether one entity has queued changes (one boolean; the queue rows stay unreadable)",
+    ),
+    "set_text_search_config": (
+        True,
+        frozenset({"idxr_worker"}),
+        "records a registered kind's text search configuration and builds its one GIN index",
+    ),
+    "text_search": (False, READER, "idxr.search_index " + INVOKER_READS),
+    "text_search_entities": (False, READER, "idxr.search_index " + INVOKER_READS),
+    "hybrid_search": (False, READER, "idxr.search_index " + INVOKER_READS),
+    "hybrid_search_entities": (False, READER, "idxr.search_index " + INVOKER_READS),
 }
 # Capture functions (one per kind and table, made by `triggers install`): SECURITY DEFINER,
 # executable by nobody but their owner; called as triggers only, they insert queue rows and
@@ -159,7 +173,8 @@ def setup(isolated_database_url: str) -> Iterator[Setup]:
 
 def test_function_privilege_audit(setup: Setup) -> None:
     """Every function in idxr: none executable by PUBLIC; SECURITY DEFINER only the capture
-    trigger functions, executable by nobody but their owner; readers get the search side."""
+    trigger functions, executable by nobody but their owner, and the two listed in
+    KNOWN_FUNCTIONS (is_stale, set_text_search_config); readers get the search side."""
     with psycopg.connect(setup.admin_url, autocommit=True) as admin:
         functions = audit(admin)
         roles = {

@@ -119,8 +119,14 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "012_pause.sql",
         "016_schema_changes.sql",
         "014_loads.sql",
+        "015_hybrid.sql",
     )
-    assert {"020_dimensions.sql", "040_search.sql", "050_status.sql"} == set(reapplied_files())
+    assert {
+        "020_dimensions.sql",
+        "040_search.sql",
+        "045_hybrid.sql",
+        "050_status.sql",
+    } == set(reapplied_files())
     for name in reapplied_files():
         assert "CREATE TABLE" not in read_schema_file(name).upper(), name
 

@@ -399,7 +399,16 @@ def test_package_level_search_and_cli(catalogue_url):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert len(data) == 3 and data[0]["entity_id"] in {"video", "s6"}
-    assert set(data[0]) == {"entity_kind", "entity_id", "path", "value", "distance", "similarity"}
+    assert set(data[0]) == {
+        "entity_kind",
+        "entity_id",
+        "path",
+        "value",
+        "distance",
+        "similarity",
+        "stale",
+        "score",
+    }
 
     result = cli(catalogue_url, "search", "video calls", "--kind", "product", "-k", "2")
     assert result.exit_code == 0, result.output

@@ -1,0 +1,159 @@
+"""Latency of hybrid and full-text search against vector search, at 100k records (issue 16).
+
+A scratch database gets N field records (default 100,000) of one kind, generated server-side:
+half titles (one sentence), half bodies (10-30 sentences of bench/quality_corpus.py's topic
+and boilerplate sentences, plus a unique part number `PN-<n>`), each with a random unit vector
+(384 dimensions; the vector search's cost does not depend on what the vectors mean). The HNSW
+index is built once after the load and the kind's full-text index by
+idxr.set_text_search_config. Then rounds interleave, for the same queries (the quality
+corpus's paraphrases and part-number queries, each with a random query vector):
+
+  vector    idxr.search_entities(v, kind, k)
+  lexical   idxr.text_search_entities(text, kind, k)
+  hybrid    idxr.hybrid_search_entities(text, v, kind, k)
+
+and p50/p95 per method are printed with the ratio to vector, client side, one query at a time.
+
+    flock /tmp/idxr-bench.lock .venv/bin/python bench/hybrid_latency.py [--records 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from bench.quality_corpus import BOILERPLATE, TOPICS  # noqa: E402
+from idxr_pg.db import migrations  # noqa: E402
+from idxr_pg.db.connection import connect  # noqa: E402
+
+KIND = "report"
+DIMS = 384
+
+LOAD = """
+INSERT INTO idxr.search_index
+    (entity_kind, entity_id, path, value, value_type, content_hash, embedding)
+SELECT 'report', (g.n / 2)::text,
+       (CASE WHEN g.n %% 2 = 0 THEN 'report.title' ELSE 'report.body' END)::ltree,
+       CASE WHEN g.n %% 2 = 0
+            THEN (%(s)s::text[])[1 + (hashint4(g.n) & 2147483647) %% cardinality(%(s)s::text[])]
+            ELSE (SELECT string_agg((%(s)s::text[])[1 + (hashint8(g.n * 64 + i) & 2147483647)
+                                                    %% cardinality(%(s)s::text[])], ' ')
+                    FROM generate_series(1, 10 + g.n %% 21) i)
+                 || ' Part PN-' || g.n || ' was checked.'
+       END,
+       'string', md5(g.n::text),
+       (SELECT l2_normalize(array_agg(random() - 0.5)::vector)
+          FROM generate_series(1, 384) d WHERE g.n >= 0)  -- correlated: one vector per row
+  FROM generate_series(%(start)s, %(stop)s - 1) AS g(n)
+"""
+
+
+def with_dbname(url: str, name: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    args = parser.parse_args()
+    sentences = [s for t in TOPICS for s in t.sentences] + list(BOILERPLATE)
+    rng = random.Random(16)
+    texts = [q for t in TOPICS for q in t.queries] + [
+        f"where was PN-{rng.randrange(args.records)} checked" for _ in range(16)
+    ]
+    vectors = np.random.default_rng(16).normal(size=(len(texts), DIMS)).astype(np.float32)
+    name = f"idxr_bench_hybrid_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_dbname(args.database_url, name)
+    times: dict[str, list[float]] = {"vector": [], "lexical": [], "hybrid": []}
+    try:
+        migrations.upgrade(url)
+        with connect(url, autocommit=True) as conn:
+            started = time.perf_counter()
+            conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
+            conn.execute("INSERT INTO idxr.entity_kinds (name) VALUES (%s)", [KIND])
+            step = 10_000
+            for start in range(0, args.records, step):
+                conn.execute(
+                    LOAD,
+                    {"s": sentences, "start": start, "stop": min(args.records, start + step)},
+                )
+            loaded = time.perf_counter() - started
+            conn.execute("SET maintenance_work_mem = '1GB'")
+            conn.execute("SELECT idxr.set_embedding_dimensions(%s)", [DIMS])
+            conn.execute("SELECT idxr.set_text_search_config(%s, 'english')", [KIND])
+            conn.execute("VACUUM ANALYZE idxr.search_index")
+            built = time.perf_counter() - started - loaded
+            calls = {
+                "vector": ("SELECT * FROM idxr.search_entities(%(v)s, NULL, %(kind)s, %(k)s)"),
+                "lexical": (
+                    "SELECT * FROM idxr.text_search_entities(%(t)s, NULL, %(kind)s, %(k)s)"
+                ),
+                "hybrid": (
+                    "SELECT * FROM idxr.hybrid_search_entities(%(t)s, %(v)s, NULL, %(kind)s, %(k)s)"
+                ),
+            }
+            for text, vector in zip(texts[:3], vectors[:3], strict=True):  # warm-up
+                for query in calls.values():
+                    conn.execute(query, {"t": text, "v": vector, "kind": KIND, "k": args.k})
+            for _ in range(args.rounds):
+                for text, vector in zip(texts, vectors, strict=True):
+                    for label, query in calls.items():
+                        params = {"t": text, "v": vector, "kind": KIND, "k": args.k}
+                        started = time.perf_counter()
+                        conn.execute(query, params).fetchall()
+                        times[label].append(time.perf_counter() - started)
+    finally:
+        if args.keep:
+            print(f"kept database {name}")
+        else:
+            with psycopg.connect(args.database_url, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+    load = os.getloadavg()
+    print(
+        f"\nhybrid search latency: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"{args.records} records (loaded in {loaded:.0f} s, HNSW + GIN built in {built:.0f} s), "
+        f"k = {args.k}, {len(texts)} queries x {args.rounds} rounds, interleaved"
+    )
+    base = statistics.median(times["vector"])
+    for label, values in times.items():
+        p50 = statistics.median(values)
+        p95 = statistics.quantiles(values, n=20)[-1]
+        print(
+            f"  {label:8} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms"
+            f"  {p50 / base:5.2f}x vector"
+        )
+
+
+if __name__ == "__main__":
+    main()
