@@ -35,8 +35,9 @@ _INSERT_STAGED = (
 def select_vectors(
     conn: psycopg.Connection, model_key: str, text_hashes: Sequence[str]
 ) -> list[tuple[str, Any]]:
-    """``(text_hash, vector)`` for the cached ones among ``text_hashes``."""
-    return conn.execute(_SELECT, [model_key, list(text_hashes)]).fetchall()
+    """``(text_hash, vector)`` for the cached ones among ``text_hashes``. Binary results: a
+    vector loads as its float32 bytes instead of being parsed from text (ten times faster)."""
+    return conn.execute(_SELECT, [model_key, list(text_hashes)], binary=True).fetchall()
 
 
 def insert_vectors(conn: psycopg.Connection, rows: Iterable[tuple[str, str, Any]]) -> None:
