@@ -14,12 +14,18 @@ How it runs (one process, one job row in idxr.jobs):
    checkpoint (the batch's last key) and counts are advanced by the pipeline's ``finalize``
    hook INSIDE the transaction that writes the batch's rows, so a kill at any moment leaves
    checkpoint and index consistent. ``--resume`` restarts after that checkpoint.
+   Overlap (``BackfillOptions.overlap``, on by default; `_stream_overlapped`): while batch N
+   is written on the work connection, one helper thread leases, loads, flattens, diffs and
+   embeds batch N+1 on a connection of its own (no transaction open while it embeds). Only
+   the main thread writes, in key order, so checkpoints stay exact; batches hold disjoint
+   keys, so N+1's diff never depends on N's write.
 4. After the last key: the sweep. Entities still in the index whose source row no longer
    exists go through the pipeline too, which removes them; a full backfill therefore leaves
    the index equal to the flattening of the current table.
 
-Between batches it checks ``should_stop`` (SIGINT/SIGTERM): the job is then marked
-interrupted and can be resumed.
+Between batches it checks ``should_stop`` (SIGINT/SIGTERM): no new batch starts, the one
+already being prepared is still written, and the job is then marked interrupted and can be
+resumed.
 
 Bulk mode (`_bulk_mode`): when idxr.search_index holds no vector at all (or ``--bulk``), the
 one HNSW index that serves every kind is dropped before step 2 and built once after step 4
