@@ -11,6 +11,8 @@ from typing import Any
 
 import psycopg
 
+from idxr_pg.db import staging
+
 __all__ = ["cached_hashes", "insert_vectors", "select_vectors"]
 
 _SELECT = (
@@ -21,13 +23,22 @@ _INSERT = (
     "INSERT INTO idxr.embedding_cache (model, text_hash, embedding) VALUES (%s, %s, %s) "
     "ON CONFLICT (model, text_hash) DO NOTHING"
 )
+_STAGE_TABLE = "idxr_stage_embedding_cache"
+_STAGE_COLUMNS = (("model", "text"), ("text_hash", "text"), ("embedding", "vector"))
+# In (model, hash) order so that concurrent writers of overlapping sets cannot deadlock.
+_INSERT_STAGED = (
+    "INSERT INTO idxr.embedding_cache (model, text_hash, embedding) "
+    "SELECT model, text_hash, embedding FROM pg_temp.idxr_stage_embedding_cache "
+    "ORDER BY model, text_hash ON CONFLICT (model, text_hash) DO NOTHING"
+)
 
 
 def select_vectors(
     conn: psycopg.Connection, model_key: str, text_hashes: Sequence[str]
 ) -> list[tuple[str, Any]]:
-    """``(text_hash, vector)`` for the cached ones among ``text_hashes``."""
-    return conn.execute(_SELECT, [model_key, list(text_hashes)]).fetchall()
+    """``(text_hash, vector)`` for the cached ones among ``text_hashes``. Binary results: a
+    vector loads as its float32 bytes instead of being parsed from text (ten times faster)."""
+    return conn.execute(_SELECT, [model_key, list(text_hashes)], binary=True).fetchall()
 
 
 def cached_hashes(conn: psycopg.Connection, model_key: str, text_hashes: Sequence[str]) -> set[str]:
@@ -36,6 +47,12 @@ def cached_hashes(conn: psycopg.Connection, model_key: str, text_hashes: Sequenc
 
 
 def insert_vectors(conn: psycopg.Connection, rows: Iterable[tuple[str, str, Any]]) -> None:
-    """Insert ``(model_key, text_hash, vector)`` rows, in the order given; cached ones stay."""
-    with conn.cursor() as cur:
-        cur.executemany(_INSERT, rows)
+    """Insert ``(model_key, text_hash, vector)`` rows in (model, hash) order; cached ones stay.
+    One binary COPY into the session's staging table and one INSERT from it
+    (`idxr_pg.db.staging`), or one INSERT per row without the TEMPORARY right."""
+    if not staging.can_stage(conn):
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT, sorted(rows, key=lambda row: row[:2]))
+        return
+    staging.copy_into_stage(conn, _STAGE_TABLE, _STAGE_COLUMNS, rows)
+    conn.execute(_INSERT_STAGED)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import psycopg
 
+from idxr_pg.db.advisory import HNSW_BUILD_KEY
+
 __all__ = [
     "INDEX_NAME",
     "build_embedding_index",
@@ -31,6 +33,7 @@ _OWNS_SQL = (
 )
 _DROP_SQL = "DROP INDEX IF EXISTS idxr.search_index_embedding_hnsw"
 _BUILD_SQL = "SELECT idxr.set_embedding_dimensions(idxr.embedding_dimensions())"
+_BUILD_LOCK_SQL = "SELECT pg_catalog.pg_advisory_xact_lock(%s, %s)"
 
 
 def embedding_index_exists(conn: psycopg.Connection) -> bool:
@@ -59,8 +62,14 @@ def build_embedding_index(
     conn: psycopg.Connection, *, maintenance_work_mem: str, parallel_workers: int
 ) -> bool:
     """(Re)build the HNSW index if it is missing, once, with ``maintenance_work_mem`` and
-    ``max_parallel_maintenance_workers`` raised for this transaction only. True when built."""
+    ``max_parallel_maintenance_workers`` raised for this transaction only. True when built.
+
+    Two bulk backfills (of two kinds) may end at the same moment: the build takes an
+    advisory lock first (`HNSW_BUILD_KEY`, held to commit), so the second waits for the
+    first build, then finds the index and returns False, instead of both running CREATE
+    INDEX (whose IF NOT EXISTS is checked before the build, not after)."""
     with conn.transaction():
+        conn.execute(_BUILD_LOCK_SQL, HNSW_BUILD_KEY)
         if embedding_index_exists(conn):
             return False
         conn.execute(

@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 
+from idxr_pg.db import staging
+
 __all__ = [
     "delete_entities",
     "delete_paths",
@@ -22,6 +24,37 @@ WHERE entity_kind = %(kind)s AND entity_id = ANY(%(ids)s::text[])
 """
 
 # updated_at moves only for rows written here: the pipeline writes changed rows only.
+# The staged form (binary COPY into pg_temp, then this one statement) is the write path;
+# _UPSERT_SQL, one INSERT per row, serves sessions without the TEMPORARY right.
+_STAGE_TABLE = "idxr_stage_search_index"
+_STAGE_COLUMNS = (
+    ("entity_kind", "text"),
+    ("entity_id", "text"),
+    ("path", "text"),
+    ("value", "text"),
+    ("value_type", "text"),
+    ("content_hash", "text"),
+    ("embedding", "vector"),
+    ("truncation", "text"),
+)
+# ORDER BY: rows go in key order, so writers of overlapping rows lock them in one order.
+_UPSERT_STAGED_SQL = """
+INSERT INTO idxr.search_index AS s
+    (entity_kind, entity_id, path, value, value_type, content_hash, embedding, truncation,
+     updated_at)
+SELECT t.entity_kind, t.entity_id, t.path::ltree, t.value, t.value_type::idxr.value_type,
+       t.content_hash, t.embedding, t.truncation, now()
+FROM pg_temp.idxr_stage_search_index AS t
+ORDER BY t.entity_kind, t.entity_id, t.path
+ON CONFLICT (entity_kind, entity_id, path) DO UPDATE SET
+    value = excluded.value,
+    value_type = excluded.value_type,
+    content_hash = excluded.content_hash,
+    embedding = excluded.embedding,
+    truncation = excluded.truncation,
+    updated_at = now()
+"""
+
 _UPSERT_SQL = """
 INSERT INTO idxr.search_index AS s
     (entity_kind, entity_id, path, value, value_type, content_hash, embedding, truncation,
@@ -67,11 +100,18 @@ def stored_hashes(
 
 
 def upsert_records(conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> int:
-    """Rows of (kind, entity_id, path, value, value_type, content_hash, vector|None, truncation)."""
+    """Upsert rows of (kind, entity_id, path, value, value_type, content_hash, vector|None,
+    truncation) in the caller's transaction: one binary COPY into the session's staging table
+    and one INSERT ... ON CONFLICT from it (`idxr_pg.db.staging`), or one INSERT per row
+    where the session may not create temporary tables. Returns how many rows were written."""
     if not rows:
         return 0
-    with conn.cursor() as cur:
-        cur.executemany(_UPSERT_SQL, rows)
+    if not staging.can_stage(conn):
+        with conn.cursor() as cur:
+            cur.executemany(_UPSERT_SQL, rows)
+        return len(rows)
+    staging.copy_into_stage(conn, _STAGE_TABLE, _STAGE_COLUMNS, rows)
+    conn.execute(_UPSERT_STAGED_SQL)
     return len(rows)
 
 

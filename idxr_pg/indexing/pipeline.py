@@ -9,6 +9,11 @@ backfill (streamed keys); `idxr_pg.runtime.assembly` builds them::
 
 ``Pipeline.index(conn, leased, *, force=False, finalize=None) -> BatchResult``
 
+It runs in two halves that a caller may also call apart: ``prepare(conn, leased, force=...)
+-> PreparedBatch`` (everything up to and including embedding, no transaction held) and
+``write(conn, prepared, finalize=...) -> BatchResult`` (the one write transaction); the
+backfill prepares batch N+1 on a second connection while batch N is written.
+
 - ``conn``: an open connection that is NOT inside a transaction (autocommit recommended). The
   pipeline opens only short transactions on it and none across model inference (invariant 2).
 - Leases: the caller leases the entities (`idxr_pg.db.queue.claim` for the worker,
@@ -73,6 +78,7 @@ __all__ = [
     "Finalizer",
     "Pipeline",
     "Preview",
+    "PreparedBatch",
     "WritePlan",
     "embedding_requests",
     "plan_writes",
@@ -139,6 +145,16 @@ def embedding_requests(
         if e.change is not None and e.id not in out_of_batch
     }
     return {entity_id: records for entity_id, records in pending.items() if records}
+
+
+@dataclass
+class PreparedBatch:
+    """A leased batch loaded, flattened, diffed and embedded: what `Pipeline.write` writes."""
+
+    leased: Leases
+    entities: list[EntityWork]
+    failures: list[EntityFailure]
+    embedded: Counts  # the model's and the cache's share (texts_embedded, cache_hits)
 
 
 @dataclass(frozen=True)
@@ -251,11 +267,16 @@ class Pipeline:
         finalize: Finalizer | None = None,
     ) -> BatchResult:
         """Index the leased entities (see module docstring); returns what happened."""
-        if conn.info.transaction_status != TransactionStatus.IDLE:
-            raise RuntimeError(
-                "Pipeline.index needs a connection outside a transaction: it opens only short "
-                "transactions of its own, so that no lock is held across embedding"
-            )
+        return self.write(conn, self.prepare(conn, leased, force=force), finalize=finalize)
+
+    def prepare(
+        self, conn: psycopg.Connection, leased: Leases, *, force: bool = False
+    ) -> PreparedBatch:
+        """The first half of `index`: load, validate, flatten, diff and embed, holding no
+        transaction. ``conn`` may differ from the one `write` gets: the backfill prepares the
+        next batch on a connection of its own while this one is written (the entities of
+        two batches are disjoint, so one's diff never depends on the other's write)."""
+        self._check_idle(conn)
         if leased.kind != self.kind.name:
             raise ValueError(
                 f"leases of kind {leased.kind!r} given to the {self.kind.name} pipeline"
@@ -265,10 +286,45 @@ class Pipeline:
         try:
             self._prepare(conn, entities, force, failures)
             embedded = self._embed(entities, failures)
-            return self._write(conn, leased, entities, failures, embedded, finalize)
         except BaseException:
             self._release_quietly(conn, leased)
             raise
+        return PreparedBatch(leased, entities, failures, embedded)
+
+    def write(
+        self,
+        conn: psycopg.Connection,
+        prepared: PreparedBatch,
+        *,
+        finalize: Finalizer | None = None,
+    ) -> BatchResult:
+        """The second half of `index`: one short write transaction (see module docstring)."""
+        self._check_idle(conn)
+        try:
+            return self._write(
+                conn,
+                prepared.leased,
+                prepared.entities,
+                prepared.failures,
+                prepared.embedded,
+                finalize,
+            )
+        except BaseException:
+            self._release_quietly(conn, prepared.leased)
+            raise
+
+    def release(self, conn: psycopg.Connection, prepared: PreparedBatch) -> None:
+        """Give up a prepared batch without writing it: its leases go (its vectors stay in
+        the embedding cache, so indexing it later costs no inference)."""
+        self._release_quietly(conn, prepared.leased)
+
+    @staticmethod
+    def _check_idle(conn: psycopg.Connection) -> None:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            raise RuntimeError(
+                "Pipeline.index needs a connection outside a transaction: it opens only short "
+                "transactions of its own, so that no lock is held across embedding"
+            )
 
     def preview(self, conn: psycopg.Connection, ids: Sequence[str]) -> Preview:
         """Load, validate, flatten and diff these entities as `index` would, without leasing,

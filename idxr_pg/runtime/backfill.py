@@ -14,12 +14,18 @@ How it runs (one process, one job row in idxr.jobs):
    checkpoint (the batch's last key) and counts are advanced by the pipeline's ``finalize``
    hook INSIDE the transaction that writes the batch's rows, so a kill at any moment leaves
    checkpoint and index consistent. ``--resume`` restarts after that checkpoint.
+   Overlap (``BackfillOptions.overlap``, on by default; `_stream_overlapped`): while batch N
+   is written on the work connection, one helper thread leases, loads, flattens, diffs and
+   embeds batch N+1 on a connection of its own (no transaction open while it embeds). Only
+   the main thread writes, in key order, so checkpoints stay exact; batches hold disjoint
+   keys, so N+1's diff never depends on N's write.
 4. After the last key: the sweep. Entities still in the index whose source row no longer
    exists go through the pipeline too, which removes them; a full backfill therefore leaves
    the index equal to the flattening of the current table.
 
-Between batches it checks ``should_stop`` (SIGINT/SIGTERM): the job is then marked
-interrupted and can be resumed.
+Between batches it checks ``should_stop`` (SIGINT/SIGTERM): no new batch starts, the one
+already being prepared is still written, and the job is then marked interrupted and can be
+resumed.
 
 Bulk mode (`_bulk_mode`): when idxr.search_index holds no vector at all (or ``--bulk``), the
 one HNSW index that serves every kind is dropped before step 2 and built once after step 4
@@ -36,6 +42,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -48,7 +55,7 @@ from idxr_pg.db.jobs import Job
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
 from idxr_pg.indexing import schema_state
-from idxr_pg.indexing.pipeline import BatchResult, Pipeline
+from idxr_pg.indexing.pipeline import BatchResult, Pipeline, PreparedBatch
 from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
 from idxr_pg.runtime.assembly import Assembly, assemble
@@ -121,6 +128,7 @@ class BackfillOptions:
     maintenance_work_mem: str = DEFAULT_MAINTENANCE_WORK_MEM
     build_workers: int = DEFAULT_BUILD_WORKERS
     reindex: bool = False  # started as `idxr-pg reindex` (a note on the job; same run)
+    overlap: bool = True  # prepare (… embed) batch N+1 in a helper thread while N is written
 
 
 def job_increment(result: BatchResult, *, streamed: bool) -> Counts:
@@ -501,6 +509,28 @@ class Backfill:
         force: bool,
     ) -> BatchResult:
         """Lease one batch and index it; job counts and checkpoint move in its write."""
+        prepared = self._prepare_batch(work, run, ids, force)
+        return self._write_batch(work, run, prepared, checkpoint=checkpoint)
+
+    def _prepare_batch(
+        self, conn: psycopg.Connection, run: _Run, ids: list[str], force: bool
+    ) -> PreparedBatch:
+        """Lease one batch and prepare it (load … embed): no transaction stays open."""
+        kind = run.pipeline.kind
+        leased = leases.acquire(
+            conn, kind.name, ids, self.owner, run.assembly.settings.lease_seconds
+        )
+        return run.pipeline.prepare(conn, leased, force=force)
+
+    def _write_batch(
+        self,
+        work: psycopg.Connection,
+        run: _Run,
+        prepared: PreparedBatch,
+        *,
+        checkpoint: str | None,
+    ) -> BatchResult:
+        """Write one prepared batch; the job's counts and checkpoint move in its transaction."""
         streamed = checkpoint is not None
         rate = run.state.rate()
         kind = run.pipeline.kind
@@ -515,17 +545,14 @@ class Backfill:
                 rate=rate,
             )
 
-        leased = leases.acquire(
-            work, kind.name, ids, self.owner, run.assembly.settings.lease_seconds
-        )
-        result = run.pipeline.index(work, leased, force=force, finalize=finalize)
+        result = run.pipeline.write(work, prepared, finalize=finalize)
         run.state.counts = run.state.counts + job_increment(result, streamed=streamed)
         if streamed:
             run.state.checkpoint = checkpoint  # committed with the batch
         log.debug(
             "%s: batch of %d up to %r: %s",
             kind.name,
-            len(ids),
+            len(prepared.leased.requested),
             checkpoint,
             result.counts.as_dict(),
             extra={"entity_kind": kind.name, "job_id": run.state.job.id, **result.counts.as_dict()},
@@ -541,12 +568,70 @@ class Backfill:
         kind = run.pipeline.kind
         with connect(self._conninfo("keys"), autocommit=True, vector=False) as keys_conn:
             pages = source.iter_key_pages(keys_conn, kind, after=checkpoint, page_size=page_size)
-            for page in pages:
-                for batch in chunks(page, self.options.batch_size):
-                    if self.should_stop():
-                        return True
-                    self._index(work, run, batch, checkpoint=batch[-1], force=force)
+            batches = (b for page in pages for b in chunks(page, self.options.batch_size))
+            if self.options.overlap:
+                with connect(self._conninfo("prepare"), autocommit=True) as prepare_conn:
+                    return self._stream_overlapped(work, prepare_conn, run, batches, force)
+            for batch in batches:
+                if self.should_stop():
+                    return True
+                self._index(work, run, batch, checkpoint=batch[-1], force=force)
         return False
+
+    def _stream_overlapped(
+        self,
+        work: psycopg.Connection,
+        prepare_conn: psycopg.Connection,
+        run: _Run,
+        batches: Iterator[list[str]],
+        force: bool,
+    ) -> bool:
+        """Write batch N on ``work`` while one helper thread leases, loads, flattens, diffs and
+        embeds batch N+1 on ``prepare_conn``. Batches are written (and checkpointed) in key
+        order by this thread alone; no transaction is open while the helper embeds. A stop
+        request starts no new batch: the one being prepared is still written, then True."""
+        pending: list[tuple[str, Future[PreparedBatch]]] = []  # (last key, its preparation)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="idxr-prepare") as helper:
+            try:
+                stopped = False
+                for batch in batches:
+                    if self.should_stop():
+                        stopped = True
+                        break
+                    pending.append(
+                        (
+                            batch[-1],
+                            helper.submit(self._prepare_batch, prepare_conn, run, batch, force),
+                        )
+                    )
+                    if len(pending) == 2:
+                        self._write_next(work, run, pending)
+                while pending:
+                    self._write_next(work, run, pending)
+                return stopped
+            except BaseException:
+                for _, future in pending:
+                    self._discard(prepare_conn, run, future)
+                raise
+
+    def _write_next(
+        self, work: psycopg.Connection, run: _Run, pending: list[tuple[str, Future[PreparedBatch]]]
+    ) -> None:
+        """Wait for the oldest batch's preparation and write it (it leaves ``pending`` first:
+        whatever happens, its leases are the pipeline's to release)."""
+        last_key, future = pending.pop(0)
+        self._write_batch(work, run, future.result(), checkpoint=last_key)
+
+    @staticmethod
+    def _discard(conn: psycopg.Connection, run: _Run, future: Future[PreparedBatch]) -> None:
+        """After an error: wait for the batch being prepared, then give its leases back."""
+        if future.cancel():
+            return
+        try:
+            prepared = future.result()
+        except BaseException:  # its own error: prepare released its leases already
+            return
+        run.pipeline.release(conn, prepared)
 
     def _sweep(self, work: psycopg.Connection, run: _Run) -> bool:
         """Remove indexed entities whose source row is gone; True when stopped on request."""

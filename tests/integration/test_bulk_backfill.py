@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,62 @@ def test_the_cli_flags_choose_bulk_mode_and_jobs_note_it(url: str, tmp_path: Pat
     assert index_set(url) == expected_index(url)
     assert "bulk" in cli(url, config, "jobs").stdout
     assert "bulk mode" not in cli(url, config, "status").stdout
+
+
+def test_two_index_builds_take_turns(url: str, tmp_path: Path):
+    """Two bulk loads ending together build the one HNSW index once: the build holds an
+    advisory lock, so a second build waits for it and then finds the index."""
+    from idxr_pg.db.advisory import HNSW_BUILD_KEY
+
+    make_docs(url, 30)
+    run_backfill(url, write_config(tmp_path / "idxr.yaml"), [], bulk=True)
+    with (
+        psycopg.connect(url, autocommit=True) as holder,
+        psycopg.connect(url, autocommit=True) as builder,
+    ):
+        hnsw.drop_embedding_index(holder)
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", HNSW_BUILD_KEY)  # a build under way
+        builder.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            hnsw.build_embedding_index(builder, maintenance_work_mem="64MB", parallel_workers=0)
+        assert not index_present(url)
+        holder.execute("SELECT pg_advisory_unlock(%s, %s)", HNSW_BUILD_KEY)
+        assert hnsw.build_embedding_index(builder, maintenance_work_mem="64MB", parallel_workers=0)
+        assert not hnsw.build_embedding_index(  # the index is there: nothing to build
+            holder, maintenance_work_mem="64MB", parallel_workers=0
+        )
+    assert index_present(url)
+
+
+def test_sigkill_during_the_index_build_then_resume_builds_it(url: str, tmp_path: Path):
+    """The kill lands inside the build's CREATE INDEX (held waiting on a table lock, so the
+    moment is certain): the build's transaction never commits, and --resume builds it."""
+    make_docs(url, 100)
+    config = write_config(tmp_path / "idxr.yaml", document=SLOW_DOCUMENT)
+    proc = spawn(url, config, "backfill", KIND, "--batch-size", "20")
+    wait_for_progress(url, proc, at_least=20)  # the index was dropped: loading has begun
+    with psycopg.connect(url) as holder:
+        # ROW EXCLUSIVE lets the load's writes through but not CREATE INDEX (SHARE)
+        holder.execute("LOCK TABLE idxr.search_index IN ROW EXCLUSIVE MODE")
+        waiting: list[Any] = []
+        for _ in range(600):
+            with psycopg.connect(url, autocommit=True) as probe:
+                waiting = probe.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%set_embedding_dimensions%%'"
+                ).fetchall()
+            if waiting or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert waiting, "the backfill never reached the index build"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        killed_id = job_row(url)[0]
+        holder.rollback()
+    assert not index_present(url)
+
+    resumed = json.loads(cli(url, config, "backfill", KIND, "--resume", "--json").stdout)
+    assert resumed["state"] == "succeeded" and resumed["resumed_from"] == killed_id
+    assert resumed["done"] == 100
+    assert index_present(url)
+    assert index_set(url) == expected_index(url)

@@ -1,0 +1,196 @@
+"""Where the wall time of a backfill goes, stage by stage (issue 14).
+
+Backfills N fresh demo entities into an empty kind (bulk mode unless ``--no-bulk``) with the
+real default model or the deterministic test embedder, and times each stage of every batch by
+wrapping the pipeline's own functions: lease, load documents, stored hashes (the diff's query),
+validate + flatten + diff, cache look-ups, model inference, cache writes, index row writes,
+stale/gone deletes, finalize (checkpoint) + lease release + stamp, commit, and the rest.
+Each stage is printed as seconds, share of the wall time and milliseconds per batch. With the
+overlap (the default) the helper thread's stages (lease … model inference) run beside the
+writes, so the shares add up to more than 100%; "wait for the batch being prepared" is the
+time the writing thread idles.
+
+    .venv/bin/python bench/backfill_profile.py [--entities 2000] [--embedder model|deterministic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as postgres
+
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from idxr_pg.config import EmbeddingSettings, parse_config  # noqa: E402
+from idxr_pg.db import leases, migrations, search_index, source  # noqa: E402
+from idxr_pg.demo import data as demo_data  # noqa: E402
+from idxr_pg.demo.run import demo_config  # noqa: E402
+from idxr_pg.embedding import EmbeddingCache, load_embedder  # noqa: E402
+from idxr_pg.embedding.deterministic import DeterministicEmbedder  # noqa: E402
+from idxr_pg.indexing import pipeline as pipeline_module  # noqa: E402
+from idxr_pg.runtime import backfill as backfill_module  # noqa: E402
+
+KIND = "subscription"
+MODEL = "all-MiniLM-L6-v2"
+
+SECONDS: dict[str, float] = defaultdict(float)
+_LOCK = threading.Lock()
+_LOCAL = threading.local()  # per thread, the stages open: a stage's time is not its parent's
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    active: list[str] = _LOCAL.__dict__.setdefault("active", [])
+    started = time.perf_counter()
+    active.append(name)
+    try:
+        yield
+    finally:
+        active.pop()
+        spent = time.perf_counter() - started
+        with _LOCK:
+            SECONDS[name] += spent
+            if active:
+                SECONDS[active[-1]] -= spent
+
+
+def timed(owner: Any, attribute: str, name: str) -> None:
+    original: Callable[..., Any] = getattr(owner, attribute)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with stage(name):
+            return original(*args, **kwargs)
+
+    setattr(owner, attribute, wrapper)
+
+
+def instrument(embedder: Any) -> None:
+    timed(backfill_module.leases, "acquire", "lease")
+    timed(pipeline_module.source, "load_documents", "load documents")
+    timed(search_index, "stored_hashes", "stored hashes (diff query)")
+    timed(pipeline_module.Pipeline, "_prepare", "validate + flatten + diff")
+    timed(pipeline_module.Pipeline, "_embed", "embed (service: dedupe, tokens)")
+    timed(EmbeddingCache, "get_many", "cache look-up")
+    timed(EmbeddingCache, "put_many", "cache writes")
+    timed(embedder, "embed", "model inference")
+    timed(pipeline_module.Pipeline, "_write", "write tx (lock leases, commit)")
+    timed(backfill_module.Backfill, "_write_next", "wait for the batch being prepared")
+    for name in ("upsert_records", "write_records"):
+        if hasattr(search_index, name):
+            timed(search_index, name, "index row writes")
+    timed(search_index, "delete_paths", "stale deletes")
+    timed(search_index, "delete_entities", "gone deletes")
+    timed(pipeline_module.Pipeline, "_finish", "finalize + release + stamp")
+    timed(leases, "release", "finalize + release + stamp")
+    timed(backfill_module.Backfill, "_build_index", "HNSW index build")
+    timed(backfill_module, "assemble", "assemble (kinds, cache)")
+    timed(backfill_module.Backfill, "_sweep", "orphan sweep")
+    _ = source
+
+
+def with_dbname(url: str, name: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entities", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64, help="entities per batch")
+    parser.add_argument("--embedder", choices=("model", "deterministic"), default="model")
+    parser.add_argument("--no-bulk", action="store_true", help="keep the HNSW index row by row")
+    parser.add_argument(
+        "--no-overlap", action="store_true", help="prepare each batch only after the last write"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    args = parser.parse_args()
+
+    if args.embedder == "model":
+        embedder: Any = load_embedder(EmbeddingSettings(model=MODEL, backend="torch"))
+        embedder.embed(["warm-up: one text"] * 8)
+        model_config = {"model": MODEL, "backend": "torch"}
+    else:
+        embedder = DeterministicEmbedder()
+        model_config = {"model": "deterministic-test"}
+    name = f"idxr_bench_profile_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_dbname(args.database_url, name)
+    try:
+        migrations.upgrade(url)
+        migrations.set_embedding_dimensions(url, 384)
+        schema = (
+            Path(__file__).resolve().parents[1] / "idxr_pg" / "demo" / "schema.sql"
+        ).read_text()
+        config_data = demo_config(0)
+        config_data["embedding"] = model_config
+        config = parse_config(config_data, "bench")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(schema)
+            with conn.transaction():
+                demo_data.load(conn, demo_data.generate(args.entities, seed=11))
+        instrument(embedder)
+        runner = backfill_module.Backfill(
+            url,
+            config,
+            KIND,
+            backfill_module.BackfillOptions(
+                batch_size=args.batch_size,
+                bulk=False if args.no_bulk else None,
+                overlap=not args.no_overlap,
+                progress_interval=3600,
+                tty=False,
+            ),
+            embedder=embedder,
+        )
+        SECONDS.clear()
+        started = time.perf_counter()
+        job = runner.run()
+        wall = time.perf_counter() - started
+    finally:
+        with psycopg.connect(args.database_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    batches = -(-args.entities // args.batch_size)
+    load = os.getloadavg()
+    print(
+        f"\nbackfill profile: {args.entities} entities, {batches} batches of {args.batch_size}, "
+        f"{job.counts.records_written} rows, {job.counts.texts_embedded} texts embedded, "
+        f"embedder {args.embedder}, bulk {job.options['bulk']}, overlap {not args.no_overlap}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    print(f"wall {wall:.2f}s, {job.counts.records_written / wall:.0f} rows/s")
+    header = f"{'stage':34} {'seconds':>8} {'share':>6} {'ms/batch':>9}"
+    print(header)
+    print("-" * len(header))
+    accounted = 0.0
+    for stage_name, seconds in sorted(SECONDS.items(), key=lambda kv: -kv[1]):
+        accounted += seconds
+        print(
+            f"{stage_name:34} {seconds:8.2f} {seconds / wall:6.1%} {1000 * seconds / batches:9.1f}"
+        )
+    rest = wall - accounted
+    print(f"{'rest (job rows, keys, progress)':34} {rest:8.2f} {rest / wall:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
