@@ -71,7 +71,7 @@ from idxr_pg.db import capture as bookkeeping
 from idxr_pg.db import catalog
 from idxr_pg.db.capture import INSTALL_LOCK_KEY
 from idxr_pg.db.queue import CHANNEL as QUEUE_CHANNEL
-from idxr_pg.db.queue import PENDING_CONFLICT, WAKE_NAMESPACE
+from idxr_pg.db.queue import COALESCING_INSERT, WAKE_NAMESPACE
 from idxr_pg.errors import IdxrError
 
 __all__ = [
@@ -505,15 +505,20 @@ def _collect(keys: sql.Composable, distinct: bool) -> sql.Composable:
 
 def _enqueue(plan: PlannedCapture) -> sql.Composable:
     """Queue ``idxr_keys``: one batch row when more than `BATCH_THRESHOLD` (a bulk statement),
-    else a pending row per key, coalescing into the key's pending row if it has one
-    (`idxr_pg.db.queue.PENDING_CONFLICT`), the keys distinct and in one sorted order, so that
-    every writer locks the pending rows it coalesces into in the same order (no deadlock
-    between two statements queueing overlapping keys). ``enqueued``: something new was queued.
+    else `idxr_pg.db.queue.COALESCING_INSERT`: share-lock each key's pending row if it has one,
+    insert one if not (writers of one entity never wait for each other, so the order of the
+    keys does not matter). ``enqueued``: something new was queued.
 
-    A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: ``ON CONFLICT``
-    against a pending row committed after its snapshot (or claimed meanwhile) raises a
-    serialization failure there, which the application's writes must never get from capture.
-    The worker's expansion coalesces those rows instead."""
+    A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: locking a pending
+    row claimed after its snapshot raises a serialization failure there, which the
+    application's writes must never get from capture. The worker's expansion coalesces those
+    rows instead."""
+    insert = sql.SQL(COALESCING_INSERT.replace("\n", "\n        ")).format(
+        kind=sql.Literal(plan.target.kind),
+        keys=sql.SQL("idxr_keys"),
+        source=sql.Literal(plan.table.qualified),
+        operation=sql.SQL("TG_OP"),
+    )
     return sql.SQL(
         "    IF pg_catalog.cardinality(idxr_keys) > {threshold}\n"
         "       OR (pg_catalog.cardinality(idxr_keys) > 0\n"
@@ -523,17 +528,14 @@ def _enqueue(plan: PlannedCapture) -> sql.Composable:
         "        VALUES ({kind}, idxr_keys, {source}, TG_OP);\n"
         "        enqueued := true;\n"
         "    ELSIF pg_catalog.cardinality(idxr_keys) > 0 THEN\n"
-        "        INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)\n"
-        '        SELECT DISTINCT {kind}, k.id COLLATE pg_catalog."C", {source}, TG_OP\n'
-        "          FROM pg_catalog.unnest(idxr_keys) AS k (id) ORDER BY 2\n"
-        "        {conflict};\n"
+        "        {insert};\n"
         "        enqueued := FOUND;\n"
         "    END IF;\n"
     ).format(
         threshold=sql.Literal(BATCH_THRESHOLD),
         kind=sql.Literal(plan.target.kind),
         source=sql.Literal(plan.table.qualified),
-        conflict=sql.SQL(PENDING_CONFLICT.replace("\n", "\n        ")),
+        insert=insert,
     )
 
 
