@@ -3,17 +3,22 @@
 For every entity kind, its main table and each ``watch`` table get one trigger function in the
 ``idxr`` schema and four statement-level AFTER triggers calling it: INSERT (NEW TABLE), UPDATE
 (OLD and NEW TABLE), DELETE (OLD TABLE) and TRUNCATE. PostgreSQL refuses transition tables on a
-trigger with several events, hence one trigger per event. Each statement collects its distinct
-affected entity keys; more than `BATCH_THRESHOLD` go into ONE ``idxr.queue_batches`` row, fewer
-into a pending ``idxr.queue`` row per key, coalescing into the key's pending row when it has
-one (``ON CONFLICT``: a hot row updated 10,000 times leaves one queue row; see
-`idxr_pg.db.queue` for the queue's rules). Only if it queued something new does it send
-``pg_notify('idxr_queue', <kind>)``, and only if no other open transaction is ringing for the
-kind (``pg_try_advisory_xact_lock``): NOTIFY holds a cluster-wide lock through commit.
+trigger with several events, hence one trigger per event. Each statement collects its
+affected entity keys; more than `BATCH_THRESHOLD` go into ONE ``idxr.queue_batches`` row as
+they are (unsorted; the worker's expansion sorts and coalesces them), fewer are queued with
+`idxr_pg.db.queue.COALESCING_INSERT`: a key that has a pending ``idxr.queue`` row share-locks
+it, the others get one (a hot row updated 10,000 times leaves one queue row, and writers of one
+entity never wait for each other; see `idxr_pg.db.queue` for the queue's rules). Only if it
+queued something new does it send ``pg_notify('idxr_queue', <kind>)``, and only if no other open
+transaction is ringing for the kind (``pg_try_advisory_xact_lock``): NOTIFY holds a
+cluster-wide lock through commit.
 
 - UPDATE compares, per key, the multiset of text projections of the columns the entity reads
   (``columns``, else the whole row) before and after; unchanged rows cancel out, so a no-op
-  update enqueues nothing and a key change enqueues the old and the new key. Comparing the text
+  update enqueues nothing and a key change enqueues the old and the new key. When the kind
+  reads the table through one key column that is unique there (its primary key, usually), old
+  and new rows are paired by key instead (a FULL JOIN, cheaper than grouping), and the keys
+  need no DISTINCT. Comparing the text
   form works for types without an equality operator (json, point, xml) and sees changes that
   value equality misses but the document shows (numeric 1.0 -> 1.00).
 - TRUNCATE has no transition table: it enqueues every entity of the kind that is indexed or
