@@ -7,7 +7,8 @@ plus --bulk 10,000-row UPDATE statements (batch rows), while a drainer claims an
 queue rows the way a worker does (`idxr_pg.db.queue.claim`, `delete_rows`, leases released;
 no model: the queue is what is measured). Printed: each queue relation's size before, at the
 largest sample taken during the run, right after the drain, and after autovacuum has run
-(waited for up to --settle seconds), with the dead tuples autovacuum left.
+(waited for up to --settle seconds; where the server runs with autovacuum off, the bench runs
+the VACUUM itself), with the dead tuples left.
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/queue_bloat.py [--changes 1000000]
 """
@@ -83,14 +84,22 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=1_000_000, help="one-row UPDATEs")
     parser.add_argument("--bulk", type=int, default=10, help="10,000-row UPDATE statements")
     parser.add_argument("--settle", type=float, default=180.0, help="wait for autovacuum (s)")
+    parser.add_argument(
+        "--naptime",
+        type=float,
+        default=60.0,
+        help="with autovacuum off on the server: VACUUM the queue tables this often, as "
+        "autovacuum would (0: never)",
+    )
     args = parser.parse_args()
     pgbench = cap.find_pgbench()
     assert pgbench, "pgbench is needed"
     with cap.bench_database(args.database_url, False) as url:
         cap.prepare(url)
         with psycopg.connect(url, autocommit=True) as conn:
+            autovacuum = conn.execute("SHOW autovacuum").fetchone()[0]
             naptime = conn.execute("SHOW autovacuum_naptime").fetchone()[0]
-            print(f"autovacuum_naptime {naptime}; reloptions:")
+            print(f"autovacuum {autovacuum}, autovacuum_naptime {naptime}; reloptions:")
             for name, options in conn.execute(SETTINGS_SQL).fetchall():
                 print(f"  idxr.{name}: {', '.join(options or [])}")
             before = sizes(conn)
@@ -103,11 +112,23 @@ def main() -> None:
         peak: dict[str, int] = dict(before)
         sampling = threading.Event()
 
+        vacuums = [0]
+
         def sample() -> None:
+            """Sizes every second; with autovacuum off on the server, stands in for it: every
+            --naptime seconds, VACUUM each queue table with at least 1,000 dead tuples (the
+            threshold the queue tables' own autovacuum settings give)."""
+            next_vacuum = time.monotonic() + args.naptime
             with psycopg.connect(url, autocommit=True) as conn:
                 while not sampling.is_set():
                     for name, size in sizes(conn).items():
                         peak[name] = max(peak.get(name, 0), size)
+                    if autovacuum == "off" and args.naptime and time.monotonic() > next_vacuum:
+                        for table, _live, dead_tuples, _count in conn.execute(DEAD_SQL):
+                            if dead_tuples >= 1000:
+                                conn.execute(f"VACUUM idxr.{table}")
+                                vacuums[0] += 1
+                        next_vacuum = time.monotonic() + args.naptime
                     time.sleep(1.0)
 
         sampler = threading.Thread(target=sample)
@@ -137,13 +158,17 @@ def main() -> None:
         drained = time.perf_counter() - started
         with psycopg.connect(url, autocommit=True) as conn:
             after_drain = sizes(conn)
-            deadline = time.monotonic() + args.settle
-            while time.monotonic() < deadline:
-                dead = conn.execute(DEAD_SQL).fetchall()
-                if all(row[2] < 1000 for row in dead):
-                    break
-                time.sleep(2.0)
-            settled = time.monotonic() - (deadline - args.settle)
+            dead_before = conn.execute(DEAD_SQL).fetchall()
+            if autovacuum == "on":
+                deadline = time.monotonic() + args.settle
+                while time.monotonic() < deadline:
+                    if all(row[2] < 1000 for row in conn.execute(DEAD_SQL).fetchall()):
+                        break
+                    time.sleep(2.0)
+                vacuumed = f"autovacuum, waited {args.settle - (deadline - time.monotonic()):.0f} s"
+            else:  # what autovacuum would do with the thresholds above, done here
+                conn.execute("VACUUM idxr.queue, idxr.queue_batches")
+                vacuumed = "VACUUM run by the bench (autovacuum is off on this server)"
             after_vacuum = sizes(conn)
             dead = conn.execute(DEAD_SQL).fetchall()
         sampling.set()
@@ -154,13 +179,15 @@ def main() -> None:
         f"{args.bulk} x 10,000-row UPDATEs) written in {writing:.0f} s; drained "
         f"({counts['rows']} queue rows, {counts['entities']} entity passes) after {drained:.0f} s"
     )
-    print(f"{'relation':<20} {'before':>10} {'peak':>10} {'drained':>10} {'+autovacuum':>12}")
+    print(f"{'relation':<20} {'before':>10} {'peak':>10} {'drained':>10} {'vacuumed':>12}")
     for name in sorted(peak):
         print(
             f"{name:<20} {kib(before.get(name))} {kib(peak.get(name))} "
             f"{kib(after_drain.get(name))} {kib(after_vacuum.get(name)):>12}"
         )
-    print(f"autovacuum settled after {settled:.0f} s; (table, live, dead, autovacuums): {dead}")
+    print(f"VACUUMs run by the bench during the run (autovacuum {autovacuum}): {vacuums[0]}")
+    print(f"(table, live, dead tuples, autovacuums) drained: {dead_before}")
+    print(f"after {vacuumed}: {dead}")
     print(f"load average at end: {os.getloadavg()}")
 
 
