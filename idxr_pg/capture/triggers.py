@@ -5,22 +5,21 @@ For every entity kind, its main table and each ``watch`` table get one trigger f
 (OLD and NEW TABLE), DELETE (OLD TABLE) and TRUNCATE. PostgreSQL refuses transition tables on a
 trigger with several events, hence one trigger per event. Each statement collects its
 affected entity keys; more than `BATCH_THRESHOLD` go into ONE ``idxr.queue_batches`` row as
-they are (unsorted; the worker's expansion sorts and coalesces them), fewer are queued with
-`idxr_pg.db.queue.COALESCING_INSERT`: a key that has a pending ``idxr.queue`` row share-locks
-it, the others get one (a hot row updated 10,000 times leaves one queue row, and writers of one
-entity never wait for each other; see `idxr_pg.db.queue` for the queue's rules). Only if it
-queued something new does it send ``pg_notify('idxr_queue', <kind>)``, and only if no other open
-transaction is ringing for the kind (``pg_try_advisory_xact_lock``): NOTIFY holds a
-cluster-wide lock through commit.
+they are (unsorted; the worker's expansion sorts and coalesces them), fewer into a pending
+``idxr.queue`` row per key, coalescing into the key's pending row when it has one (``ON
+CONFLICT``: a hot row updated 10,000 times leaves one queue row; see `idxr_pg.db.queue` for
+the queue's rules). Only if it queued something new does it send
+``pg_notify('idxr_queue', <kind>)``, and only if no other open transaction is ringing for the
+kind (``pg_try_advisory_xact_lock``): NOTIFY holds a cluster-wide lock through commit.
 
 - UPDATE compares, per key, the multiset of text projections of the columns the entity reads
   (``columns``, else the whole row) before and after; unchanged rows cancel out, so a no-op
   update enqueues nothing and a key change enqueues the old and the new key. When the kind
   reads the table through one key column that is unique there (its primary key, usually), old
   and new rows are paired by key instead (a FULL JOIN, cheaper than grouping), and the keys
-  need no DISTINCT. Comparing the text
-  form works for types without an equality operator (json, point, xml) and sees changes that
-  value equality misses but the document shows (numeric 1.0 -> 1.00).
+  need no DISTINCT. Comparing the text form works for types without an equality operator
+  (json, point, xml) and sees changes that value equality misses but the document shows
+  (numeric 1.0 -> 1.00).
 - TRUNCATE has no transition table: it enqueues every entity of the kind that is indexed or
   leased (being processed), so the worker deletes (main table) or reloads (child table) them.
 - ``notify: false`` on a kind leaves the pg_notify (and its advisory lock) out: the worker then
@@ -76,7 +75,7 @@ from idxr_pg.db import capture as bookkeeping
 from idxr_pg.db import catalog
 from idxr_pg.db.capture import INSTALL_LOCK_KEY
 from idxr_pg.db.queue import CHANNEL as QUEUE_CHANNEL
-from idxr_pg.db.queue import COALESCING_INSERT, WAKE_NAMESPACE
+from idxr_pg.db.queue import PENDING_CONFLICT, WAKE_NAMESPACE
 from idxr_pg.errors import IdxrError
 
 __all__ = [
@@ -510,20 +509,15 @@ def _collect(keys: sql.Composable, distinct: bool) -> sql.Composable:
 
 def _enqueue(plan: PlannedCapture) -> sql.Composable:
     """Queue ``idxr_keys``: one batch row when more than `BATCH_THRESHOLD` (a bulk statement),
-    else `idxr_pg.db.queue.COALESCING_INSERT`: share-lock each key's pending row if it has one,
-    insert one if not (writers of one entity never wait for each other, so the order of the
-    keys does not matter). ``enqueued``: something new was queued.
+    else a pending row per key, coalescing into the key's pending row if it has one
+    (`idxr_pg.db.queue.PENDING_CONFLICT`), the keys distinct and in one sorted order, so that
+    every writer locks the pending rows it coalesces into in the same order (no deadlock
+    between two statements queueing overlapping keys). ``enqueued``: something new was queued.
 
-    A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: locking a pending
-    row claimed after its snapshot raises a serialization failure there, which the
-    application's writes must never get from capture. The worker's expansion coalesces those
-    rows instead."""
-    insert = sql.SQL(COALESCING_INSERT.replace("\n", "\n        ")).format(
-        kind=sql.Literal(plan.target.kind),
-        keys=sql.SQL("idxr_keys"),
-        source=sql.Literal(plan.table.qualified),
-        operation=sql.SQL("TG_OP"),
-    )
+    A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: ``ON CONFLICT``
+    against a pending row committed after its snapshot (or claimed meanwhile) raises a
+    serialization failure there, which the application's writes must never get from capture.
+    The worker's expansion coalesces those rows instead."""
     return sql.SQL(
         "    IF pg_catalog.cardinality(idxr_keys) > {threshold}\n"
         "       OR (pg_catalog.cardinality(idxr_keys) > 0\n"
@@ -533,14 +527,17 @@ def _enqueue(plan: PlannedCapture) -> sql.Composable:
         "        VALUES ({kind}, idxr_keys, {source}, TG_OP);\n"
         "        enqueued := true;\n"
         "    ELSIF pg_catalog.cardinality(idxr_keys) > 0 THEN\n"
-        "        {insert};\n"
+        "        INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)\n"
+        '        SELECT DISTINCT {kind}, k.id COLLATE pg_catalog."C", {source}, TG_OP\n'
+        "          FROM pg_catalog.unnest(idxr_keys) AS k (id) ORDER BY 2\n"
+        "        {conflict};\n"
         "        enqueued := FOUND;\n"
         "    END IF;\n"
     ).format(
         threshold=sql.Literal(BATCH_THRESHOLD),
         kind=sql.Literal(plan.target.kind),
         source=sql.Literal(plan.table.qualified),
-        insert=insert,
+        conflict=sql.SQL(PENDING_CONFLICT.replace("\n", "\n        ")),
     )
 
 

@@ -4,12 +4,10 @@ completion, retry backoff, and the wake-up rule.
 Every function runs ONE short statement (or a few inside the caller's short transaction);
 none of them is ever called with a transaction open across model inference.
 
-The queue's shape (revisions 0002 and 0004, ``schema/011_coalescing_queue.sql``,
-``schema/013_capture.sql``): an entity's *pending* rows (``claimed_by IS NULL AND attempts =
-0``, partial index ``queue_pending``) are what writers coalesce into with `COALESCING_INSERT`:
-a writer share-locks the entity's pending row if it has one and inserts one only if not. A
-statement changing more than a few keys writes one ``idxr.queue_batches`` row with all of them
-instead.
+The queue's shape (revision 0002, ``schema/011_coalescing_queue.sql``): at most one *pending*
+row per (kind, entity) (``claimed_by IS NULL AND attempts = 0``, unique index
+``queue_pending``); writers coalesce into it with `PENDING_CONFLICT`. A statement changing more
+than a few keys writes one ``idxr.queue_batches`` row with all of them instead.
 
 Claiming (`claim`), in one short transaction:
   0. the kind's batch rows are expanded into pending rows (`_EXPAND_SQL`: one statement that
@@ -27,20 +25,12 @@ Claiming (`claim`), in one short transaction:
   "ids <= max" would delete a row committed late by a slow transaction. The claim's `Leases`
   go to `Pipeline.index`, which releases them in its write transaction.
 
-Why a writer locks the pending row it coalesces into: without a lock, a claim could take the
-row, load the document and delete the row before the coalescing writer commits, and that
-writer's change would never be indexed. The lock is ``FOR SHARE``: it keeps the claim's
-``FOR UPDATE SKIP LOCKED`` off the row until the writer commits, yet two writers of one entity
-(say, through a child table) never wait for each other, whatever order their statements come
-in, so capture adds no deadlock and no queueing between the application's own transactions.
-A writer waits only behind a claim's short transaction that has the row (then, in READ
-COMMITTED, re-checks it, finds it claimed, and inserts a pending row of its own). The price:
-``queue_pending`` cannot be unique, so writers that create an entity's first pending row at
-the same moment may leave one row each (bounded by the concurrent writers; the claim takes an
-entity's rows together). Revision 0002's unique index and ``ON CONFLICT ... DO UPDATE ... WHERE
-false`` made the second writer of an entity wait for the first's commit: 8 clients adding tags
-of 2 articles ran at 0.15 of the unwatched rate, and two-statement transactions deadlocked
-(bench/capture_contention.py).
+Why writers lock the pending row they coalesce into (`PENDING_CONFLICT` is ``DO UPDATE ...
+WHERE false``, not ``DO NOTHING``): ``DO NOTHING`` takes no lock, so a claim could take the
+pending row, load the document and delete the row before the coalescing writer commits, and
+that writer's change would never be indexed. The lock-only update (no new row version) makes
+the claim skip the row until the writer commits (``SKIP LOCKED``), and a writer that meets a row
+being claimed waits for the claim's commit, then finds no pending row and inserts one.
 """
 
 from __future__ import annotations
@@ -58,7 +48,7 @@ from idxr_pg.db.leases import Leases, acquire_ids
 __all__ = [
     "CHANNEL",
     "EXPAND_BATCHES",
-    "COALESCING_INSERT",
+    "PENDING_CONFLICT",
     "WAKE_NAMESPACE",
     "WAKE_SQL",
     "Claim",
@@ -84,22 +74,12 @@ ringing transaction per kind at a time keeps concurrent writers' commits from ru
 a time. The worker claims once more shortly after a drain (`Worker`) to catch the writers that
 skipped ringing while the ringer's commit woke it; its poll is the safety net."""
 
-COALESCING_INSERT = """\
-WITH held AS (
-    SELECT p.entity_id FROM idxr.queue AS p
-     WHERE p.entity_kind = {kind} AND p.entity_id = ANY ({keys})
-       AND p.claimed_by IS NULL AND p.attempts = 0
-       FOR SHARE OF p
+PENDING_CONFLICT = (
+    "ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0\n"
+    "DO UPDATE SET claimed_by = NULL WHERE false"
 )
-INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)
-SELECT DISTINCT {kind}, k.id, {source}, {operation}
-  FROM pg_catalog.unnest({keys}) AS k (id)
- WHERE k.id IS NOT NULL AND NOT (k.id = ANY (ARRAY(SELECT h.entity_id FROM held AS h)))"""
-"""How a writer queues keys: share-locks the pending row of each key that has one (see the
-module docstring) and inserts a pending row for each other key; ``ROW_COUNT`` / ``FOUND``
-count only rows inserted. A template of `psycopg.sql.SQL` fields ``kind``, ``keys`` (a
-``text[]``), ``source``, ``operation``: the capture triggers fill it with literals, `enqueue`
-with placeholders."""
+"""How a writer coalesces into an entity's pending row: locks it, writes no new version (see
+the module docstring for why not ``DO NOTHING``). ``ROW_COUNT`` counts only rows inserted."""
 
 WAKE_SQL = (
     "SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock(%(ns)s, pg_catalog.hashtext(%(kind)s))"
@@ -122,14 +102,9 @@ SELECT DISTINCT ON (k.id COLLATE "C") t.entity_kind, k.id, t.source_table, t.ope
        t.enqueued_at
   FROM taken AS t CROSS JOIN LATERAL unnest(t.entity_ids) AS k(id)
  WHERE k.id IS NOT NULL
-   AND NOT EXISTS (SELECT 1 FROM idxr.queue AS p
-                    WHERE p.entity_kind = t.entity_kind AND p.entity_id = k.id
-                      AND p.claimed_by IS NULL AND p.attempts = 0)
  ORDER BY k.id COLLATE "C", t.enqueued_at
+ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0 DO NOTHING
 """
-# A key that already has a pending row needs none more: this transaction holds the batch row
-# until it commits, and the pending row can only be claimed by a later claim. A writer may
-# create one meanwhile (a second pending row: harmless, claimed together).
 
 _READY_SQL = """
 SELECT q.id, q.entity_id
@@ -171,12 +146,13 @@ WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by IS DISTINCT FROM %(owner)s
 
 _DELETE_ROWS_SQL = "DELETE FROM idxr.queue WHERE id = ANY(%(ids)s::bigint[])"
 
-_ENQUEUE_SQL = sql.SQL(COALESCING_INSERT).format(
-    kind=sql.Placeholder("kind"),
-    keys=sql.SQL("{}::text[]").format(sql.Placeholder("ids")),
-    source=sql.Placeholder("source"),
-    operation=sql.Placeholder("operation"),
-)
+_ENQUEUE_SQL = f"""
+INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)
+SELECT DISTINCT %(kind)s, k.id COLLATE "C", %(source)s, %(operation)s
+  FROM unnest(%(ids)s::text[]) AS k(id)
+ ORDER BY 2  -- the capture triggers' lock order
+{PENDING_CONFLICT}
+"""
 
 _READY_KINDS_SQL = """
 SELECT entity_kind, sum(n)::bigint FROM (

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0003"
 VERSION_TABLE = "alembic_version"
 SCHEMA = "idxr"
 
@@ -41,7 +41,6 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
     SchemaFile("010_tables.sql", revision="0001"),
     SchemaFile("011_coalescing_queue.sql", revision="0002"),
     SchemaFile("012_pause.sql", revision="0003"),
-    SchemaFile("013_capture.sql", revision="0004"),
     SchemaFile("020_dimensions.sql"),
     SchemaFile("040_search.sql"),
     SchemaFile("050_status.sql"),

@@ -117,7 +117,6 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "010_tables.sql",
         "011_coalescing_queue.sql",
         "012_pause.sql",
-        "013_capture.sql",
     )
     assert {"020_dimensions.sql", "040_search.sql", "050_status.sql"} == set(reapplied_files())
     for name in reapplied_files():
