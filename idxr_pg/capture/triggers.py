@@ -3,19 +3,23 @@
 For every entity kind, its main table and each ``watch`` table get one trigger function in the
 ``idxr`` schema and four statement-level AFTER triggers calling it: INSERT (NEW TABLE), UPDATE
 (OLD and NEW TABLE), DELETE (OLD TABLE) and TRUNCATE. PostgreSQL refuses transition tables on a
-trigger with several events, hence one trigger per event. Each statement collects its distinct
-affected entity keys; more than `BATCH_THRESHOLD` go into ONE ``idxr.queue_batches`` row, fewer
-into a pending ``idxr.queue`` row per key, coalescing into the key's pending row when it has
-one (``ON CONFLICT``: a hot row updated 10,000 times leaves one queue row; see
-`idxr_pg.db.queue` for the queue's rules). Only if it queued something new does it send
+trigger with several events, hence one trigger per event. Each statement collects its
+affected entity keys; more than `BATCH_THRESHOLD` go into ONE ``idxr.queue_batches`` row as
+they are (unsorted; the worker's expansion sorts and coalesces them), fewer into a pending
+``idxr.queue`` row per key, coalescing into the key's pending row when it has one (``ON
+CONFLICT``: a hot row updated 10,000 times leaves one queue row; see `idxr_pg.db.queue` for
+the queue's rules). Only if it queued something new does it send
 ``pg_notify('idxr_queue', <kind>)``, and only if no other open transaction is ringing for the
 kind (``pg_try_advisory_xact_lock``): NOTIFY holds a cluster-wide lock through commit.
 
 - UPDATE compares, per key, the multiset of text projections of the columns the entity reads
   (``columns``, else the whole row) before and after; unchanged rows cancel out, so a no-op
-  update enqueues nothing and a key change enqueues the old and the new key. Comparing the text
-  form works for types without an equality operator (json, point, xml) and sees changes that
-  value equality misses but the document shows (numeric 1.0 -> 1.00).
+  update enqueues nothing and a key change enqueues the old and the new key. When the kind
+  reads the table through one key column that is unique there (its primary key, usually), old
+  and new rows are paired by key instead (a FULL JOIN, cheaper than grouping), and the keys
+  need no DISTINCT. Comparing the text form works for types without an equality operator
+  (json, point, xml) and sees changes that value equality misses but the document shows
+  (numeric 1.0 -> 1.00).
 - TRUNCATE has no transition table: it enqueues every entity of the kind that is indexed or
   leased (being processed), so the worker deletes (main table) or reloads (child table) them.
 - ``notify: false`` on a kind leaves the pg_notify (and its advisory lock) out: the worker then
@@ -148,6 +152,7 @@ class ResolvedTable(catalog.Relation):
 
     columns: tuple[str, ...]
     tree: tuple[tuple[str, str], ...]  # (schema, name) of the table and all its partitions
+    unique: frozenset[str] = frozenset()  # columns that alone are unique (`catalog.unique_columns`)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,16 @@ class PlannedCapture:
     function_name: str
     always: bool = False  # ENABLE ALWAYS + row-level replica triggers (subscribers)
     drop_replica: bool = False  # not always, but a replica function was installed: drop it
+
+    @property
+    def unique_keys(self) -> bool:
+        """One reader whose key is a column unique in the table: a statement's rows then have
+        distinct keys, so the trigger needs no DISTINCT and UPDATE can pair old and new rows
+        by key (`_changed_keys`)."""
+        readers = self.target.readers
+        return (
+            len(readers) == 1 and readers[0].key_is_column and readers[0].key in self.table.unique
+        )
 
 
 @dataclass(frozen=True)
@@ -289,8 +304,9 @@ def resolve_table(conn: psycopg.Connection, kind: str, table: str) -> ResolvedTa
         )
     columns = tuple(catalog.table_columns(conn, relation.oid))
     tree = catalog.partition_tree(conn, relation)
+    unique = catalog.unique_columns(conn, relation.oid)
     return ResolvedTable(
-        relation.oid, relation.schema, relation.name, relation.relkind, columns, tree
+        relation.oid, relation.schema, relation.name, relation.relkind, columns, tree, unique
     )
 
 
@@ -479,21 +495,24 @@ def _key(reader: Reader, alias: sql.Identifier) -> sql.Composable:
     return sql.SQL("({})::text").format(sql.SQL(reader.key))
 
 
-def _collect(keys: sql.Composable) -> sql.Composable:
-    """Assign the statement's distinct, non-NULL entity keys to ``idxr_keys``, sorted: every
-    writer then locks the pending rows it coalesces into in the same order (no deadlock
-    between two statements queueing overlapping keys)."""
+def _collect(keys: sql.Composable, distinct: bool) -> sql.Composable:
+    """Assign the statement's non-NULL entity keys to ``idxr_keys``, unsorted: a bulk statement
+    (`_enqueue`) stores them as they are and the worker's expansion sorts and coalesces them.
+    ``distinct``: the keys may repeat (several rows per entity), so collapse them here (a hash,
+    no sort), which keeps a many-row statement about few entities on the coalescing path;
+    False where they are distinct by construction (`PlannedCapture.unique_keys`)."""
     return sql.SQL(
-        'idxr_keys := ARRAY(SELECT DISTINCT changed.k COLLATE pg_catalog."C"\n'
-        "                         FROM ({keys}) AS changed (k)\n"
-        "                        WHERE changed.k IS NOT NULL ORDER BY 1);"
-    ).format(keys=keys)
+        "idxr_keys := ARRAY(SELECT {distinct}changed.k FROM ({keys}) AS changed (k)\n"
+        "                         WHERE changed.k IS NOT NULL);"
+    ).format(keys=keys, distinct=sql.SQL("DISTINCT " if distinct else ""))
 
 
 def _enqueue(plan: PlannedCapture) -> sql.Composable:
     """Queue ``idxr_keys``: one batch row when more than `BATCH_THRESHOLD` (a bulk statement),
     else a pending row per key, coalescing into the key's pending row if it has one
-    (`idxr_pg.db.queue.PENDING_CONFLICT`). ``enqueued``: rows written.
+    (`idxr_pg.db.queue.PENDING_CONFLICT`), the keys distinct and in one sorted order, so that
+    every writer locks the pending rows it coalesces into in the same order (no deadlock
+    between two statements queueing overlapping keys). ``enqueued``: something new was queued.
 
     A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: ``ON CONFLICT``
     against a pending row committed after its snapshot (or claimed meanwhile) raises a
@@ -506,12 +525,13 @@ def _enqueue(plan: PlannedCapture) -> sql.Composable:
         " THEN\n"
         "        INSERT INTO idxr.queue_batches (entity_kind, entity_ids, source_table, operation)\n"
         "        VALUES ({kind}, idxr_keys, {source}, TG_OP);\n"
-        "        enqueued := 1;\n"
+        "        enqueued := true;\n"
         "    ELSIF pg_catalog.cardinality(idxr_keys) > 0 THEN\n"
         "        INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)\n"
-        "        SELECT {kind}, k.id, {source}, TG_OP FROM pg_catalog.unnest(idxr_keys) AS k (id)\n"
+        '        SELECT DISTINCT {kind}, k.id COLLATE pg_catalog."C", {source}, TG_OP\n'
+        "          FROM pg_catalog.unnest(idxr_keys) AS k (id) ORDER BY 2\n"
         "        {conflict};\n"
-        "        GET DIAGNOSTICS enqueued = ROW_COUNT;\n"
+        "        enqueued := FOUND;\n"
         "    END IF;\n"
     ).format(
         threshold=sql.Literal(BATCH_THRESHOLD),
@@ -528,7 +548,7 @@ def _wake(plan: PlannedCapture) -> sql.Composable:
         return sql.SQL("    -- notify: false in the config: workers find these rows by polling\n")
     kind = sql.Literal(plan.target.kind)
     return sql.SQL(
-        "    IF enqueued > 0 THEN\n"
+        "    IF enqueued THEN\n"
         "        IF pg_catalog.pg_try_advisory_xact_lock({ns}, pg_catalog.hashtext({kind})) THEN\n"
         "            PERFORM pg_catalog.pg_notify({channel}, {kind});\n"
         "        END IF;\n"
@@ -547,8 +567,29 @@ def _rows_keys(plan: PlannedCapture, rows: str) -> sql.Composable:
 
 
 def _changed_keys(plan: PlannedCapture) -> sql.Composable:
-    """Keys whose multiset of projections differs between idxr_old and idxr_new."""
+    """Keys whose multiset of projections differs between idxr_old and idxr_new.
+
+    With `PlannedCapture.unique_keys` each key is on at most one row per side, so the rows are
+    paired by key (a FULL JOIN: a key on one side only, a key change, counts as changed);
+    otherwise (a watched child table: many rows per key) the multisets are compared by
+    grouping: unchanged rows cancel out."""
     alias = sql.Identifier(plan.table.name)
+    if plan.unique_keys:
+        (reader,) = plan.target.readers
+        side = sql.SQL("SELECT {key} AS k, {proj} AS v FROM {rows} AS {alias}")
+        new, old = (
+            side.format(
+                key=_key(reader, alias),
+                proj=_projection(reader, alias),
+                rows=sql.Identifier(rows),
+                alias=alias,
+            )
+            for rows in ("idxr_new", "idxr_old")
+        )
+        return sql.SQL(
+            "SELECT COALESCE(n.k, o.k) FROM ({new}) AS n\n"
+            "              FULL JOIN ({old}) AS o ON o.k = n.k WHERE n.v IS DISTINCT FROM o.v"
+        ).format(new=new, old=old)
     parts = []
     for reader in plan.target.readers:
         side = sql.SQL("SELECT {key} AS k, {proj} AS v, {sign} AS s FROM {rows} AS {alias}")
@@ -616,7 +657,7 @@ def _capture_function(plan: PlannedCapture, name: str, branches: sql.Composable)
     body = sql.SQL(
         "\nDECLARE\n"
         "    idxr_keys text[];\n"
-        "    enqueued bigint := 0;\n"
+        "    enqueued boolean := false;\n"
         "BEGIN\n"
         "{guard}"
         "{branches}"
@@ -637,6 +678,7 @@ def _capture_function(plan: PlannedCapture, name: str, branches: sql.Composable)
 
 def function_ddl(plan: PlannedCapture) -> sql.Composed:
     """CREATE OR REPLACE FUNCTION for one target."""
+    repeats = not plan.unique_keys
     branches = sql.SQL(
         "    IF TG_OP = 'INSERT' THEN\n"
         "        {insert}\n"
@@ -648,10 +690,10 @@ def function_ddl(plan: PlannedCapture) -> sql.Composed:
         "        {truncate}\n"
         "    END IF;\n"
     ).format(
-        insert=_collect(_rows_keys(plan, "idxr_new")),
-        update=_collect(_changed_keys(plan)),
-        delete=_collect(_rows_keys(plan, "idxr_old")),
-        truncate=_collect(_truncated_keys(plan)),
+        insert=_collect(_rows_keys(plan, "idxr_new"), repeats),
+        update=_collect(_changed_keys(plan), repeats),
+        delete=_collect(_rows_keys(plan, "idxr_old"), repeats),
+        truncate=_collect(_truncated_keys(plan), False),  # a UNION: distinct
     )
     return _capture_function(plan, plan.function_name, branches)
 
@@ -704,6 +746,7 @@ def replica_function_ddl(plan: PlannedCapture) -> sql.Composed:
     new = sql.SQL("WITH idxr_new AS (SELECT NEW.*)\n                ")
     old = sql.SQL("WITH idxr_old AS (SELECT OLD.*)\n                ")
     both = sql.SQL("WITH idxr_old AS (SELECT OLD.*), idxr_new AS (SELECT NEW.*)\n                ")
+    repeats = not plan.unique_keys
     branches = sql.SQL(
         "    IF TG_OP = 'INSERT' THEN\n"
         "        {insert}\n"
@@ -713,9 +756,9 @@ def replica_function_ddl(plan: PlannedCapture) -> sql.Composed:
         "        {delete}\n"
         "    END IF;\n"
     ).format(
-        insert=_collect(new + _rows_keys(plan, "idxr_new")),
-        update=_collect(both + _changed_keys(plan)),
-        delete=_collect(old + _rows_keys(plan, "idxr_old")),
+        insert=_collect(new + _rows_keys(plan, "idxr_new"), repeats),
+        update=_collect(both + _changed_keys(plan), repeats),
+        delete=_collect(old + _rows_keys(plan, "idxr_old"), repeats),
     )
     return _capture_function(plan, replica_function_name(plan.function_name), branches)
 

@@ -31,6 +31,7 @@ __all__ = [
     "resolve_table",
     "server_version",
     "table_columns",
+    "unique_columns",
 ]
 
 _IDXR_INSTALLED_SQL = "SELECT pg_catalog.to_regclass('idxr.search_index') IS NOT NULL"
@@ -76,6 +77,16 @@ SELECT EXISTS (
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
     WHERE i.indrelid = pg_catalog.to_regclass(%(regclass)s) AND a.attname = %(column)s
 )
+"""
+# Columns that alone are the key of a valid, immediate (not DEFERRABLE: no duplicates at the end
+# of a statement), non-partial unique index or primary key of the relation.
+_UNIQUE_COLUMNS_SQL = """
+SELECT DISTINCT a.attname::text
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+ WHERE i.indrelid = %s AND i.indisunique AND i.indimmediate AND i.indisvalid
+   AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL
+ ORDER BY 1
 """
 _RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
 
@@ -175,6 +186,12 @@ def table_columns(conn: psycopg.Connection, oid: int) -> dict[str, str]:
     with conn.transaction(force_rollback=True):
         conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         return dict(conn.execute(_COLUMNS_SQL, [oid]).fetchall())
+
+
+def unique_columns(conn: psycopg.Connection, oid: int) -> frozenset[str]:
+    """Columns that each alone are unique in the relation at the end of every statement: the
+    key column of a valid, non-deferrable, non-partial one-column unique index or primary key."""
+    return frozenset(row[0] for row in conn.execute(_UNIQUE_COLUMNS_SQL, [oid]))
 
 
 def partition_tree(conn: psycopg.Connection, relation: Relation) -> tuple[tuple[str, str], ...]:

@@ -306,3 +306,50 @@ def test_the_upgrade_merges_duplicate_pending_rows_and_keeps_retry_rows(empty_da
             "SELECT entity_kind, entity_id, attempts FROM idxr.queue ORDER BY 1, 2, 3"
         ).fetchall()
     assert again == [(k, e, a) for k, e, a, *_ in queued]
+
+
+def test_many_child_rows_of_few_entities_coalesce_and_bulk_key_changes_are_exact(
+    isolated_database_url, tmp_path
+):
+    """Keys are collected without sorting; a child table's rows share keys, so they are made
+    distinct first: 30 tags of 3 articles take the few-keys path (3 pending rows), 100 tags of
+    20 articles one batch row of 20 keys, each article indexed once. A bulk key change on the
+    main table (keys paired by its primary key) queues the old and the new keys."""
+    from tests.integration.worker_support import (
+        ALL_ARTICLES,
+        ARTICLES_DDL,
+        Article,
+        article_entity,
+    )
+
+    url = isolated_database_url
+    execute(url, ARTICLES_DDL)
+    config = make_config(tmp_path, [article_entity()], model="deterministic-test")
+    install_triggers(url, config)
+    execute(
+        url, "INSERT INTO articles (id, title) SELECT g, 'a' || g FROM generate_series(1, 30) g"
+    )
+    Worker(url, config, embedder=DeterministicEmbedder()).drain()
+    execute(
+        url,
+        "INSERT INTO tags (article_id, name) SELECT 1 + g % 3, 't' || g FROM generate_series(1, 30) g",
+    )
+    assert rows(url) == 3 and rows(url, "idxr.queue_batches") == 0
+    execute(
+        url,
+        "INSERT INTO tags (article_id, name) SELECT 1 + g % 20, 'u' || g FROM generate_series(1, 100) g",
+    )
+    with psycopg.connect(url) as conn:
+        (keys,) = conn.execute("SELECT entity_ids FROM idxr.queue_batches").fetchone()
+    assert sorted(keys, key=int) == [str(i) for i in range(1, 21)]
+    totals = Worker(url, config, embedder=DeterministicEmbedder()).drain()
+    assert totals.entities == 20  # articles 1-3 had rows pending too: one pass each
+    execute(url, "UPDATE articles SET id = id + 1000 WHERE id > 20")  # 10 keys change
+    with psycopg.connect(url) as conn:
+        (keys,) = conn.execute("SELECT entity_ids FROM idxr.queue_batches").fetchone()
+    assert sorted(keys, key=int) == [str(i) for i in range(21, 31)] + [
+        str(i) for i in range(1021, 1031)
+    ]
+    Worker(url, config, embedder=DeterministicEmbedder()).drain()
+    assert queue_depth(url) == 0
+    assert actual_index(url, "article") == expected_index(url, "article", Article, ALL_ARTICLES)

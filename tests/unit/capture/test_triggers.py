@@ -25,11 +25,13 @@ def plan_for(
     columns: tuple[str, ...] = ("id", "a", "b"),
     tree: tuple[tuple[str, str], ...] | None = None,
     notify: bool = True,
+    unique: frozenset[str] = frozenset(),
 ) -> capture.PlannedCapture:
     target = capture.CaptureTarget(kind, f"{schema}.{table}", readers, notify)
     resolved = capture.ResolvedTable(
-        1234, schema, table, "r", columns, tree if tree is not None else ((schema, table),)
-    )
+        1234, schema, table, "r", columns, tree if tree is not None else ((schema, table),),
+        unique,
+    )  # fmt: skip
     return capture.PlannedCapture(target, resolved, capture.function_name(kind, schema, table))
 
 
@@ -37,8 +39,8 @@ def branch(function_sql: str, operation: str) -> str:
     """The key collection of one TG_OP branch of a capture function."""
     opening = "ELSE" if operation == "TRUNCATE" else f"IF TG_OP = '{operation}' THEN"
     match = re.search(
-        rf"{opening}\n        idxr_keys := ARRAY\(SELECT DISTINCT changed\.k COLLATE [^\n]*\n"
-        rf".*?WHERE changed\.k IS NOT NULL ORDER BY 1\);",
+        rf"{opening}\n        idxr_keys := ARRAY\(SELECT (?:DISTINCT )?changed\.k FROM [^\n]*\n"
+        rf".*?WHERE changed\.k IS NOT NULL\);",
         function_sql,
         re.DOTALL,
     )
@@ -133,7 +135,11 @@ def test_function_is_security_definer_with_a_safe_search_path():
 def test_insert_and_delete_enqueue_the_keys_of_their_transition_table():
     ddl = text(capture.function_ddl(plan_for()))
     insert = branch(ddl, "INSERT")
-    assert "SELECT 'sub', k.id, 'app.subs', TG_OP FROM pg_catalog.unnest(idxr_keys)" in ddl
+    assert (
+        """SELECT DISTINCT 'sub', k.id COLLATE pg_catalog."C", 'app.subs', TG_OP\n"""
+        "          FROM pg_catalog.unnest(idxr_keys) AS k (id) ORDER BY 2\n"
+    ) in ddl  # few keys: distinct, in the one lock order
+    assert "ARRAY(SELECT DISTINCT changed.k" in insert  # no unique key column: may repeat
     assert 'SELECT ("subs"."id")::text FROM "idxr_new" AS "subs"' in insert
     assert "idxr_old" not in insert
     delete = branch(ddl, "DELETE")
@@ -155,6 +161,33 @@ def test_update_compares_text_projections_of_the_columns_read():
         update,
     )
     assert "GROUP BY d.k, d.v HAVING pg_catalog.sum(d.s) <> 0" in update
+
+
+def test_a_unique_key_column_collects_raw_keys_and_pairs_update_rows_by_key():
+    plan = plan_for((capture.Reader("table", "id", ("a", "b")),), unique=frozenset({"id"}))
+    assert plan.unique_keys
+    ddl = text(capture.function_ddl(plan))
+    insert, update = branch(ddl, "INSERT"), branch(ddl, "UPDATE")
+    assert "DISTINCT" not in insert and "ORDER BY" not in insert  # bulk: stored as they are
+    assert 'ARRAY(SELECT changed.k FROM (SELECT ("subs"."id")::text FROM "idxr_new"' in insert
+    projection = 'ROW("subs"."a", "subs"."b")::text COLLATE pg_catalog."C"'
+    assert (
+        f'SELECT COALESCE(n.k, o.k) FROM (SELECT ("subs"."id")::text AS k, {projection} AS v'
+        ' FROM "idxr_new" AS "subs") AS n\n'
+        f'              FULL JOIN (SELECT ("subs"."id")::text AS k, {projection} AS v'
+        ' FROM "idxr_old" AS "subs") AS o ON o.k = n.k WHERE n.v IS DISTINCT FROM o.v'
+    ) in update
+    assert "GROUP BY" not in update and "DISTINCT changed" not in update
+
+
+def test_keys_are_only_unique_for_one_reader_keyed_by_a_unique_column():
+    unique = frozenset({"id"})
+    assert not plan_for(unique=frozenset({"a"})).unique_keys
+    assert not plan_for((capture.Reader("table", "(id)", None),), unique=unique).unique_keys
+    two = (capture.Reader("table", "id", None), capture.Reader("watch[0]", "id", ("a",)))
+    assert not plan_for(two, unique=unique).unique_keys
+    ddl = text(capture.function_ddl(plan_for(two, unique=unique)))
+    assert ddl.count("ARRAY(SELECT DISTINCT changed.k") == 3  # INSERT, UPDATE, DELETE
 
 
 def test_update_of_a_reader_without_columns_compares_the_whole_row():
@@ -196,9 +229,10 @@ def test_truncate_enqueues_every_indexed_or_leased_entity_of_the_kind():
 def test_notify_uses_the_queue_channel_and_only_when_something_was_enqueued():
     assert capture.QUEUE_CHANNEL == queue.CHANNEL
     ddl = text(capture.function_ddl(plan_for()))
-    assert "        GET DIAGNOSTICS enqueued = ROW_COUNT;\n" in ddl
+    assert "        enqueued := FOUND;\n" in ddl  # rows inserted, not coalesced
+    assert "GET DIAGNOSTICS" not in ddl
     assert (
-        "    IF enqueued > 0 THEN\n"
+        "    IF enqueued THEN\n"
         "        IF pg_catalog.pg_try_advisory_xact_lock("
         f"{queue.WAKE_NAMESPACE}, pg_catalog.hashtext('sub')) THEN\n"
         f"            PERFORM pg_catalog.pg_notify('{queue.CHANNEL}', 'sub');\n"
@@ -242,11 +276,11 @@ def test_odd_identifiers_and_literals_are_quoted():
     assert f'SELECT ({alias}."Id")::text FROM "idxr_new" AS {alias}' in ddl
     assert f'ROW({alias}."we""ird col", {alias}."Upper")::text' in ddl
     # the source table is a literal of the unquoted qualified name; quotes doubled
-    assert "SELECT 'k', k.id, 'My Schema.t\"able', TG_OP" in ddl
+    assert """SELECT DISTINCT 'k', k.id COLLATE pg_catalog."C", 'My Schema.t\"able', TG_OP""" in ddl
     triggers = [text(s) for s in capture.trigger_ddl(plan)]
     assert all('ON "My Schema"."t""able"' in t for t in triggers)
     kind_literal = text(capture.function_ddl(plan_for(kind="it's")))
-    assert "SELECT 'it''s', k.id" in kind_literal
+    assert "SELECT DISTINCT 'it''s', k.id" in kind_literal
     assert "pg_notify('idxr_queue', 'it''s')" in kind_literal
 
 
