@@ -20,6 +20,7 @@ from idxr_pg.cli.options import (
     batch_size_option,
     count_option,
     json_flag,
+    progress_interval_option,
 )
 from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
 from idxr_pg.runtime.primary import can_write
@@ -137,13 +138,7 @@ def job_row(job: Job) -> list[object]:
     show_default=True,
     help="Parallel maintenance workers for that build (capped by the server's settings).",
 )
-@click.option(
-    "--progress-interval",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds between progress log lines when stderr is not a terminal.",
-)
+@progress_interval_option
 @json_flag("Print the finished job as JSON.")
 @allow_superuser_flag
 @pass_app

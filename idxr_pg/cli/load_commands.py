@@ -9,7 +9,7 @@ import click
 
 from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import Column, format_duration, print_json, print_listing, when
-from idxr_pg.cli.options import count_option, json_flag
+from idxr_pg.cli.options import count_option, json_flag, progress_interval_option
 from idxr_pg.db.loads import Load, list_loads, reconcile_abandoned
 
 LOAD_COLUMNS = (
@@ -158,13 +158,7 @@ def load_row(load: Load) -> list[object]:
     show_default=True,
     help="Rows per partition: each is one transaction and one manifest entry.",
 )
-@click.option(
-    "--progress-interval",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds between progress log lines when stderr is not a terminal.",
-)
+@progress_interval_option
 @json_flag("Print the loads as a JSON list.")
 @pass_app
 def load(

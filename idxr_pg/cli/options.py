@@ -41,6 +41,17 @@ def batch_size_option(help: str) -> Callable[[F], F]:
     return click.option("--batch-size", type=click.IntRange(1, 10_000), default=None, help=help)
 
 
+def progress_interval_option(f: F) -> F:
+    """``--progress-interval``: seconds between progress log lines off a terminal."""
+    return click.option(
+        "--progress-interval",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        help="Seconds between progress log lines when stderr is not a terminal.",
+    )(f)
+
+
 def kinds_option(help: str) -> Callable[[F], F]:
     """``--kind KIND``, repeatable, passed as the tuple ``kinds``."""
     return click.option("--kind", "kinds", multiple=True, metavar="KIND", help=help)

@@ -7,7 +7,12 @@ import click
 from idxr_pg.cli.backfill_commands import run_backfill
 from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import format_duration, print_json
-from idxr_pg.cli.options import allow_superuser_flag, batch_size_option, json_flag
+from idxr_pg.cli.options import (
+    allow_superuser_flag,
+    batch_size_option,
+    json_flag,
+    progress_interval_option,
+)
 from idxr_pg.db.catalog import idxr_installed
 from idxr_pg.db.connection import DatabaseError, redact
 from idxr_pg.indexing import schema_state
@@ -111,13 +116,7 @@ def plan(app: AppContext, kind: str, batch_size: int | None, as_json: bool) -> N
     "backfill without --force).",
 )
 @batch_size_option("Entities per pipeline batch and per checkpoint [default: worker.batch_size].")
-@click.option(
-    "--progress-interval",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds between progress log lines when stderr is not a terminal.",
-)
+@progress_interval_option
 @json_flag("Print the finished job as JSON.")
 @allow_superuser_flag
 @pass_app

@@ -37,16 +37,8 @@ _STAGE_COLUMNS = (
     ("embedding", "vector"),
     ("truncation", "text"),
 )
-# ORDER BY: rows go in key order, so writers of overlapping rows lock them in one order.
-_UPSERT_STAGED_SQL = """
-INSERT INTO idxr.search_index AS s
-    (entity_kind, entity_id, path, value, value_type, content_hash, embedding, truncation,
-     updated_at)
-SELECT t.entity_kind, t.entity_id, t.path::ltree, t.value, t.value_type::idxr.value_type,
-       t.content_hash, t.embedding, t.truncation, now()
-FROM pg_temp.idxr_stage_search_index AS t
-ORDER BY t.entity_kind, t.entity_id, t.path
-ON CONFLICT (entity_kind, entity_id, path) DO UPDATE SET
+# What an upsert changes in a row that exists: one clause for the staged and the per-row path.
+_ON_CONFLICT_UPDATE = """ON CONFLICT (entity_kind, entity_id, path) DO UPDATE SET
     value = excluded.value,
     value_type = excluded.value_type,
     content_hash = excluded.content_hash,
@@ -55,19 +47,29 @@ ON CONFLICT (entity_kind, entity_id, path) DO UPDATE SET
     updated_at = now()
 """
 
-_UPSERT_SQL = """
+# ORDER BY: rows go in key order, so writers of overlapping rows lock them in one order.
+_UPSERT_STAGED_SQL = (
+    """
+INSERT INTO idxr.search_index AS s
+    (entity_kind, entity_id, path, value, value_type, content_hash, embedding, truncation,
+     updated_at)
+SELECT t.entity_kind, t.entity_id, t.path::ltree, t.value, t.value_type::idxr.value_type,
+       t.content_hash, t.embedding, t.truncation, now()
+FROM pg_temp.idxr_stage_search_index AS t
+ORDER BY t.entity_kind, t.entity_id, t.path
+"""
+    + _ON_CONFLICT_UPDATE
+)
+
+_UPSERT_SQL = (
+    """
 INSERT INTO idxr.search_index AS s
     (entity_kind, entity_id, path, value, value_type, content_hash, embedding, truncation,
      updated_at)
 VALUES (%s, %s, %s::ltree, %s, %s::idxr.value_type, %s, %s::vector, %s, now())
-ON CONFLICT (entity_kind, entity_id, path) DO UPDATE SET
-    value = excluded.value,
-    value_type = excluded.value_type,
-    content_hash = excluded.content_hash,
-    embedding = excluded.embedding,
-    truncation = excluded.truncation,
-    updated_at = now()
 """
+    + _ON_CONFLICT_UPDATE
+)
 
 _DELETE_PATHS_SQL = """
 DELETE FROM idxr.search_index AS s
