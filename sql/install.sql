@@ -271,7 +271,7 @@ ALTER TABLE idxr.queue_batches SET (
 
 ALTER TABLE idxr.entity_kinds ADD COLUMN IF NOT EXISTS paused_at timestamptz;
 
--- ==== 016_schema_changes.sql ====
+-- ==== 013_schema_changes.sql ====
 -- idxr-pg revision 0004: entity model shapes (issue 15). Revisioned: Alembic revision 0004 runs
 -- this file once; sql/install.sql runs it too, so it is idempotent.
 --

@@ -41,7 +41,7 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
     SchemaFile("010_tables.sql", revision="0001"),
     SchemaFile("011_coalescing_queue.sql", revision="0002"),
     SchemaFile("012_pause.sql", revision="0003"),
-    SchemaFile("016_schema_changes.sql", revision="0004"),
+    SchemaFile("013_schema_changes.sql", revision="0004"),
     SchemaFile("014_loads.sql", revision="0005"),
     SchemaFile("015_hybrid.sql", revision="0006"),
     SchemaFile("020_dimensions.sql"),

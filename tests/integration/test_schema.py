@@ -117,7 +117,7 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "010_tables.sql",
         "011_coalescing_queue.sql",
         "012_pause.sql",
-        "016_schema_changes.sql",
+        "013_schema_changes.sql",
         "014_loads.sql",
         "015_hybrid.sql",
     )

@@ -1,6 +1,6 @@
 """Entity model shapes (issue 15): ``idxr.entity_kinds.schema_shape`` and ``schema_change``.
 
-Runs idxr_pg/schema/016_schema_changes.sql: the shape of the model the index was built with,
+Runs idxr_pg/schema/013_schema_changes.sql: the shape of the model the index was built with,
 and what differs in the model last registered (`idxr-pg status`, `plan`, `reindex`).
 
 Revision ID: 0004
