@@ -43,7 +43,7 @@
 --
 -- Fusion (hybrid): reciprocal rank fusion, score = sum over the lists of weight / (rrf_k + rank)
 -- over the vector list (idxr.knn_search; entity level: idxr.entity_knn) and the lexical list,
--- each `depth` candidates deep (4k, at least 100), plus an exact-match boost
+-- each `depth` candidates deep (4k, at least 60), plus an exact-match boost
 -- weight_exact / (rrf_k + 1) for a field of the lexical list that
 --   * is identifier-like (at most 64 characters) and equals the whole query, or has no
 --     whitespace and equals one of the query's words (case-insensitive), or
@@ -456,8 +456,11 @@ BEGIN
         PERFORM idxr.search_filter_sql(filters, 5);  -- a bad filter fails before any search
     END IF;
     -- How deep each list is read: RRF needs more than k from each, so that a row ranked well
-    -- by one list and moderately by the other is seen by both.
-    depth := least(1000, greatest(100, 4 * k));
+    -- by one list and moderately by the other is seen by both. At least 60 (it was 100): at
+    -- k = 10 the hybrid p50 at 100k records fell from 1.71x to 1.12x vector-only, and the top
+    -- 10's nDCG@10 in bench/quality.py went 0.864 -> 0.866 (english; 40 gave 0.860).
+    -- docs/benchmarks.md.
+    depth := least(1000, greatest(60, 4 * k));
 
     RETURN QUERY
     WITH vec AS (
