@@ -32,7 +32,10 @@
 -- exact term (a part number, a name) weighs no more than its common words. Here each distinct
 -- lexeme of the query gets a BM25 idf, ln(1 + (N - df + 0.5) / (df + 0.5)), with df counted
 -- through the index up to `common_cap` rows (5% of the rows, between 100 and 1000: bounded cost)
--- and N the table's row estimate. The candidates are the fields holding a rare lexeme
+-- and N the table's row estimate; a lexeme that the index's planner statistics
+-- (idxr.text_term_stats) put in at least 2 * common_cap rows is taken as df = common_cap without
+-- counting (the count would stop there; counting common words was most of a query's cost at
+-- 100k records, docs/benchmarks.md). The candidates are the fields holding a rare lexeme
 -- (df < common_cap; matching is OR, so a paraphrase sharing one rare word finds a field), or,
 -- when every word of the query is common, those holding the rarest one (at most common_cap).
 -- A field's score is the sum of the idf of the picked lexemes it holds, computed from the GIN
