@@ -15,6 +15,10 @@ corpus's paraphrases and part-number queries, each with a random query vector):
 and p50/p95 per method are printed with the ratio to vector, client side, one query at a time.
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/hybrid_latency.py [--records 100000]
+
+To compare versions of the SQL functions on the same data, load once with --keep and time
+again with --database <the kept name> (the schema's functions are re-applied by the upgrade,
+the records and indexes are reused; --records must match the kept load for the queries).
 """
 
 from __future__ import annotations
@@ -68,6 +72,24 @@ def with_dbname(url: str, name: str) -> str:
     return psycopg.conninfo.make_conninfo(**params)
 
 
+def load_records(
+    conn: psycopg.Connection, records: int, sentences: list[str]
+) -> tuple[float, float]:
+    """Loads the records, builds the HNSW and full-text indexes; returns the two durations."""
+    started = time.perf_counter()
+    conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
+    conn.execute("INSERT INTO idxr.entity_kinds (name) VALUES (%s)", [KIND])
+    step = 10_000
+    for start in range(0, records, step):
+        conn.execute(LOAD, {"s": sentences, "start": start, "stop": min(records, start + step)})
+    loaded = time.perf_counter() - started
+    conn.execute("SET maintenance_work_mem = '1GB'")
+    conn.execute("SELECT idxr.set_embedding_dimensions(%s)", [DIMS])
+    conn.execute("SELECT idxr.set_text_search_config(%s, 'english')", [KIND])
+    conn.execute("VACUUM ANALYZE idxr.search_index")
+    return loaded, time.perf_counter() - started - loaded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
@@ -80,6 +102,11 @@ def main() -> None:
         ),
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument(
+        "--database",
+        help="reuse this scratch database (kept by an earlier --keep run) instead of loading one;"
+        " it is kept",
+    )
     args = parser.parse_args()
     sentences = [s for t in TOPICS for s in t.sentences] + list(BOILERPLATE)
     rng = random.Random(16)
@@ -87,29 +114,19 @@ def main() -> None:
         f"where was PN-{rng.randrange(args.records)} checked" for _ in range(16)
     ]
     vectors = np.random.default_rng(16).normal(size=(len(texts), DIMS)).astype(np.float32)
-    name = f"idxr_bench_hybrid_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    name = args.database or f"idxr_bench_hybrid_{uuid.uuid4().hex[:8]}"
+    keep = args.keep or args.database is not None
+    if args.database is None:
+        with psycopg.connect(args.database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = with_dbname(args.database_url, name)
     times: dict[str, list[float]] = {"vector": [], "lexical": [], "hybrid": []}
+    loaded = built = 0.0
     try:
         migrations.upgrade(url)
         with connect(url, autocommit=True) as conn:
-            started = time.perf_counter()
-            conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
-            conn.execute("INSERT INTO idxr.entity_kinds (name) VALUES (%s)", [KIND])
-            step = 10_000
-            for start in range(0, args.records, step):
-                conn.execute(
-                    LOAD,
-                    {"s": sentences, "start": start, "stop": min(args.records, start + step)},
-                )
-            loaded = time.perf_counter() - started
-            conn.execute("SET maintenance_work_mem = '1GB'")
-            conn.execute("SELECT idxr.set_embedding_dimensions(%s)", [DIMS])
-            conn.execute("SELECT idxr.set_text_search_config(%s, 'english')", [KIND])
-            conn.execute("VACUUM ANALYZE idxr.search_index")
-            built = time.perf_counter() - started - loaded
+            if args.database is None:
+                loaded, built = load_records(conn, args.records, sentences)
             calls = {
                 "vector": ("SELECT * FROM idxr.search_entities(%(v)s, NULL, %(kind)s, %(k)s)"),
                 "lexical": (
@@ -130,7 +147,7 @@ def main() -> None:
                         conn.execute(query, params).fetchall()
                         times[label].append(time.perf_counter() - started)
     finally:
-        if args.keep:
+        if keep:
             print(f"kept database {name}")
         else:
             with psycopg.connect(args.database_url, autocommit=True) as admin:
@@ -142,8 +159,13 @@ def main() -> None:
     print(
         f"\nhybrid search latency: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-        f"{args.records} records (loaded in {loaded:.0f} s, HNSW + GIN built in {built:.0f} s), "
-        f"k = {args.k}, {len(texts)} queries x {args.rounds} rounds, interleaved"
+        f"{args.records} records "
+        + (
+            f"(reused {name}), "
+            if args.database
+            else f"(loaded in {loaded:.0f} s, HNSW + GIN built in {built:.0f} s), "
+        )
+        + f"k = {args.k}, {len(texts)} queries x {args.rounds} rounds, interleaved"
     )
     base = statistics.median(times["vector"])
     for label, values in times.items():

@@ -1145,7 +1145,10 @@ $$;
 -- exact term (a part number, a name) weighs no more than its common words. Here each distinct
 -- lexeme of the query gets a BM25 idf, ln(1 + (N - df + 0.5) / (df + 0.5)), with df counted
 -- through the index up to `common_cap` rows (5% of the rows, between 100 and 1000: bounded cost)
--- and N the table's row estimate. The candidates are the fields holding a rare lexeme
+-- and N the table's row estimate; a lexeme that the index's planner statistics
+-- (idxr.text_term_stats) put in at least 2 * common_cap rows is taken as df = common_cap without
+-- counting (the count would stop there; counting common words was most of a query's cost at
+-- 100k records, docs/benchmarks.md). The candidates are the fields holding a rare lexeme
 -- (df < common_cap; matching is OR, so a paraphrase sharing one rare word finds a field), or,
 -- when every word of the query is common, those holding the rarest one (at most common_cap).
 -- A field's score is the sum of the idf of the picked lexemes it holds, computed from the GIN
@@ -1156,7 +1159,7 @@ $$;
 --
 -- Fusion (hybrid): reciprocal rank fusion, score = sum over the lists of weight / (rrf_k + rank)
 -- over the vector list (idxr.knn_search; entity level: idxr.entity_knn) and the lexical list,
--- each `depth` candidates deep (4k, at least 100), plus an exact-match boost
+-- each `depth` candidates deep (4k, at least 60), plus an exact-match boost
 -- weight_exact / (rrf_k + 1) for a field of the lexical list that
 --   * is identifier-like (at most 64 characters) and equals the whole query, or has no
 --     whitespace and equals one of the query's words (case-insensitive), or
@@ -1240,6 +1243,30 @@ BEGIN
     END IF;
     RETURN cfg;
 END
+$$;
+
+-- The planner statistics of a kind's full-text index (ANALYZE keeps them for the partial
+-- expression index, in pg_stats under the index's name): its most common lexemes, the fraction
+-- of the index's rows holding each (same order), and the index's row estimate. No rows when
+-- the index has no statistics yet (never analyzed) or does not exist. SECURITY DEFINER because
+-- pg_stats shows an index's statistics to its owner only; it returns lexeme frequencies of the
+-- kind's texts, which a caller of the search functions can read from idxr.search_index anyway.
+CREATE OR REPLACE FUNCTION idxr.text_term_stats(
+    entity_kind text,
+    OUT lexemes text[], OUT freqs real[], OUT index_rows double precision)
+RETURNS SETOF record
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT st.most_common_elems::text::text[], st.most_common_elem_freqs, c.reltuples::float8
+      FROM pg_class c
+      JOIN pg_stats st ON st.schemaname = 'idxr' AND st.tablename = c.relname
+     WHERE c.relnamespace = 'idxr'::regnamespace
+       AND c.relname = idxr.text_search_index_name($1)
+       AND st.most_common_elems IS NOT NULL
+       AND c.reltuples > 0
 $$;
 
 -- Refuses a missing or blank query text.
@@ -1357,6 +1384,11 @@ DECLARE
     common_cap integer;
     phrase     text := lower(btrim(query_text));
     words      text[];
+    lexemes    text[];  -- the terms' lexemes, same order
+    mce        text[];  -- the kind's most common lexemes (planner statistics)
+    mce_freqs  real[];
+    mce_rows   double precision;
+    pos        integer;
 BEGIN
     PERFORM idxr.check_text_query(query_text);
     PERFORM idxr.check_search_args(NULL, entity_kind, k);
@@ -1390,6 +1422,13 @@ BEGIN
     LOOP
         terms := idxr.text_query_terms(cfg, query_text);
         CONTINUE WHEN cardinality(terms) = 0;
+        SELECT coalesce(array_agg(t.lexeme ORDER BY t.lexeme), '{}') INTO lexemes
+          FROM unnest(to_tsvector(cfg, query_text)) AS t;
+        mce := NULL;
+        mce_freqs := NULL;
+        mce_rows := NULL;
+        SELECT st.lexemes, st.freqs, st.index_rows INTO mce, mce_freqs, mce_rows
+          FROM idxr.text_term_stats(kind_name) st;
         kind_where := format('(s.entity_kind = %L) IS TRUE AND s.value_type = ''string''', kind_name);
         doc := format('to_tsvector(%L::regconfig, s.value)', cfg::text);
         idf := '{}';
@@ -1398,9 +1437,18 @@ BEGIN
         rarest := NULL;
         rarest_df := NULL;
         FOR i IN 1 .. cardinality(terms) LOOP
-            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM idxr.search_index s'
-                           ' WHERE %s AND %s @@ $1 LIMIT %s) x', kind_where, doc, common_cap)
-                INTO df USING terms[i];
+            -- A lexeme that the statistics put in at least twice common_cap rows (the margin
+            -- covers their sampling error) is common: its count would stop at common_cap, so
+            -- it is taken as that without reading the index (each count read up to common_cap
+            -- heap rows: ~5 ms per common word at 100k records). Any other lexeme is counted.
+            pos := array_position(mce, lexemes[i]);
+            IF pos IS NOT NULL AND mce_freqs[pos] * mce_rows >= 2 * common_cap THEN
+                df := common_cap;
+            ELSE
+                EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM idxr.search_index s'
+                               ' WHERE %s AND %s @@ $1 LIMIT %s) x', kind_where, doc, common_cap)
+                    INTO df USING terms[i];
+            END IF;
             idf := idf || ln(1 + (greatest(total, df, 1) - df + 0.5) / (df + 0.5));
             pick := pick || (df > 0 AND df < common_cap);
             code := code || (terms[i]::text ~ '\d' AND length(terms[i]::text) >= 4);  -- 'x1'
@@ -1524,8 +1572,11 @@ BEGIN
         PERFORM idxr.search_filter_sql(filters, 5);  -- a bad filter fails before any search
     END IF;
     -- How deep each list is read: RRF needs more than k from each, so that a row ranked well
-    -- by one list and moderately by the other is seen by both.
-    depth := least(1000, greatest(100, 4 * k));
+    -- by one list and moderately by the other is seen by both. At least 60 (it was 100): at
+    -- k = 10 the hybrid p50 at 100k records fell from 1.71x to 1.12x vector-only, and the top
+    -- 10's nDCG@10 in bench/quality.py went 0.864 -> 0.866 (english; 40 gave 0.860).
+    -- docs/benchmarks.md.
+    depth := least(1000, greatest(60, 4 * k));
 
     RETURN QUERY
     WITH vec AS (
@@ -1764,7 +1815,9 @@ COMMENT ON VIEW idxr.stale IS
 -- Never granted to either: set_embedding_dimensions (the installer's, via `idxr-pg migrate`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
 -- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
--- of search results), idxr.set_text_search_config to idxr_worker (a kind's full-text index).
+-- of search results), idxr.text_term_stats to idxr_reader (the planner statistics of a kind's
+-- full-text index, for lexical scoring), idxr.set_text_search_config to idxr_worker (a kind's
+-- full-text index).
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA idxr FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA idxr REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
@@ -1799,9 +1852,12 @@ BEGIN
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;
-        -- The one SECURITY DEFINER function readers get: whether an entity has queued changes
+        -- A SECURITY DEFINER function readers get: whether an entity has queued changes
         -- (the `stale` column of search results), one boolean, no queue row itself.
         GRANT EXECUTE ON FUNCTION idxr.is_stale(text, text) TO idxr_reader;
+        -- And the lexeme frequencies of a kind's full-text index (its pg_stats row, which only
+        -- the index's owner can read), that lexical search uses instead of counting common words.
+        GRANT EXECUTE ON FUNCTION idxr.text_term_stats(text) TO idxr_reader;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_worker') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_worker;

@@ -131,7 +131,9 @@ COMMENT ON VIEW idxr.stale IS
 -- Never granted to either: set_embedding_dimensions (the installer's, via `idxr-pg migrate`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
 -- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
--- of search results), idxr.set_text_search_config to idxr_worker (a kind's full-text index).
+-- of search results), idxr.text_term_stats to idxr_reader (the planner statistics of a kind's
+-- full-text index, for lexical scoring), idxr.set_text_search_config to idxr_worker (a kind's
+-- full-text index).
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA idxr FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA idxr REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
@@ -166,9 +168,12 @@ BEGIN
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;
-        -- The one SECURITY DEFINER function readers get: whether an entity has queued changes
+        -- A SECURITY DEFINER function readers get: whether an entity has queued changes
         -- (the `stale` column of search results), one boolean, no queue row itself.
         GRANT EXECUTE ON FUNCTION idxr.is_stale(text, text) TO idxr_reader;
+        -- And the lexeme frequencies of a kind's full-text index (its pg_stats row, which only
+        -- the index's owner can read), that lexical search uses instead of counting common words.
+        GRANT EXECUTE ON FUNCTION idxr.text_term_stats(text) TO idxr_reader;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_worker') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_worker;

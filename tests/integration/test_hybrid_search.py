@@ -141,6 +141,59 @@ def test_text_search_language_is_per_kind_and_indexed(
             conn.execute("SELECT idxr.set_text_search_config('nosuchkind', 'english')")
 
 
+def test_common_words_weighed_from_planner_statistics_rank_as_counted(
+    create_database: Callable[..., str], template_database: str
+):
+    """Lexical search takes a common word's document frequency from the planner statistics of
+    the kind's full-text index once it has them (idxr.text_term_stats, readable by
+    idxr_reader) instead of counting it: the rankings are the same as when counted."""
+    url = create_database(f"hybridstats{uuid.uuid4().hex[:6]}", template=template_database)
+    queries = ["routine inspection corrosion", "routine inspection of the line", "line 7 pump"]
+
+    def rankings(conn: psycopg.Connection) -> list[list[tuple]]:
+        return [
+            conn.execute(
+                "SELECT entity_id, path::text, score, exact"
+                " FROM idxr.text_search(%s, NULL, 'note', 20)",
+                [q],
+            ).fetchall()
+            for q in queries
+        ]
+
+    with connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO idxr.entity_kinds (name) VALUES ('note')")
+        conn.execute(
+            "INSERT INTO idxr.search_index (entity_kind, entity_id, path, value, value_type,"
+            " content_hash)"
+            " SELECT 'note', g::text, 'note.text', 'Routine inspection of line ' || g"
+            "        || CASE WHEN g % 50 = 0 THEN ', pump replaced' ELSE '' END"
+            "        || CASE WHEN g = 123 THEN ' and corrosion found' ELSE '' END,"
+            "        'string', md5(g::text)"
+            "   FROM generate_series(1, 400) g"
+        )
+        conn.execute("SELECT idxr.set_text_search_config('note', 'english')")
+        assert conn.execute("SELECT count(*) FROM idxr.text_term_stats('note')").fetchone() == (
+            0,
+        )  # never analyzed (this server runs without autovacuum): every word is counted
+        counted = rankings(conn)
+        conn.execute("ANALYZE idxr.search_index")
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE idxr_reader")
+            common = dict(
+                conn.execute(
+                    "SELECT l, f * st.index_rows FROM idxr.text_term_stats('note') st,"
+                    " unnest(st.lexemes, st.freqs[1:cardinality(st.lexemes)]) AS u(l, f)"
+                ).fetchall()
+            )
+            from_statistics = rankings(conn)
+    # common_cap is 100 here: a word in 200 rows or more is taken from the statistics
+    assert common["inspect"] == pytest.approx(400) and common["routin"] == pytest.approx(400)
+    assert common.get("corros", 0) < 200 and common.get("pump", 0) < 200  # counted
+    assert from_statistics == counted
+    assert counted[0][0][0] == "123"  # the rare word decides
+    assert len(counted[1]) == 20  # only common words: the rarest one's rows
+
+
 # --------------------------------------------------------------------------- hybrid
 
 

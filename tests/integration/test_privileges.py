@@ -69,6 +69,12 @@ KNOWN_FUNCTIONS: dict[str, tuple[bool, frozenset[str], str]] = {
         READER,
         "whether one entity has queued changes (one boolean; the queue rows stay unreadable)",
     ),
+    "text_term_stats": (
+        True,
+        READER,
+        "the most common lexemes of a kind's full-text index and their frequencies (its pg_stats"
+        " row; the texts themselves are readable by readers)",
+    ),
     "set_text_search_config": (
         True,
         frozenset({"idxr_worker"}),
@@ -173,8 +179,8 @@ def setup(isolated_database_url: str) -> Iterator[Setup]:
 
 def test_function_privilege_audit(setup: Setup) -> None:
     """Every function in idxr: none executable by PUBLIC; SECURITY DEFINER only the capture
-    trigger functions, executable by nobody but their owner, and the two listed in
-    KNOWN_FUNCTIONS (is_stale, set_text_search_config); readers get the search side."""
+    trigger functions, executable by nobody but their owner, and the ones listed in
+    KNOWN_FUNCTIONS (is_stale, text_term_stats, set_text_search_config); readers get the search side."""
     with psycopg.connect(setup.admin_url, autocommit=True) as admin:
         functions = audit(admin)
         roles = {
