@@ -7,13 +7,20 @@ recording the kinds and the model as the worker does.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from pydantic import BaseModel
 
+from idxr_pg.config import IdxrConfig
+from idxr_pg.db.connection import connect
 from idxr_pg.records.traverse import flatten
+from idxr_pg.search import SearchHit, search
+
+CONFIG = IdxrConfig()  # the default model, all-MiniLM-L6-v2
 
 
 class Block(BaseModel):
@@ -221,3 +228,29 @@ def index_catalogue(conn: psycopg.Connection, embedder) -> int:
             )
     conn.execute("ANALYZE idxr.search_index")
     return len(rows)
+
+
+def default_embedder():
+    """The real default model (all-MiniLM-L6-v2), as ``CONFIG`` loads it."""
+    from idxr_pg.embedding import load_embedder
+
+    return load_embedder(CONFIG.embedding)
+
+
+def catalogue_database(
+    create_database: Callable[..., str], template_database: str, embedder, prefix: str
+) -> str:
+    """A database holding the catalogue, embedded with ``embedder`` (read-only for tests)."""
+    url = create_database(f"{prefix}{uuid.uuid4().hex[:6]}", template=template_database)
+    with connect(url, autocommit=True) as conn:
+        index_catalogue(conn, embedder)
+    return url
+
+
+def find(url: str, text: str, **kwargs: Any) -> list[SearchHit]:
+    """`idxr_pg.search` over ``url`` with the default model."""
+    return search(text, database_url=url, config=CONFIG, **kwargs)
+
+
+def entity(hit: SearchHit) -> tuple[str, str]:
+    return hit.entity_kind, hit.entity_id

@@ -17,9 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from idxr_pg.cli import main
-from idxr_pg.config import IdxrConfig
 from idxr_pg.db.connection import connect
-from idxr_pg.search import SearchError, SearchHit, search
+from idxr_pg.search import SearchError, search
 from tests.integration import search_data
 from tests.integration.worker_runner import worker_thread
 from tests.integration.worker_support import (
@@ -35,31 +34,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 pytestmark = pytest.mark.model
 
-CONFIG = IdxrConfig()  # the default model, all-MiniLM-L6-v2
+CONFIG = search_data.CONFIG
+find = search_data.find
+entity = search_data.entity
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from idxr_pg.embedding import load_embedder
-
-    return load_embedder(CONFIG.embedding)
+    return search_data.default_embedder()
 
 
 @pytest.fixture(scope="module")
 def catalogue_url(create_database: Callable[..., str], template_database: str, embedder) -> str:
     """The search catalogue, embedded with the real model (read-only for the tests)."""
-    url = create_database(f"hybrid{uuid.uuid4().hex[:6]}", template=template_database)
-    with connect(url, autocommit=True) as conn:
-        search_data.index_catalogue(conn, embedder)
-    return url
-
-
-def find(url: str, text: str, **kwargs) -> list[SearchHit]:
-    return search(text, database_url=url, config=CONFIG, **kwargs)
-
-
-def entity(hit: SearchHit) -> tuple[str, str]:
-    return hit.entity_kind, hit.entity_id
+    return search_data.catalogue_database(create_database, template_database, embedder, "hybrid")
 
 
 def cli(url: str, *args: str):

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 
 import psycopg
@@ -21,7 +20,6 @@ from click.testing import CliRunner
 
 import idxr_pg
 from idxr_pg.cli import main
-from idxr_pg.config import IdxrConfig
 from idxr_pg.db import migrations
 from idxr_pg.db.connection import connect
 from idxr_pg.search import (
@@ -29,7 +27,6 @@ from idxr_pg.search import (
     ModelMismatchError,
     SearchError,
     SearchHit,
-    search,
     search_vector,
     similar_to,
 )
@@ -39,31 +36,20 @@ from tests.integration.search_data import PRODUCTS, SUBSCRIPTIONS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-CONFIG = IdxrConfig()  # the default model, all-MiniLM-L6-v2
+CONFIG = search_data.CONFIG
+find = search_data.find
+entity = search_data.entity
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from idxr_pg.embedding import load_embedder
-
-    return load_embedder(CONFIG.embedding)
+    return search_data.default_embedder()
 
 
 @pytest.fixture(scope="module")
 def catalogue_url(create_database: Callable[..., str], template_database: str, embedder) -> str:
     """A database holding the catalogue, embedded with the real model (read-only for tests)."""
-    url = create_database(f"search{uuid.uuid4().hex[:6]}", template=template_database)
-    with connect(url, autocommit=True) as conn:
-        search_data.index_catalogue(conn, embedder)
-    return url
-
-
-def find(url: str, text: str, **kwargs) -> list[SearchHit]:
-    return search(text, database_url=url, config=CONFIG, **kwargs)
-
-
-def entity(hit: SearchHit) -> tuple[str, str]:
-    return hit.entity_kind, hit.entity_id
+    return search_data.catalogue_database(create_database, template_database, embedder, "search")
 
 
 def cli(url: str, *args: str):
