@@ -22,13 +22,14 @@ __all__ = [
     "Relation",
     "UnknownTableError",
     "available_extensions",
+    "current_schema",
     "embedding_dimensions",
     "idxr_installed",
     "index_leads_with",
     "partition_tree",
     "read_only_reason",
-    "row_expression_refs",
     "resolve_table",
+    "row_expression_refs",
     "server_version",
     "table_columns",
     "unique_columns",
@@ -161,6 +162,11 @@ def available_extensions(conn: psycopg.Connection, names: Iterable[str]) -> dict
     available: dict[str, str | None] = dict.fromkeys(wanted)
     available.update(dict(conn.execute(_EXTENSIONS_SQL, [wanted]).fetchall()))
     return available
+
+
+def current_schema(conn: psycopg.Connection) -> str:
+    """The schema an unqualified new table is created in (the first of the search_path)."""
+    return conn.execute("SELECT current_schema()").fetchone()[0]
 
 
 def resolve_table(conn: psycopg.Connection, table: str) -> Relation:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 
 from idxr_pg.db import loads as db
-from idxr_pg.db.catalog import Relation, UnknownTableError, resolve_table
+from idxr_pg.db.catalog import Relation, UnknownTableError, current_schema, resolve_table
 from idxr_pg.db.connection import connect, one_line, redact
 from idxr_pg.loading.chunks import Chunk, csv_chunks
 from idxr_pg.loading.encoding import Encoding, choose_encoding
@@ -165,7 +165,7 @@ class Loader:
         table = self.options.table
         if "." in table:
             return table
-        return f"{conn.execute('SELECT current_schema()').fetchone()[0]}.{table}"
+        return f"{current_schema(conn)}.{table}"
 
     def _relation(self, conn: psycopg.Connection) -> Relation | None:
         table = self.options.table
@@ -438,7 +438,6 @@ class Loader:
         where = "its start"
         try:
             with conn.transaction():
-                conn.execute("SET LOCAL work_mem = '64MB'")  # the staging sort
                 db.create_staging(conn, relation, plan.columns)
             for part in self._parts(source, plan, start, last_line):
                 where = f"lines {part.first_line}-{part.last_line}"
