@@ -11,6 +11,7 @@ from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import Column, format_duration, print_json, print_listing, when
 from idxr_pg.cli.options import count_option, json_flag, progress_interval_option
 from idxr_pg.db.loads import Load, list_loads, reconcile_abandoned
+from idxr_pg.runtime.primary import can_write
 
 LOAD_COLUMNS = (
     Column("ID", justify="right"),
@@ -264,7 +265,8 @@ def loads(app: AppContext, as_json: bool, table: str | None, limit: int) -> None
     continue it with `idxr-pg load FILE --table TABLE --resume`.
     """
     with app.db() as conn:
-        reconcile_abandoned(conn)
+        if can_write(conn):  # on a standby, the manifest as the primary last wrote it
+            reconcile_abandoned(conn)
         found = list_loads(conn, table=table, limit=limit)
     print_listing(
         found,

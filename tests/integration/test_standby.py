@@ -235,9 +235,14 @@ def test_search_runs_on_a_streaming_standby_and_follows_the_primary(replica):
     assert result.returncode == 0, result.stderr
     assert "3" not in {hit["entity_id"] for hit in json.loads(result.stdout)}
     assert sql_searches(standby_url) == sql_searches(primary_url)
-    # What an operator watches works on the standby too: status, stale, jobs (read-only;
+    # What an operator watches works on the standby too: status, stale, jobs, loads (read-only;
     # the tidying they do on a primary is skipped), with the primary's figures.
-    for args in (("status", "--json"), ("stale", "--json"), ("jobs", "--json")):
+    for args in (
+        ("status", "--json"),
+        ("stale", "--json"),
+        ("jobs", "--json"),
+        ("loads", "--json"),
+    ):
         shown = cli(standby_url, config_path, *args)
         assert shown.returncode == 0, shown.stderr
         on_primary = json.loads(cli(primary_url, config_path, *args).stdout)
