@@ -250,12 +250,7 @@ class VersionBuild:
         building = versions_db.building_version(control, name)
         if building is not None:
             if building.model_name != embedder.name or building.dimensions != embedder.dimensions:
-                raise VersionError(
-                    f"entity kind {name!r} already has version {building.version} being built "
-                    f"with model {building.model_source!r}: resume it with `idxr-pg versions "
-                    f"create {name} --model {building.model_source}`, or drop it first "
-                    f"(`idxr-pg versions drop {name} {building.version}`)"
-                )
+                raise self._other_build(building)
             previous = jobs.latest_job(control, name, BUILD_JOB)
             resumable = (
                 previous
@@ -293,9 +288,21 @@ class VersionBuild:
         assert created is not None
         return created, None
 
+    def _other_build(self, building: IndexVersion) -> VersionError:
+        name = self.kind_name
+        return VersionError(
+            f"entity kind {name!r} already has version {building.version} being built "
+            f"with model {building.model_source!r}: resume it with `idxr-pg versions "
+            f"create {name} --model {building.model_source}`, or drop it first "
+            f"(`idxr-pg versions drop {name} {building.version}`)"
+        )
+
     def _run(self, control: psycopg.Connection, assembly: Assembly) -> IndexVersion:
         name = self.kind_name
         kind = assembly.kinds[name]
+        building = versions_db.building_version(control, name)
+        if building is not None and building.model_source != self.model:
+            raise self._other_build(building)
         embedder = self._embedder_for_model()
         version, previous = self._version(control, kind, embedder)
         service = (

@@ -455,7 +455,7 @@ class Worker:
             finally:
                 self._batch_started = None
             if marked:
-                versions.drain_building(conn, name)
+                self._follow_building(conn, name)
         finally:
             if not (conn.closed or conn.broken):
                 with contextlib.suppress(psycopg.OperationalError):
@@ -481,6 +481,24 @@ class Worker:
         )
         workers.worker_heartbeat(conn, self.worker_id, self.totals.entities)
         return True
+
+    def _follow_building(self, conn: psycopg.Connection, name: str) -> None:
+        """Write the batch's entities to the kind's building version too. Its failure (its
+        model cannot load, say) never stops the active version's indexing: the marks stay,
+        and the build's end and `versions activate` re-run them."""
+        assert self._versions is not None
+        try:
+            self._versions.drain_building(conn, name)
+        except psycopg.OperationalError:
+            raise  # a lost connection: the worker's reconnect handles it
+        except Exception as exc:
+            log.warning(
+                "%s: the building index version was not updated (%s: %s); its marks stay",
+                name,
+                type(exc).__name__,
+                exc,
+                extra={"entity_kind": name},
+            )
 
     def _wait(self, served: Sequence[str]) -> None:
         """Sleep until a relevant NOTIFY, the poll interval, the next 'every' deadline or stop."""

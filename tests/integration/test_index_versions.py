@@ -72,7 +72,7 @@ def _kind_rows(url: str, version: int | None = None) -> dict[tuple[str, str], tu
     return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
 
-def _setup(url: str, tmp_path: Path) -> Any:
+def _setup(url: str, tmp_path: Path, model: str = "all-MiniLM-L6-v2") -> Any:
     execute(url, ITEMS_DDL)
     execute(
         url,
@@ -80,7 +80,7 @@ def _setup(url: str, tmp_path: Path) -> Any:
         "internet', 'body of item ' || g, g FROM generate_series(1, %s) g",
         [ROWS],
     )
-    config = make_config(tmp_path, [item_entity()], worker={"batch_size": 4})
+    config = make_config(tmp_path, [item_entity()], model=model, worker={"batch_size": 4})
     install_triggers(url, config)
     Backfill(url, config, "item", BackfillOptions(tty=False, bulk=False)).run()
     return config
@@ -265,10 +265,10 @@ def _versions(url: str) -> list[versions_db.IndexVersion]:
 
 @pytest.mark.model
 def test_a_stopped_build_leaves_the_active_version_and_resumes(isolated_database_url, tmp_path):
-    """The deterministic test embedder is the new version's model here: what is tested is
-    the job (stop, resume, refusals), not the vectors."""
+    """The deterministic test embedder is the model of both versions here: what is tested
+    is the job (stop, resume, refusals), not the vectors."""
     url = isolated_database_url
-    config = _setup(url, tmp_path)
+    config = _setup(url, tmp_path, model="deterministic-test")
     before = _kind_rows(url)
     calls = iter(range(100))
     stopping = VersionBuild(
