@@ -25,6 +25,7 @@ from idxr_pg.embedding.packaged_models import is_assembled
 from idxr_pg.runtime.backfill import Backfill, BackfillOptions
 from idxr_pg.runtime.versions import BuildInterrupted, BuildOptions, VersionBuild, switch
 from idxr_pg.runtime.worker import Worker
+from idxr_pg.search import SearchError
 from tests.integration.worker_support import (
     ITEMS_DDL,
     Item,
@@ -370,3 +371,55 @@ def test_upgrade_puts_existing_rows_into_version_1(empty_database_url):
             "SELECT entity_id FROM idxr.search(array_fill(1, ARRAY[384])::vector, NULL, 'item', 3)"
         ).fetchall()
     assert len(hits) == 3
+
+
+def test_kinds_of_two_sizes_side_by_side(isolated_database_url, tmp_path):
+    """Kind a at 384 dimensions, kind b at 768 (their active versions): each size has its own
+    HNSW index, a search reads only rows of its query's size, and a query of the wrong size
+    for a kind is refused naming the kind's version and model."""
+    url = isolated_database_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO idxr.entity_kinds (name) VALUES ('a'), ('b');"
+            " INSERT INTO idxr.index_versions (entity_kind, version, model_name, model_source,"
+            "   dimensions, state) VALUES ('a', 1, 'small', 'small', 384, 'active'),"
+            "   ('b', 3, 'large', 'large', 768, 'active');"
+            " INSERT INTO idxr.search_index (entity_kind, entity_id, path, value, value_type,"
+            "   content_hash, embedding)"
+            " SELECT k, g::text, (k || '.name')::ltree, 'v' || g, 'string', md5(k || g),"
+            "        (SELECT array_agg(sin(g * i + length(k))) FROM generate_series(1, d) i)::vector"
+            "   FROM (VALUES ('a', 384), ('b', 768)) AS s(k, d), generate_series(1, 40) g;"
+            " SELECT idxr.ensure_embedding_indexes(); ANALYZE idxr.search_index"
+        )
+        sizes = conn.execute("SELECT array_agg(d ORDER BY d) FROM idxr.embedding_index_sizes() d")
+        assert sizes.fetchone()[0] == [384, 768]
+        assert conn.execute("SELECT idxr.embedding_dimensions()").fetchone()[0] is None
+        for kind, dims in (("a", 384), ("b", 768)):
+            query = conn.execute(
+                "SELECT embedding FROM idxr.search_index WHERE entity_kind = %s AND entity_id = '7'",
+                [kind],
+            ).fetchone()[0]
+            for by_kind in (kind, None):
+                hits = conn.execute(
+                    "SELECT entity_kind, entity_id, distance FROM idxr.search(%s, NULL, %s, 3)",
+                    [query, by_kind],
+                ).fetchall()
+                assert {h[0] for h in hits} == {kind} and hits[0][1:] == ("7", 0.0)
+            conn.execute("SET enable_seqscan = off")
+            plan = conn.execute(
+                f"EXPLAIN SELECT 1 FROM idxr.search_index s WHERE vector_dims(s.embedding) = {dims}"
+                f" ORDER BY (s.embedding::vector({dims})) <=> %s LIMIT 3",
+                [query],
+            ).fetchall()
+            conn.execute("RESET enable_seqscan")
+            assert f"search_index_embedding_hnsw_{dims}" in "\n".join(r[0] for r in plan)
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            conn.execute(
+                "SELECT * FROM idxr.search(array_fill(0.1, ARRAY[384])::vector, NULL, 'b')"
+            )
+        assert "entity kind 'b' (index version 3, model large)" in str(refused.value)
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="no entity kind's active"):
+            conn.execute("SELECT * FROM idxr.search(array_fill(0.1, ARRAY[5])::vector)")
+    config = make_config(tmp_path, [item_entity()])
+    with pytest.raises(SearchError, match="embedded by different models .*name the kind"):
+        idxr_pg.search("anything", database_url=url, config=config)
