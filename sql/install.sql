@@ -1061,10 +1061,14 @@ SET jit = off
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    -- Rows of the query's vector size only, written as the partial HNSW index of that size
-    -- is defined (020_dimensions.sql), with the size as a literal, so the planner matches it.
+    -- Rows of the query's vector size only. The HNSW walk is written as the partial index
+    -- of that size is defined (020_dimensions.sql), with the size as a literal, so the planner
+    -- matches it. The exact search needs the size condition only when kinds of another size
+    -- exist (each costs ~0.3 us per row read: 15% of an exact search over 5,000 rows).
     vec        constant text := format('(s.embedding::vector(%s))', vector_dims(query));
-    where_sql  text := format('vector_dims(s.embedding) = %s', vector_dims(query));
+    where_sql  text := CASE WHEN idxr.embedding_dimensions() IS NOT DISTINCT FROM vector_dims(query)
+                            THEN 's.embedding IS NOT NULL'
+                            ELSE format('vector_dims(s.embedding) = %s', vector_dims(query)) END;
     -- The HNSW query's own filters are written as `(...) IS TRUE`: same rows, but the planner
     -- cannot turn them into GiST/btree index conditions and so walks the HNSW index in order
     -- instead of sorting all admitted rows (that is the exact branch's job).
@@ -1087,8 +1091,7 @@ DECLARE
     -- here they raised "cannot take square root of a negative number" or "integer out of range").
     max_fetch  integer;
     threshold  integer;
-    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, ('
-                                || vec || ' <=> $1)::double precision AS distance, NULL::boolean AS stale';
+    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance, NULL::boolean AS stale';
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'idxr: the query vector is NULL'
