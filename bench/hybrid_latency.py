@@ -77,7 +77,7 @@ def load_records(
 ) -> tuple[float, float]:
     """Loads the records, builds the HNSW and full-text indexes; returns the two durations."""
     started = time.perf_counter()
-    conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
+    conn.execute("DROP INDEX idxr.search_index_embedding_hnsw_384")
     conn.execute("INSERT INTO idxr.entity_kinds (name) VALUES (%s)", [KIND])
     step = 10_000
     for start in range(0, records, step):

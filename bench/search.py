@@ -128,9 +128,10 @@ EXACT = (
 )
 # `(...) IS TRUE` keeps the path condition a filter on the HNSW walk instead of a GiST index
 # condition (with it the planner may sort all rows the GiST finds: exact, not HNSW).
+# Written as the per-size partial expression index is defined (schema/020_dimensions.sql).
 HNSW = (
-    "SELECT {cols} FROM idxr.search_index s WHERE s.embedding IS NOT NULL {where}"
-    " ORDER BY s.embedding <=> %(q)s LIMIT %(k)s"
+    "SELECT {cols} FROM idxr.search_index s WHERE vector_dims(s.embedding) = 384 {where}"
+    " ORDER BY (s.embedding::vector(384)) <=> %(q)s LIMIT %(k)s"
 )
 FUNCTION = "SELECT entity_kind, entity_id, path FROM idxr.search(%(q)s, %(f)s, NULL, %(k)s)"
 ENTITIES = "SELECT entity_kind, entity_id FROM idxr.search_entities(%(q)s, %(f)s, NULL, %(k)s)"
@@ -263,7 +264,7 @@ def bench_size(args: argparse.Namespace, rows: int) -> None:
 
 def load_and_build(conn: psycopg.Connection, args: argparse.Namespace, params: dict) -> None:
     """Generate the rows with the HNSW index dropped, then build it (timed) and analyze."""
-    conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
+    conn.execute(f"DROP INDEX idxr.search_index_embedding_hnsw_{DIMS}")
     start = time.perf_counter()
     create_pools(conn, params["topics"], params["pool"])
     conn.execute(GENERATE_ROWS, params)
@@ -279,13 +280,20 @@ def load_and_build(conn: psycopg.Connection, args: argparse.Namespace, params: d
     start = time.perf_counter()
     conn.execute(
         sql.SQL(
-            "CREATE INDEX search_index_embedding_hnsw ON idxr.search_index "
-            "USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
-        ).format(sql.Literal(args.m), sql.Literal(args.ef_construction))
+            "CREATE INDEX {} ON idxr.search_index USING hnsw "
+            "((embedding::vector({})) vector_cosine_ops) WITH (m = {}, ef_construction = {}) "
+            "WHERE vector_dims(embedding) = {}"
+        ).format(
+            sql.Identifier(f"search_index_embedding_hnsw_{DIMS}"),
+            sql.Literal(DIMS),
+            sql.Literal(args.m),
+            sql.Literal(args.ef_construction),
+            sql.Literal(DIMS),
+        )
     )
     build = time.perf_counter() - start
     size = conn.execute(
-        "SELECT pg_size_pretty(pg_relation_size('idxr.search_index_embedding_hnsw')),"
+        f"SELECT pg_size_pretty(pg_relation_size('idxr.search_index_embedding_hnsw_{DIMS}')),"
         " pg_size_pretty(pg_table_size('idxr.search_index'))"
     ).fetchone()
     print(

@@ -112,7 +112,7 @@ def backfill(
     seconds = time.perf_counter() - started
     with psycopg.connect(url) as conn:
         present = conn.execute(
-            "SELECT to_regclass('idxr.search_index_embedding_hnsw') IS NOT NULL"
+            "SELECT to_regclass('idxr.search_index_embedding_hnsw_384') IS NOT NULL"
         ).fetchone()
     assert present and present[0], "the HNSW index is missing after the backfill"
     assert job.options["bulk"] is bulk
@@ -160,7 +160,7 @@ def prefill(url: str, vectors: int) -> float:
     rng = np.random.default_rng(5)
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
-        conn.execute("DROP INDEX IF EXISTS idxr.search_index_embedding_hnsw")
+        conn.execute("DROP INDEX IF EXISTS idxr.search_index_embedding_hnsw_384")
         with conn.transaction(), conn.cursor() as cur:
             copy_sql = (
                 "COPY idxr.search_index (entity_kind, entity_id, path, value, value_type, "

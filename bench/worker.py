@@ -176,7 +176,7 @@ def main() -> None:
 
         if args.no_hnsw:
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
+                conn.execute("DROP INDEX idxr.search_index_embedding_hnsw_384")
             reset_index(url)
             enqueue(url)
             seconds, totals = drain(url, "deterministic-test", args.batch_size)

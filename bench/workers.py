@@ -286,7 +286,7 @@ def main() -> None:
             with conn.transaction():
                 demo_data.load(conn, demo_data.generate(args.entities, seed=11))
             if args.no_hnsw:
-                conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
+                conn.execute("DROP INDEX idxr.search_index_embedding_hnsw_384")
         with tempfile.TemporaryDirectory() as tmp:
             config_path = Path(tmp) / "idxr.yaml"
             config_path.write_text(yaml.safe_dump(config_dict(args.batch_size)))

@@ -390,52 +390,248 @@ BEGIN
 END
 $$;
 
--- ==== 020_dimensions.sql ====
--- Vector dimensions are handled here and only here: the embedding column is typed vector(N)
--- so the HNSW (cosine) index can exist. `idxr-pg migrate` calls this with the configured
--- model's dimensions; DBAs installing by hand call it after install.sql for another model.
--- Re-applied after every upgrade: the functions are CREATE OR REPLACE, and the call below keeps
--- the dimensions the column already has (384 on a fresh install).
+-- ==== 018_index_versions.sql ====
+-- idxr-pg revision 0009: index versions per entity kind (issue 15).
+-- Revisioned: Alembic revision 0009 runs this file once; sql/install.sql runs it too, so every
+-- statement is idempotent.
+--
+-- * idxr.index_versions: the registry. One row per (kind, version): the model that embeds it
+--   (name, version, dimensions, backend/precision), the kind's schema fingerprint when it was
+--   created, its state (building -> active -> retired) and its build stats. At most one active
+--   and one building version per kind.
+-- * idxr.search_index keeps the ACTIVE version's rows of every kind (SQL users query it as
+--   before). Every other version's rows (one being built, or a retired one kept for rollback)
+--   live in idxr.version_records; `idxr-pg versions activate` swaps a kind's rows between the
+--   two in one transaction (idxr_pg/db/versions.py), so a search never sees a mix.
+-- * idxr.version_pending: entities written to the active version while a version of their kind
+--   is being built (the worker marks them in its write transaction); the worker and the build
+--   re-run them through the building version's model, so application writes reach both.
+-- * idxr.search_index.embedding becomes a bare `vector`: kinds of different models hold
+--   vectors of different sizes side by side. The HNSW indexes are partial expression indexes,
+--   one per vector size ((embedding::vector(N)) WHERE vector_dims(embedding) = N), created by
+--   idxr.ensure_embedding_index (020_dimensions.sql, re-applied after this file); the one
+--   index of earlier revisions is dropped here first (it cannot index an untyped column).
+-- * Upgrade: every registered kind gets version 1, active, with the model recorded for it;
+--   its rows stay where they are (they are the active version's).
 
+CREATE TABLE IF NOT EXISTS idxr.index_versions (
+    entity_kind        text NOT NULL,
+    version            integer NOT NULL CHECK (version > 0),
+    model_name         text NOT NULL,    -- the embedder's name (idxr.embedding_models)
+    model_source       text NOT NULL,    -- what loads it: embedding.model / versions create --model
+    model_version      text NOT NULL DEFAULT '',
+    dimensions         integer NOT NULL CHECK (dimensions BETWEEN 1 AND 16000),
+    backend            text,             -- torch / onnx (NULL: not recorded, before 0009)
+    precision          text,             -- float32 / bfloat16 / int8
+    schema_fingerprint text,             -- the kind's model fingerprint when the version began
+    state              text NOT NULL DEFAULT 'building'
+                       CHECK (state IN ('building', 'active', 'retired')),
+    job_id             bigint REFERENCES idxr.jobs (id) ON DELETE SET NULL,  -- its build
+    texts              bigint NOT NULL DEFAULT 0,        -- texts embedded by its build
+    build_seconds      double precision,                 -- wall time of its build
+    coverage           double precision,                 -- entities indexed / source rows
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    activated_at       timestamptz,
+    retired_at         timestamptz,
+    PRIMARY KEY (entity_kind, version)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS index_versions_one_active
+    ON idxr.index_versions (entity_kind) WHERE state = 'active';
+CREATE UNIQUE INDEX IF NOT EXISTS index_versions_one_building
+    ON idxr.index_versions (entity_kind) WHERE state = 'building';
+
+-- The rows of every version that is not active; same columns as idxr.search_index.
+CREATE TABLE IF NOT EXISTS idxr.version_records (
+    entity_kind  text NOT NULL,
+    version      integer NOT NULL,
+    entity_id    text NOT NULL,
+    path         ltree NOT NULL,
+    value        text NOT NULL,
+    value_type   idxr.value_type NOT NULL,
+    content_hash text NOT NULL,
+    embedding    vector,
+    truncation   text,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity_kind, version, entity_id, path),
+    FOREIGN KEY (entity_kind, version) REFERENCES idxr.index_versions ON DELETE CASCADE
+);
+
+-- Entities to re-run through a building version; `generation` moves on every new mark, so a
+-- drain deletes only the marks it processed (a mark made meanwhile stays).
+CREATE TABLE IF NOT EXISTS idxr.version_pending (
+    entity_kind text NOT NULL,
+    version     integer NOT NULL,
+    entity_id   text NOT NULL,
+    generation  bigint NOT NULL DEFAULT 1,
+    marked_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity_kind, version, entity_id),
+    FOREIGN KEY (entity_kind, version) REFERENCES idxr.index_versions ON DELETE CASCADE
+);
+
+-- The column becomes a bare vector; the single HNSW index of earlier revisions goes first.
+DROP INDEX IF EXISTS idxr.search_index_embedding_hnsw;
+DO $$
+BEGIN
+    IF (SELECT atttypmod FROM pg_catalog.pg_attribute
+         WHERE attrelid = 'idxr.search_index'::regclass AND attname = 'embedding') <> -1 THEN
+        ALTER TABLE idxr.search_index ALTER COLUMN embedding TYPE vector;
+    END IF;
+END
+$$;
+
+-- Version 1 of every registered kind: the rows it has now, embedded by its recorded model.
+INSERT INTO idxr.index_versions
+    (entity_kind, version, model_name, model_source, model_version, dimensions,
+     schema_fingerprint, state, activated_at, coverage)
+SELECT ek.name, 1, em.name, em.name, em.version,
+       coalesce((SELECT vector_dims(s.embedding) FROM idxr.search_index s
+                  WHERE s.entity_kind = ek.name AND s.embedding IS NOT NULL LIMIT 1),
+                em.dimensions),
+       ek.schema_fingerprint, 'active', now(), NULL
+  FROM idxr.entity_kinds ek
+  JOIN idxr.embedding_models em ON em.name = ek.model_name
+ON CONFLICT DO NOTHING;
+
+-- ==== 020_dimensions.sql ====
+-- Vector sizes and the HNSW indexes are handled here and only here.
+--
+-- idxr.search_index.embedding is a bare `vector` (revision 0009): each entity kind's active
+-- index version (idxr.index_versions) has its own model, so kinds of different models hold
+-- vectors of different sizes side by side. An HNSW index needs a fixed size, so there is one
+-- partial expression index per size N in use:
+--     search_index_embedding_hnsw_N ON idxr.search_index
+--         USING hnsw ((embedding::vector(N)) vector_cosine_ops) WHERE vector_dims(embedding) = N
+-- The search functions (040_search.sql) write their ORDER BY and WHERE in exactly that form,
+-- with N spliced in as an integer literal, so the planner matches the index.
+-- Re-applied after every upgrade: the functions are CREATE OR REPLACE, and the call at the end
+-- creates a missing index for every size in use (384, the default model's, on a fresh install).
+
+-- The name of the HNSW index for vectors of `dims` dimensions (the one owner of the name).
+CREATE OR REPLACE FUNCTION idxr.embedding_index_name(dims integer)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 'search_index_embedding_hnsw_' || dims $$;
+
+-- Create the HNSW index for `dims`-dimensional vectors if it is missing (instant while no row
+-- has that size: `idxr-pg versions create` calls it before a build of a new size).
+CREATE OR REPLACE FUNCTION idxr.ensure_embedding_index(dims integer)
+RETURNS boolean  -- true when it was created now
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF dims IS NULL OR dims < 1 OR dims > 16000 THEN
+        RAISE EXCEPTION 'idxr: embedding dimensions must be between 1 and 16000, got %', dims;
+    END IF;
+    IF to_regclass('idxr.' || idxr.embedding_index_name(dims)) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format(
+        'CREATE INDEX IF NOT EXISTS %I ON idxr.search_index USING hnsw '
+        '((embedding::vector(%s)) vector_cosine_ops) WHERE vector_dims(embedding) = %s',
+        idxr.embedding_index_name(dims), dims, dims);
+    RETURN true;
+END
+$$;
+
+-- The sizes of the HNSW indexes there are (from their names).
+CREATE OR REPLACE FUNCTION idxr.embedding_index_sizes()
+RETURNS SETOF integer
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT substring(c.relname FROM '(\d+)$')::integer
+      FROM pg_catalog.pg_class c
+     WHERE c.relnamespace = 'idxr'::regnamespace AND c.relkind = 'i'
+       AND c.relname ~ '^search_index_embedding_hnsw_\d+$'
+$$;
+
+-- The vector sizes that need an index: those of the kinds' active and building versions;
+-- while no version exists, those of the indexes there are, or 384 (the default model's).
+CREATE OR REPLACE FUNCTION idxr.embedding_sizes()
+RETURNS SETOF integer
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT DISTINCT v.dimensions FROM idxr.index_versions v WHERE v.state IN ('active', 'building')
+    UNION
+    SELECT d FROM idxr.embedding_index_sizes() d
+     WHERE NOT EXISTS (SELECT 1 FROM idxr.index_versions)
+    UNION
+    SELECT 384 WHERE NOT EXISTS (SELECT 1 FROM idxr.index_versions)
+                 AND NOT EXISTS (SELECT 1 FROM idxr.embedding_index_sizes())
+$$;
+
+-- Create every missing index of idxr.embedding_sizes(); returns how many were created.
+CREATE OR REPLACE FUNCTION idxr.ensure_embedding_indexes()
+RETURNS integer
+LANGUAGE sql
+AS $$
+    SELECT count(*) FILTER (WHERE idxr.ensure_embedding_index(d))::integer
+      FROM idxr.embedding_sizes() d
+$$;
+
+-- The database's default vector size (`idxr-pg migrate --dimensions N`, the configured
+-- model's). Before revision 0009 this retyped the column vector(N), refusing while vectors
+-- existed. Now it makes sure the index for N-dimensional vectors exists and drops the indexes
+-- of other sizes that nothing uses (no active or building version, no row of that size).
 CREATE OR REPLACE FUNCTION idxr.set_embedding_dimensions(dims integer)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    current_dims integer;
+    unused integer;
 BEGIN
-    IF dims IS NULL OR dims < 1 OR dims > 16000 THEN
-        RAISE EXCEPTION 'idxr: embedding dimensions must be between 1 and 16000, got %', dims;
-    END IF;
-    SELECT atttypmod INTO current_dims
-      FROM pg_attribute
-     WHERE attrelid = 'idxr.search_index'::regclass AND attname = 'embedding';
-    IF current_dims IS DISTINCT FROM dims THEN
-        IF EXISTS (SELECT 1 FROM idxr.search_index WHERE embedding IS NOT NULL) THEN
-            RAISE EXCEPTION 'idxr: search_index holds %-dimensional embeddings; cannot switch to % dimensions',
-                current_dims, dims
-                USING HINT = 'Empty the index first (TRUNCATE idxr.search_index), migrate again, then backfill every kind with the new model.';
-        END IF;
-        DROP INDEX IF EXISTS idxr.search_index_embedding_hnsw;
-        EXECUTE format('ALTER TABLE idxr.search_index ALTER COLUMN embedding TYPE vector(%s)', dims);
-    END IF;
-    CREATE INDEX IF NOT EXISTS search_index_embedding_hnsw
-        ON idxr.search_index USING hnsw (embedding vector_cosine_ops);
+    PERFORM idxr.ensure_embedding_index(dims);
+    FOR unused IN
+        SELECT d FROM idxr.embedding_index_sizes() d
+         WHERE d <> dims
+           AND NOT EXISTS (SELECT 1 FROM idxr.index_versions v
+                            WHERE v.dimensions = d AND v.state IN ('active', 'building'))
+           AND NOT EXISTS (SELECT 1 FROM idxr.search_index s WHERE vector_dims(s.embedding) = d)
+    LOOP
+        EXECUTE format('DROP INDEX idxr.%I', idxr.embedding_index_name(unused));
+    END LOOP;
 END
 $$;
 
+-- The vector size of a kind's active version (NULL: the kind has none yet).
+CREATE OR REPLACE FUNCTION idxr.kind_dimensions(entity_kind text)
+RETURNS integer
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT v.dimensions FROM idxr.index_versions v
+     WHERE v.entity_kind = kind_dimensions.entity_kind AND v.state = 'active'
+$$;
+
+-- The one vector size of this database: the size of every kind's active version when they
+-- agree; with no version yet, the size of the only HNSW index there is. NULL when kinds of
+-- different sizes coexist (then ask idxr.kind_dimensions(kind)).
 CREATE OR REPLACE FUNCTION idxr.embedding_dimensions()
 RETURNS integer
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT NULLIF(atttypmod, -1)
-      FROM pg_attribute
-     WHERE attrelid = 'idxr.search_index'::regclass AND attname = 'embedding'
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM idxr.index_versions WHERE state = 'active') THEN
+            (SELECT CASE WHEN count(DISTINCT v.dimensions) = 1 THEN min(v.dimensions) END
+               FROM idxr.index_versions v WHERE v.state = 'active')
+        ELSE
+            (SELECT CASE WHEN count(*) = 1 THEN min(d) END FROM idxr.embedding_index_sizes() d)
+    END
 $$;
 
--- The default model, all-MiniLM-L6-v2, has 384 dimensions.
-SELECT idxr.set_embedding_dimensions(COALESCE(idxr.embedding_dimensions(), 384));
+-- The registry as users read it (`idxr-pg versions list`): one row per kind and version.
+CREATE OR REPLACE VIEW idxr.versions AS
+SELECT v.entity_kind, v.version, v.state, v.model_name, v.model_source, v.model_version, v.dimensions,
+       v.backend, v.precision, v.schema_fingerprint, v.texts, v.build_seconds, v.coverage,
+       v.job_id, j.state AS build_state, j.total AS build_total, j.done AS build_done,
+       v.created_at, v.activated_at, v.retired_at
+  FROM idxr.index_versions v
+  LEFT JOIN idxr.jobs j ON j.id = v.job_id;
+
+SELECT idxr.ensure_embedding_indexes();
 
 -- ==== 040_search.sql ====
 -- idxr-pg search: nearest-neighbour queries over idxr.search_index in plain SQL.
@@ -455,7 +651,9 @@ SELECT idxr.set_embedding_dimensions(COALESCE(idxr.embedding_dimensions(), 384))
 -- Lexical (full-text) and hybrid search are in 045_hybrid.sql.
 --
 -- How a filtered KNN query is run (measured in bench/search.py, see docs/benchmarks.md):
---   * No filter: the HNSW index (search_index_embedding_hnsw), ORDER BY embedding <=> query.
+--   * No filter: the HNSW index of the query's vector size (search_index_embedding_hnsw_N, see
+--     020_dimensions.sql), ORDER BY (embedding::vector(N)) <=> query; rows of other sizes
+--     (kinds embedded by another model) are never compared.
 --   * A filter (path lquery, kind, structured filters, an excluded example entity): the
 --     planner's estimate of the rows the filter admits (EXPLAIN; ltree and btree statistics
 --     make it close, and it costs a plan, where counting the rows cost ~1 us per row) is
@@ -768,14 +966,44 @@ STABLE
 SET search_path FROM CURRENT  -- see knn_search
 AS $$
 DECLARE
-    index_dims integer := idxr.embedding_dimensions();
+    query_dims integer := vector_dims(query);
+    index_dims integer;
+    served     text := '';
+    active     idxr.index_versions;
     known      text;
 BEGIN
-    IF index_dims IS NOT NULL AND vector_dims(query) <> index_dims THEN
-        RAISE EXCEPTION 'idxr: the query vector has % dimensions but idxr.search_index holds %-dimensional embeddings',
-            vector_dims(query), index_dims
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Embed the query with the model the index was built with (see idxr.embedding_models).';
+    -- The size the query must have: that of the kind's active index version, else the one
+    -- size of the whole index (idxr.embedding_dimensions; NULL when kinds of several sizes
+    -- coexist: then some kind's active version must have the query's size).
+    IF query IS NOT NULL THEN
+        IF entity_kind IS NOT NULL THEN
+            SELECT * INTO active FROM idxr.index_versions v
+             WHERE v.entity_kind = check_search_args.entity_kind AND v.state = 'active';
+        END IF;
+        IF active.version IS NOT NULL THEN
+            index_dims := active.dimensions;
+            served := format(' for entity kind %s (index version %s, model %s)',
+                             quote_literal(entity_kind), active.version, active.model_name);
+        ELSE
+            index_dims := idxr.embedding_dimensions();
+            IF index_dims IS NULL
+               AND NOT EXISTS (SELECT 1 FROM idxr.index_versions v
+                                WHERE v.state = 'active' AND v.dimensions = query_dims)
+               AND EXISTS (SELECT 1 FROM idxr.index_versions v WHERE v.state = 'active') THEN
+                SELECT string_agg(format('%s: %s', v.entity_kind, v.dimensions), ', ' ORDER BY v.entity_kind)
+                  INTO known FROM idxr.index_versions v WHERE v.state = 'active';
+                RAISE EXCEPTION 'idxr: the query vector has % dimensions but no entity kind''s active index version has that size (%)',
+                    query_dims, known
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Name the entity kind and embed the query with its active version''s model (see idxr.versions).';
+            END IF;
+        END IF;
+        IF index_dims IS NOT NULL AND query_dims <> index_dims THEN
+            RAISE EXCEPTION 'idxr: the query vector has % dimensions but idxr.search_index holds %-dimensional embeddings%',
+                query_dims, index_dims, served
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Embed the query with the model of the active index version (see idxr.versions).';
+        END IF;
     END IF;
     IF query IS NOT NULL AND vector_norm(query) = 0 THEN
         RAISE EXCEPTION 'idxr: the query vector is all zeros: it has no direction, so its cosine distance to every row is undefined (NaN)'
@@ -833,11 +1061,22 @@ SET jit = off
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    where_sql  text := 's.embedding IS NOT NULL';
+    -- Rows of the query's vector size only. The HNSW walk is written as the partial index
+    -- of that size is defined (020_dimensions.sql), with the size as a literal, so the planner
+    -- matches it. The exact search needs the size condition only when kinds of another size
+    -- exist (each costs ~0.3 us per row read: 15% of an exact search over 5,000 rows).
+    vec        constant text := format('(s.embedding::vector(%s))', vector_dims(query));
+    where_sql  text := CASE WHEN idxr.embedding_dimensions() IS NOT DISTINCT FROM vector_dims(query)
+                            THEN 's.embedding IS NOT NULL'
+                            ELSE format('vector_dims(s.embedding) = %s', vector_dims(query)) END;
     -- The HNSW query's own filters are written as `(...) IS TRUE`: same rows, but the planner
     -- cannot turn them into GiST/btree index conditions and so walks the HNSW index in order
     -- instead of sorting all admitted rows (that is the exact branch's job).
-    hnsw_where text := 's.embedding IS NOT NULL';
+    hnsw_where text := format('vector_dims(s.embedding) = %s', vector_dims(query));
+    -- What the filter admits, for the planner's estimate: without the size condition, whose
+    -- selectivity the planner does not know (a function of the vector: a default of 0.5%
+    -- would make every filter look selective); in a one-model database it admits every row.
+    estimate_sql text := 's.embedding IS NOT NULL';
     selective  boolean := false;
     admitted   double precision;
     plan       json;
@@ -863,21 +1102,25 @@ BEGIN
     threshold := idxr.exact_search_threshold(k);
 
     IF path_filter IS NOT NULL THEN
+        estimate_sql := estimate_sql || ' AND s.path ~ $2';
         where_sql := where_sql || ' AND s.path ~ $2';
         hnsw_where := hnsw_where || ' AND (s.path ~ $2) IS TRUE';
         selective := true;
     END IF;
     IF entity_kind IS NOT NULL THEN
+        estimate_sql := estimate_sql || ' AND s.entity_kind = $3';
         where_sql := where_sql || ' AND s.entity_kind = $3';
         hnsw_where := hnsw_where || ' AND (s.entity_kind = $3) IS TRUE';
         selective := true;
     END IF;
     IF filters IS NOT NULL AND jsonb_typeof(filters) <> 'null' THEN
+        estimate_sql := estimate_sql || idxr.search_filter_sql(filters, 5);
         where_sql := where_sql || idxr.search_filter_sql(filters, 5);
         hnsw_where := hnsw_where || idxr.search_filter_sql(filters, 5);
         selective := true;
     END IF;
     IF exclude_kind IS NOT NULL THEN
+        estimate_sql := estimate_sql || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
         where_sql := where_sql || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
         hnsw_where := hnsw_where || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
     END IF;
@@ -885,7 +1128,7 @@ BEGIN
     IF selective THEN
         -- The planner's row estimate for the filter (ltree and btree statistics make it close;
         -- see docs/benchmarks.md): as cheap as planning, unlike counting the rows.
-        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM idxr.search_index s WHERE %s', where_sql)
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM idxr.search_index s WHERE %s', estimate_sql)
             INTO plan
             USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
         admitted := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
@@ -902,8 +1145,8 @@ BEGIN
             -- walk over (measured: up to 10x slower for a 5% filter whose entities have ten
             -- similar fields each).
             FOR hit IN EXECUTE format(
-                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY s.embedding <=> $1 LIMIT $8',
-                cols, hnsw_where)
+                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s <=> $1 LIMIT $8',
+                cols, hnsw_where, vec)
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch
             LOOP
                 entity_key := hit.entity_kind || E'\x1f' || hit.entity_id;
@@ -923,7 +1166,7 @@ BEGIN
             EXECUTE format(
                 'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
-                '       ORDER BY s.embedding <=> $1 LIMIT $4) c', cols, hnsw_where)
+                '       ORDER BY %s <=> $1 LIMIT $4) c', cols, hnsw_where, vec)
                 INTO hits
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
         END IF;
@@ -1021,14 +1264,14 @@ BEGIN
               SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
-                 AND nlevel(s.path) = 1 AND s.embedding IS NOT NULL
+                 AND nlevel(s.path) = 1 AND vector_dims(s.embedding) = vector_dims(query)
                  AND (path_filter IS NULL OR s.path ~ path_filter)
           ) w ON true
           LEFT JOIN LATERAL (
               SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
-                 AND nlevel(s.path) > 1 AND s.embedding IS NOT NULL
+                 AND nlevel(s.path) > 1 AND vector_dims(s.embedding) = vector_dims(query)
                  AND (path_filter IS NULL OR s.path ~ path_filter)
                ORDER BY 3 LIMIT 1
           ) b ON true
@@ -1807,12 +2050,14 @@ COMMENT ON VIEW idxr.stale IS
 -- created once and left in place by uninstall) carry exactly what each side needs:
 --   idxr_reader: USAGE on the schema, SELECT on idxr.search_index, the kind and model
 --     registry (entity_kinds, embedding_models) and the idxr.status / idxr.stale views, EXECUTE on the search functions and their helpers (every function of
---     idxr that is SECURITY INVOKER and not a trigger function, except set_embedding_dimensions).
+--     idxr that is SECURITY INVOKER and not a trigger function, except set_embedding_dimensions
+--     and ensure_embedding_index(es)), and the index versions (idxr.index_versions, idxr.versions).
 --     Whoever can SELECT idxr.search_index can read every indexed value of every kind.
 --   idxr_worker: idxr_reader, plus SELECT/INSERT/UPDATE/DELETE on the idxr tables and USAGE on
 --     their sequences. It gets no right on application tables: grant SELECT on the watched
 --     tables to the worker's login role yourself.
--- Never granted to either: set_embedding_dimensions (the installer's, via `idxr-pg migrate`),
+-- Never granted to either: set_embedding_dimensions and ensure_embedding_index(es) (they create
+-- HNSW indexes: the owner's, via `idxr-pg migrate` and `idxr-pg versions create`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
 -- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
 -- of search results), idxr.text_term_stats to idxr_reader (the planner statistics of a kind's
@@ -1841,14 +2086,16 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_reader;
         GRANT SELECT ON idxr.search_index, idxr.entity_kinds, idxr.embedding_models,
-                         idxr.status, idxr.stale TO idxr_reader;
+                         idxr.status, idxr.stale, idxr.index_versions, idxr.versions
+                      TO idxr_reader;
         FOR fn IN
             SELECT p.oid::regprocedure
               FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = 'idxr'::regnamespace
                AND NOT p.prosecdef
                AND p.prorettype <> 'pg_catalog.trigger'::regtype
-               AND p.proname <> 'set_embedding_dimensions'
+               AND p.proname NOT IN ('set_embedding_dimensions', 'ensure_embedding_index',
+                                     'ensure_embedding_indexes')
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;
@@ -1884,6 +2131,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0006');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0009');
 
 COMMIT;

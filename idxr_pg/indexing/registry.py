@@ -22,6 +22,7 @@ from idxr_pg.app_imports import ApplicationImportError, import_application_modul
 from idxr_pg.config import EntityConfig, IdxrConfig
 from idxr_pg.db import catalog, source
 from idxr_pg.db import kinds as kinds_db
+from idxr_pg.db import versions as versions_db
 from idxr_pg.errors import IdxrError
 from idxr_pg.indexing import schema_state
 from idxr_pg.records.composite import template_fields
@@ -210,32 +211,51 @@ def _refuse_another_numeric_path(conn: psycopg.Connection, embedder: Any) -> Non
 
 
 def register(
-    conn: psycopg.Connection, kinds: Iterable[RegisteredKind], embedder: Any
+    conn: psycopg.Connection,
+    kinds: Iterable[RegisteredKind],
+    embedder: Any,
+    *,
+    model_source: str | None = None,
+    embedders: Mapping[str, Any] | None = None,
 ) -> dict[str, ShapeChange]:
-    """Record the embedding model and the kinds (refresh policy, model shape); one transaction.
+    """Record the embedding models and the kinds (refresh policy, model shape); one transaction.
 
-    Refuses an embedder whose vector size differs from the index column's. Returns the kinds
-    whose model changed since their index was built, with what changed
-    (`idxr_pg.indexing.schema_state.reconcile`; logged here): existing rows keep their old
-    shape until `idxr-pg reindex KIND`.
+    Each kind is embedded by ``embedders[kind]`` when given (the model of its active index
+    version, when that is not the configured one), else by ``embedder``. A kind registered for
+    the first time gets index version 1, active, with that model (``model_source``: what loads
+    it, default its name). Refuses an embedder whose model or vector size differs from the
+    kind's active version. Returns the kinds whose model changed since their index was built,
+    with what changed (`idxr_pg.indexing.schema_state.reconcile`; logged here): existing rows
+    keep their old shape until `idxr-pg reindex KIND`.
     """
     changes: dict[str, ShapeChange] = {}
+    chosen = dict(embedders or {})
     with conn.transaction():
-        column_dims = catalog.embedding_dimensions(conn)
-        if column_dims is not None and column_dims != embedder.dimensions:
-            raise RegistryError(
-                f"embedding model {embedder.name!r} makes {embedder.dimensions}-dimensional "
-                f"vectors but idxr.search_index.embedding is vector({column_dims}): run "
-                f"`idxr-pg migrate --dimensions {embedder.dimensions}` on an empty index, or "
-                "configure the model the index was built with"
-            )
-        _refuse_another_numeric_path(conn, embedder)
-        kinds_db.upsert_embedding_model(
-            conn, embedder.name, embedder.version, embedder.dimensions, embedder.max_tokens
-        )
         for kind in kinds:
+            kind_embedder = chosen.get(kind.name, embedder)
+            _check_active_version(conn, kind.name, kind_embedder)
+            if kind_embedder is embedder:
+                _refuse_another_numeric_path(conn, embedder)
+            kinds_db.upsert_embedding_model(
+                conn,
+                kind_embedder.name,
+                kind_embedder.version,
+                kind_embedder.dimensions,
+                kind_embedder.max_tokens,
+            )
             kinds_db.upsert_entity_kind(
-                conn, kind.name, embedder.name, kind.source_table, kind.refresh
+                conn, kind.name, kind_embedder.name, kind.source_table, kind.refresh
+            )
+            versions_db.ensure_first_version(
+                conn,
+                kind.name,
+                model=kind_embedder.name,
+                source=model_source or kind_embedder.name,
+                model_version=str(kind_embedder.version or ""),
+                dimensions=kind_embedder.dimensions,
+                backend=getattr(kind_embedder, "backend", None),
+                precision=getattr(kind_embedder, "precision", None),
+                fingerprint=schema_state.current_schema(kind)[0],
             )
             _text_search(conn, kind)
             kinds_db.set_composite(conn, kind.name, kind.config.composite)
@@ -254,6 +274,32 @@ def register(
                     extra={"entity_kind": kind.name, "schema_change": change.summary()},
                 )
     return changes
+
+
+def _check_active_version(conn: psycopg.Connection, kind: str, embedder: Any) -> None:
+    """Refuse to index ``kind`` with a model other than its active index version's."""
+    active = versions_db.active_version(conn, kind)
+    if active is None:
+        return
+    if active.dimensions == embedder.dimensions and active.model_name == embedder.name:
+        return
+    if not kinds_db.kind_has_rows(conn, kind):  # nothing indexed yet: the version follows
+        versions_db.set_model(
+            conn,
+            kind,
+            active.version,
+            model=embedder.name,
+            model_version=str(embedder.version or ""),
+            dimensions=embedder.dimensions,
+        )
+        return
+    raise RegistryError(
+        f"entity kind {kind!r}: embedding model {embedder.name!r} makes "
+        f"{embedder.dimensions}-dimensional vectors but the kind's active index version "
+        f"{active.version} is model {active.model_name!r} ({active.dimensions}-dimensional "
+        f"vectors): configure that model, or build a version with this one "
+        f"(`idxr-pg versions create {kind} --model ...`, then `versions activate`)"
+    )
 
 
 def _text_search(conn: psycopg.Connection, kind: RegisteredKind) -> None:

@@ -2,7 +2,8 @@
 
 `assemble` resolves and registers the entity kinds, loads the embedding model (unless one is
 given), opens the embedding cache and the `EmbeddingService`, and makes one `Pipeline` per
-kind. The failure policy (``max_attempts`` and `Backoff` from the worker settings) comes with
+kind. A kind whose active index version (`idxr_pg.db.versions`) has another model than the
+configured one is embedded by that version's model (`version_embedder`). The failure policy (``max_attempts`` and `Backoff` from the worker settings) comes with
 it, so both callers record failures the same way (`Assembly.record_failures`).
 """
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from idxr_pg.config import IdxrConfig, WorkerSettings
+from idxr_pg.config import EmbeddingSettings, IdxrConfig, WorkerSettings
+from idxr_pg.db import versions as versions_db
+from idxr_pg.db.versions import IndexVersion
 from idxr_pg.embedding import Embedder, EmbeddingCache, EmbeddingService, load_embedder
 from idxr_pg.indexing import failures
 from idxr_pg.indexing.failures import Backoff, FailureOutcome
@@ -22,7 +25,7 @@ from idxr_pg.indexing.registry import RegisteredKind, register, resolve_kinds
 from idxr_pg.records.shape import ShapeChange
 from idxr_pg.runtime.superuser import refuse_superuser
 
-__all__ = ["Assembly", "assemble"]
+__all__ = ["Assembly", "assemble", "version_embedder"]
 
 
 @dataclass
@@ -62,6 +65,22 @@ class Assembly:
         self.cache.close()
 
 
+def version_embedder(
+    settings: EmbeddingSettings, version: IndexVersion, default: Embedder | None = None
+) -> Embedder:
+    """The embedder of an index version: ``default`` when it is that model (same name and
+    size), else the version's model loaded with the configured backend and precision."""
+    if (
+        default is not None
+        and default.name == version.model_name
+        and default.dimensions == version.dimensions
+    ):
+        return default
+    return load_embedder(
+        settings.model_copy(update={"model": version.model_source, "dimensions": None})
+    )
+
+
 def assemble(
     conn: psycopg.Connection,
     config: IdxrConfig,
@@ -82,15 +101,29 @@ def assemble(
     settings = settings or config.worker
     kinds = resolve_kinds(conn, config, kind_names)
     embedder = embedder or load_embedder(config.embedding)
-    changes = register(conn, kinds.values(), embedder)
+    embedders = {
+        name: version_embedder(config.embedding, active, embedder)
+        for name in kinds
+        if (active := versions_db.active_version(conn, name)) is not None
+    }
+    others = {name: e for name, e in embedders.items() if e is not embedder}
+    changes = register(
+        conn, kinds.values(), embedder, model_source=config.embedding.model, embedders=others
+    )
     cache = EmbeddingCache(cache_conninfo)
     service = EmbeddingService(embedder, config.embedding, cache)
+    services: dict[int, EmbeddingService] = {id(embedder): service}
+    for other in others.values():
+        services.setdefault(id(other), EmbeddingService(other, config.embedding, cache))
     return Assembly(
         embedder=embedder,
         kinds=kinds,
         cache=cache,
         service=service,
-        pipelines={name: Pipeline(kind, service) for name, kind in kinds.items()},
+        pipelines={
+            name: Pipeline(kind, services[id(others.get(name, embedder))])
+            for name, kind in kinds.items()
+        },
         settings=settings,
         backoff=Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds),
         schema_changes=changes,

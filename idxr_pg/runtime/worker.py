@@ -35,6 +35,7 @@ the ready queue of some kinds and returns (``--once``, ``idxr-pg refresh KIND``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -48,6 +49,7 @@ import psycopg
 
 from idxr_pg.config import IdxrConfig, WorkerSettings
 from idxr_pg.db import leases, queue, search_index, workers
+from idxr_pg.db import versions as versions_db
 from idxr_pg.db.catalog import idxr_installed
 from idxr_pg.db.connection import (
     RECONNECT_BASE_SECONDS,
@@ -65,6 +67,7 @@ from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
 from idxr_pg.runtime.assembly import Assembly, assemble
 from idxr_pg.runtime.primary import refuse_read_only
+from idxr_pg.runtime.versions import VersionFollower
 
 __all__ = ["Worker", "WorkerSetupError", "make_worker_id"]
 
@@ -114,6 +117,7 @@ class Worker:
         self._conn: psycopg.Connection | None = None
         self._listen: psycopg.Connection | None = None
         self._assembly: Assembly | None = None
+        self._versions: VersionFollower | None = None
         self._pipelines: dict[str, Pipeline] = {}
         self._heartbeat: threading.Thread | None = None
         self._rounds: set[str] = set()  # 'every' kinds being drained in this refresh round
@@ -211,6 +215,7 @@ class Worker:
         )
         self._embedder = self._assembly.embedder
         self._pipelines = self._assembly.pipelines
+        self._versions = VersionFollower(self.config, self._assembly, self.worker_id)
         workers.worker_started(
             conn, self.worker_id, socket.gethostname(), os.getpid(), list(self._pipelines)
         )
@@ -410,33 +415,51 @@ class Worker:
             search_index.stamp_kind(conn, name, wrote=False)
 
     def _batch(self, name: str) -> bool:
-        """Claim and process one batch of ``name``; False when nothing was ready."""
+        """Claim and process one batch of ``name``; False when nothing was ready.
+
+        The kind's version lock is held shared for the batch, so a version switch
+        (`idxr_pg.db.versions.activate`) waits for it and the next batch embeds with the new
+        active version's model. Entities written are marked for the kind's building and
+        retired versions in the same transaction; the building version's marks are then
+        re-run here (`VersionFollower.drain_building`)."""
         started = time.monotonic()
         conn = self._ensure_conn()
         assembly = self._assembly
-        assert assembly is not None
-        claimed = queue.claim(
-            conn,
-            name,
-            owner=self.worker_id,
-            batch_size=self.settings.batch_size,
-            lease_seconds=self.settings.lease_seconds,
-        )
-        if not claimed:
-            return False
+        versions = self._versions
+        assert assembly is not None and versions is not None
         dead_lettered = 0
+        marked = 0
 
         def finalize(c: psycopg.Connection, result: BatchResult) -> None:
-            nonlocal dead_lettered
+            nonlocal dead_lettered, marked
             queue.delete_rows(c, claimed.row_ids(result.done_ids))
             outcomes = assembly.record_failures(c, result, claimed.rows)
             dead_lettered = sum(outcome.action == "dead" for outcome in outcomes)
+            marked = versions_db.mark_pending(c, name, result.done_ids)
 
-        self._batch_started = time.monotonic()
+        versions_db.lock_kind_shared(conn, name)
         try:
-            result = self._pipelines[name].index(conn, claimed.leases, finalize=finalize)
+            pipeline = versions.active_pipeline(conn, name)
+            claimed = queue.claim(
+                conn,
+                name,
+                owner=self.worker_id,
+                batch_size=self.settings.batch_size,
+                lease_seconds=self.settings.lease_seconds,
+            )
+            if not claimed:
+                return False
+            self._batch_started = time.monotonic()
+            try:
+                result = pipeline.index(conn, claimed.leases, finalize=finalize)
+            finally:
+                self._batch_started = None
+            if marked:
+                self._follow_building(conn, name)
         finally:
-            self._batch_started = None
+            if not (conn.closed or conn.broken):
+                with contextlib.suppress(psycopg.OperationalError):
+                    versions_db.unlock_kind_shared(conn, name)
         batch = result.counts + Counts(dead_lettered=dead_lettered)
         self.totals = self.totals + batch
         if self.on_batch is not None:
@@ -458,6 +481,24 @@ class Worker:
         )
         workers.worker_heartbeat(conn, self.worker_id, self.totals.entities)
         return True
+
+    def _follow_building(self, conn: psycopg.Connection, name: str) -> None:
+        """Write the batch's entities to the kind's building version too. Its failure (its
+        model cannot load, say) never stops the active version's indexing: the marks stay,
+        and the build's end and `versions activate` re-run them."""
+        assert self._versions is not None
+        try:
+            self._versions.drain_building(conn, name)
+        except psycopg.OperationalError:
+            raise  # a lost connection: the worker's reconnect handles it
+        except Exception as exc:
+            log.warning(
+                "%s: the building index version was not updated (%s: %s); its marks stay",
+                name,
+                type(exc).__name__,
+                exc,
+                extra={"entity_kind": name},
+            )
 
     def _wait(self, served: Sequence[str]) -> None:
         """Sleep until a relevant NOTIFY, the poll interval, the next 'every' deadline or stop."""

@@ -15,7 +15,9 @@
 -- Lexical (full-text) and hybrid search are in 045_hybrid.sql.
 --
 -- How a filtered KNN query is run (measured in bench/search.py, see docs/benchmarks.md):
---   * No filter: the HNSW index (search_index_embedding_hnsw), ORDER BY embedding <=> query.
+--   * No filter: the HNSW index of the query's vector size (search_index_embedding_hnsw_N, see
+--     020_dimensions.sql), ORDER BY (embedding::vector(N)) <=> query; rows of other sizes
+--     (kinds embedded by another model) are never compared.
 --   * A filter (path lquery, kind, structured filters, an excluded example entity): the
 --     planner's estimate of the rows the filter admits (EXPLAIN; ltree and btree statistics
 --     make it close, and it costs a plan, where counting the rows cost ~1 us per row) is
@@ -328,14 +330,44 @@ STABLE
 SET search_path FROM CURRENT  -- see knn_search
 AS $$
 DECLARE
-    index_dims integer := idxr.embedding_dimensions();
+    query_dims integer := vector_dims(query);
+    index_dims integer;
+    served     text := '';
+    active     idxr.index_versions;
     known      text;
 BEGIN
-    IF index_dims IS NOT NULL AND vector_dims(query) <> index_dims THEN
-        RAISE EXCEPTION 'idxr: the query vector has % dimensions but idxr.search_index holds %-dimensional embeddings',
-            vector_dims(query), index_dims
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Embed the query with the model the index was built with (see idxr.embedding_models).';
+    -- The size the query must have: that of the kind's active index version, else the one
+    -- size of the whole index (idxr.embedding_dimensions; NULL when kinds of several sizes
+    -- coexist: then some kind's active version must have the query's size).
+    IF query IS NOT NULL THEN
+        IF entity_kind IS NOT NULL THEN
+            SELECT * INTO active FROM idxr.index_versions v
+             WHERE v.entity_kind = check_search_args.entity_kind AND v.state = 'active';
+        END IF;
+        IF active.version IS NOT NULL THEN
+            index_dims := active.dimensions;
+            served := format(' for entity kind %s (index version %s, model %s)',
+                             quote_literal(entity_kind), active.version, active.model_name);
+        ELSE
+            index_dims := idxr.embedding_dimensions();
+            IF index_dims IS NULL
+               AND NOT EXISTS (SELECT 1 FROM idxr.index_versions v
+                                WHERE v.state = 'active' AND v.dimensions = query_dims)
+               AND EXISTS (SELECT 1 FROM idxr.index_versions v WHERE v.state = 'active') THEN
+                SELECT string_agg(format('%s: %s', v.entity_kind, v.dimensions), ', ' ORDER BY v.entity_kind)
+                  INTO known FROM idxr.index_versions v WHERE v.state = 'active';
+                RAISE EXCEPTION 'idxr: the query vector has % dimensions but no entity kind''s active index version has that size (%)',
+                    query_dims, known
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Name the entity kind and embed the query with its active version''s model (see idxr.versions).';
+            END IF;
+        END IF;
+        IF index_dims IS NOT NULL AND query_dims <> index_dims THEN
+            RAISE EXCEPTION 'idxr: the query vector has % dimensions but idxr.search_index holds %-dimensional embeddings%',
+                query_dims, index_dims, served
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Embed the query with the model of the active index version (see idxr.versions).';
+        END IF;
     END IF;
     IF query IS NOT NULL AND vector_norm(query) = 0 THEN
         RAISE EXCEPTION 'idxr: the query vector is all zeros: it has no direction, so its cosine distance to every row is undefined (NaN)'
@@ -393,11 +425,22 @@ SET jit = off
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    where_sql  text := 's.embedding IS NOT NULL';
+    -- Rows of the query's vector size only. The HNSW walk is written as the partial index
+    -- of that size is defined (020_dimensions.sql), with the size as a literal, so the planner
+    -- matches it. The exact search needs the size condition only when kinds of another size
+    -- exist (each costs ~0.3 us per row read: 15% of an exact search over 5,000 rows).
+    vec        constant text := format('(s.embedding::vector(%s))', vector_dims(query));
+    where_sql  text := CASE WHEN idxr.embedding_dimensions() IS NOT DISTINCT FROM vector_dims(query)
+                            THEN 's.embedding IS NOT NULL'
+                            ELSE format('vector_dims(s.embedding) = %s', vector_dims(query)) END;
     -- The HNSW query's own filters are written as `(...) IS TRUE`: same rows, but the planner
     -- cannot turn them into GiST/btree index conditions and so walks the HNSW index in order
     -- instead of sorting all admitted rows (that is the exact branch's job).
-    hnsw_where text := 's.embedding IS NOT NULL';
+    hnsw_where text := format('vector_dims(s.embedding) = %s', vector_dims(query));
+    -- What the filter admits, for the planner's estimate: without the size condition, whose
+    -- selectivity the planner does not know (a function of the vector: a default of 0.5%
+    -- would make every filter look selective); in a one-model database it admits every row.
+    estimate_sql text := 's.embedding IS NOT NULL';
     selective  boolean := false;
     admitted   double precision;
     plan       json;
@@ -423,21 +466,25 @@ BEGIN
     threshold := idxr.exact_search_threshold(k);
 
     IF path_filter IS NOT NULL THEN
+        estimate_sql := estimate_sql || ' AND s.path ~ $2';
         where_sql := where_sql || ' AND s.path ~ $2';
         hnsw_where := hnsw_where || ' AND (s.path ~ $2) IS TRUE';
         selective := true;
     END IF;
     IF entity_kind IS NOT NULL THEN
+        estimate_sql := estimate_sql || ' AND s.entity_kind = $3';
         where_sql := where_sql || ' AND s.entity_kind = $3';
         hnsw_where := hnsw_where || ' AND (s.entity_kind = $3) IS TRUE';
         selective := true;
     END IF;
     IF filters IS NOT NULL AND jsonb_typeof(filters) <> 'null' THEN
+        estimate_sql := estimate_sql || idxr.search_filter_sql(filters, 5);
         where_sql := where_sql || idxr.search_filter_sql(filters, 5);
         hnsw_where := hnsw_where || idxr.search_filter_sql(filters, 5);
         selective := true;
     END IF;
     IF exclude_kind IS NOT NULL THEN
+        estimate_sql := estimate_sql || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
         where_sql := where_sql || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
         hnsw_where := hnsw_where || ' AND (s.entity_kind, s.entity_id) IS DISTINCT FROM ($6, $7)';
     END IF;
@@ -445,7 +492,7 @@ BEGIN
     IF selective THEN
         -- The planner's row estimate for the filter (ltree and btree statistics make it close;
         -- see docs/benchmarks.md): as cheap as planning, unlike counting the rows.
-        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM idxr.search_index s WHERE %s', where_sql)
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM idxr.search_index s WHERE %s', estimate_sql)
             INTO plan
             USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
         admitted := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
@@ -462,8 +509,8 @@ BEGIN
             -- walk over (measured: up to 10x slower for a 5% filter whose entities have ten
             -- similar fields each).
             FOR hit IN EXECUTE format(
-                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY s.embedding <=> $1 LIMIT $8',
-                cols, hnsw_where)
+                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s <=> $1 LIMIT $8',
+                cols, hnsw_where, vec)
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch
             LOOP
                 entity_key := hit.entity_kind || E'\x1f' || hit.entity_id;
@@ -483,7 +530,7 @@ BEGIN
             EXECUTE format(
                 'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
-                '       ORDER BY s.embedding <=> $1 LIMIT $4) c', cols, hnsw_where)
+                '       ORDER BY %s <=> $1 LIMIT $4) c', cols, hnsw_where, vec)
                 INTO hits
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
         END IF;
@@ -581,14 +628,14 @@ BEGIN
               SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
-                 AND nlevel(s.path) = 1 AND s.embedding IS NOT NULL
+                 AND nlevel(s.path) = 1 AND vector_dims(s.embedding) = vector_dims(query)
                  AND (path_filter IS NULL OR s.path ~ path_filter)
           ) w ON true
           LEFT JOIN LATERAL (
               SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
-                 AND nlevel(s.path) > 1 AND s.embedding IS NOT NULL
+                 AND nlevel(s.path) > 1 AND vector_dims(s.embedding) = vector_dims(query)
                  AND (path_filter IS NULL OR s.path ~ path_filter)
                ORDER BY 3 LIMIT 1
           ) b ON true

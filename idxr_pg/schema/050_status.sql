@@ -123,12 +123,14 @@ COMMENT ON VIEW idxr.stale IS
 -- created once and left in place by uninstall) carry exactly what each side needs:
 --   idxr_reader: USAGE on the schema, SELECT on idxr.search_index, the kind and model
 --     registry (entity_kinds, embedding_models) and the idxr.status / idxr.stale views, EXECUTE on the search functions and their helpers (every function of
---     idxr that is SECURITY INVOKER and not a trigger function, except set_embedding_dimensions).
+--     idxr that is SECURITY INVOKER and not a trigger function, except set_embedding_dimensions
+--     and ensure_embedding_index(es)), and the index versions (idxr.index_versions, idxr.versions).
 --     Whoever can SELECT idxr.search_index can read every indexed value of every kind.
 --   idxr_worker: idxr_reader, plus SELECT/INSERT/UPDATE/DELETE on the idxr tables and USAGE on
 --     their sequences. It gets no right on application tables: grant SELECT on the watched
 --     tables to the worker's login role yourself.
--- Never granted to either: set_embedding_dimensions (the installer's, via `idxr-pg migrate`),
+-- Never granted to either: set_embedding_dimensions and ensure_embedding_index(es) (they create
+-- HNSW indexes: the owner's, via `idxr-pg migrate` and `idxr-pg versions create`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
 -- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
 -- of search results), idxr.text_term_stats to idxr_reader (the planner statistics of a kind's
@@ -157,14 +159,16 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_reader;
         GRANT SELECT ON idxr.search_index, idxr.entity_kinds, idxr.embedding_models,
-                         idxr.status, idxr.stale TO idxr_reader;
+                         idxr.status, idxr.stale, idxr.index_versions, idxr.versions
+                      TO idxr_reader;
         FOR fn IN
             SELECT p.oid::regprocedure
               FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = 'idxr'::regnamespace
                AND NOT p.prosecdef
                AND p.prorettype <> 'pg_catalog.trigger'::regtype
-               AND p.proname <> 'set_embedding_dimensions'
+               AND p.proname NOT IN ('set_embedding_dimensions', 'ensure_embedding_index',
+                                     'ensure_embedding_indexes')
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;

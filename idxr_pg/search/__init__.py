@@ -437,7 +437,7 @@ def search(
             except psycopg.Error as exc:
                 raise _database_error(exc, url) from None
         return _hits(rows)
-    settings = (config or load_config()).embedding
+    configured = (config or load_config()).embedding
     with connect(url, autocommit=True) as conn:
         _validate(conn, url, path, kind, k, filters)
         if weights:
@@ -445,18 +445,53 @@ def search(
                 queries.check_weights(conn, weights)
             except psycopg.Error as exc:
                 raise _database_error(exc, url) from None
-        embedder = _embedder(settings)
-        _check_model(conn, embedder, kind)
-        vector = _embed_query(embedder, settings, text)
-        if hybrid:
-            try:
-                rows = queries.hybrid_search(
-                    conn, text, vector, path, kind, k, filters, weights, entities=entities
-                )
-            except psycopg.Error as exc:
-                raise _database_error(exc, url) from None
-            return _hits(rows)
-        return _run(conn, url, vector, path, kind, k, entities, filters)
+        # One snapshot for the active version read here and the rows searched below, so a
+        # version switch committed meanwhile is seen by neither or both: the query is always
+        # embedded with the model of the version it is compared with.
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            settings = _query_settings(conn, configured, kind)
+            embedder = _embedder(settings)
+            _check_model(conn, embedder, kind)
+            vector = _embed_query(embedder, settings, text)
+            if hybrid:
+                try:
+                    rows = queries.hybrid_search(
+                        conn, text, vector, path, kind, k, filters, weights, entities=entities
+                    )
+                except psycopg.Error as exc:
+                    raise _database_error(exc, url) from None
+                return _hits(rows)
+            return _run(conn, url, vector, path, kind, k, entities, filters)
+
+
+def _query_settings(
+    conn: psycopg.Connection, configured: EmbeddingSettings, kind: str | None
+) -> EmbeddingSettings:
+    """The embedding settings of the active index version searched: ``kind``'s, or the one
+    model every kind's active version shares; ``configured`` when no version says otherwise.
+    Kinds of different models cannot be searched together: the error says to name one."""
+    from idxr_pg.db import versions as versions_db
+
+    active = [
+        v
+        for v in versions_db.list_versions(conn, kind)
+        if v.state == versions_db.ACTIVE and (kind is None or v.entity_kind == kind)
+    ]
+    models = {(v.model_name, v.dimensions): v for v in active}
+    if len(models) > 1:
+        listed = ", ".join(f"{v.entity_kind}: {v.model_name} ({v.dimensions})" for v in active)
+        raise SearchError(
+            f"the entity kinds are embedded by different models ({listed}): name the kind "
+            "to search (kind=... / --kind)"
+        )
+    if not models:
+        return configured
+    version = next(iter(models.values()))
+    default = _embedder(configured)
+    if default.name == version.model_name and default.dimensions == version.dimensions:
+        return configured
+    return configured.model_copy(update={"model": version.model_source, "dimensions": None})
 
 
 def search_vector(

@@ -271,7 +271,7 @@ def test_sigkill_during_the_index_build_then_resume_builds_it(url: str, tmp_path
             with psycopg.connect(url, autocommit=True) as probe:
                 waiting = probe.execute(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE '%%set_embedding_dimensions%%'"
+                    " AND query LIKE '%%ensure_embedding_indexes%%'"
                 ).fetchall()
             if waiting or proc.poll() is not None:
                 break

@@ -464,6 +464,7 @@ def test_upgrade_from_0003_replaces_the_old_search_hit_and_downgrade_drops_the_n
     """A database whose idxr.search_hit has no `stale` (0003's search functions) upgrades: the
     type and the functions returning it are dropped and re-created; indexed rows stay."""
     from idxr_pg.db import migrations
+    from idxr_pg.schema import HEAD_REVISION
 
     url = empty_database_url
     migrations.upgrade(url, "0003")
@@ -501,4 +502,4 @@ def test_upgrade_from_0003_replaces_the_old_search_hit_and_downgrade_drops_the_n
         assert (left, column) == ((0,), (0,))
         assert conn.execute("SELECT count(*) FROM idxr.search_index").fetchone() == (1,)
     migrations.upgrade(url, "head")
-    assert migrations.current_revision(url) == "0006"
+    assert migrations.current_revision(url) == HEAD_REVISION

@@ -381,7 +381,15 @@ def test_register_refuses_a_model_of_another_vector_size(isolated_database_url, 
     class Small:
         name, version, dimensions, max_tokens = "small", "1", 8, 128
 
+    class Default:
+        name, version, dimensions, max_tokens = "all-MiniLM-L6-v2", "1", 384, 256
+
     with connect(isolated_database_url, autocommit=True) as conn:
         kinds = resolve_kinds(conn, make_config(tmp_path, [item_entity()]))
-        with pytest.raises(RegistryError, match=r"8-dimensional .* vector\(384\)"):
+        register(conn, kinds.values(), Default())
+        conn.execute(
+            "INSERT INTO idxr.search_index (entity_kind, entity_id, path, value, value_type,"
+            " content_hash) VALUES ('item', '1', 'item.title', 't', 'string', 'h')"
+        )
+        with pytest.raises(RegistryError, match=r"8-dimensional .* active index version 1"):
             register(conn, kinds.values(), Small())

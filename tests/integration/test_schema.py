@@ -80,12 +80,15 @@ def test_search_index_has_the_contract_columns_and_indexes(database_url):
     assert columns["entity_kind"] == "text" and columns["entity_id"] == "text"
     assert columns["path"] == "ltree" and columns["value"] == "text"
     assert columns["value_type"] == "idxr.value_type" and columns["content_hash"] == "text"
-    assert columns["embedding"] == "vector(384)"
+    assert columns["embedding"] == "vector"  # one partial HNSW index per size (issue 15)
     assert columns["updated_at"] == "timestamp with time zone"
     assert "(entity_kind, entity_id, path)" in indexes["search_index_pkey"]
     assert "USING gist (path)" in indexes["search_index_path_gist"]
     assert "btree (entity_kind, entity_id)" in indexes["search_index_entity"]
-    assert "hnsw (embedding vector_cosine_ops)" in indexes["search_index_embedding_hnsw"]
+    assert (
+        "hnsw (((embedding)::vector(384)) vector_cosine_ops) WHERE (vector_dims(embedding) = 384)"
+        in indexes["search_index_embedding_hnsw_384"]
+    )
     assert labels == "{string,integer,float,boolean,uuid,datetime,date,time,decimal}"
 
 
@@ -120,6 +123,7 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "013_schema_changes.sql",
         "014_loads.sql",
         "015_hybrid.sql",
+        "018_index_versions.sql",
     )
     assert {
         "020_dimensions.sql",
@@ -229,6 +233,8 @@ def test_migrate_uninstall_migrate_keeps_user_tables(empty_database_url, how):
 
 
 def test_dimensions_follow_the_configured_model(isolated_database_url):
+    """`migrate --dimensions N`: the index of N-dimensional vectors, unused sizes' dropped;
+    vectors of another size keep theirs (kinds of different models coexist, issue 15)."""
     url = isolated_database_url
     result = cli(url, "migrate", "--dimensions", "768")
     assert result.exit_code == 0, result.output
@@ -240,10 +246,11 @@ def test_dimensions_follow_the_configured_model(isolated_database_url):
                (entity_kind, entity_id, path, value, value_type, content_hash, embedding)
                VALUES ('k', '1', 'k.name', 'x', 'string', 'h', array_fill(0.1, ARRAY[768])::vector)"""
         )
-    refused = CliRunner().invoke(main, ["--database-url", url, "migrate", "--dimensions", "384"])
-    assert refused.exit_code == 1
-    assert "holds 768-dimensional embeddings" in refused.output
-    assert "TRUNCATE idxr.search_index" in refused.output
+    again = CliRunner().invoke(main, ["--database-url", url, "migrate", "--dimensions", "384"])
+    assert again.exit_code == 0, again.output
+    with psycopg.connect(url) as conn:
+        sizes = conn.execute("SELECT array_agg(d ORDER BY d) FROM idxr.embedding_index_sizes() d")
+        assert sizes.fetchone()[0] == [384, 768]  # the 768 rows keep their index
 
 
 def test_doctor_reports_extensions(database_url):

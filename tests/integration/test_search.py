@@ -431,8 +431,8 @@ def test_import_idxr_pg_stays_cheap():
 def fill_synthetic(conn: psycopg.Connection, groups: dict[str, tuple[int, str]]) -> None:
     """Rows under ``bulk.<group>.<n>`` with vectors around a direction: 'random' (uniform),
     'plus' (near [1, 1, ...]) or 'minus' (near [-1, -1, ...]). The HNSW index is rebuilt after
-    the load (as `idxr.set_embedding_dimensions` creates it): much faster than row by row."""
-    conn.execute("DROP INDEX idxr.search_index_embedding_hnsw")
+    the load (as `idxr.ensure_embedding_index` creates it): much faster than row by row."""
+    conn.execute("DROP INDEX idxr.search_index_embedding_hnsw_384")
     for group, (count, direction) in groups.items():
         base = {"random": "0", "plus": "1", "minus": "-1"}[direction]
         conn.execute(
@@ -447,10 +447,7 @@ def fill_synthetic(conn: psycopg.Connection, groups: dict[str, tuple[int, str]])
             """,
             {"group": group, "count": count},
         )
-    conn.execute(
-        "CREATE INDEX search_index_embedding_hnsw ON idxr.search_index"
-        " USING hnsw (embedding vector_cosine_ops)"
-    )
+    conn.execute("SELECT idxr.ensure_embedding_index(384)")
     conn.execute("INSERT INTO idxr.entity_kinds (name) VALUES ('bulk') ON CONFLICT DO NOTHING")
     conn.execute("ANALYZE idxr.search_index")
 
@@ -486,8 +483,8 @@ def test_selective_path_filter_still_returns_k_rows(isolated_database_url):
         # The naive filtered HNSW query comes back short: the filter is really selective.
         conn.execute("SET enable_seqscan = off")  # a table this small would be sorted whole
         naive = conn.execute(
-            "SELECT path FROM idxr.search_index WHERE (path ~ 'bulk.rare.*') IS TRUE"
-            " ORDER BY embedding <=> %s LIMIT 10",
+            "SELECT path FROM idxr.search_index WHERE vector_dims(embedding) = 384 AND (path ~ 'bulk.rare.*') IS TRUE"
+            " ORDER BY (embedding::vector(384)) <=> %s LIMIT 10",
             [query],
         ).fetchall()
         assert len(naive) < 10
@@ -531,8 +528,8 @@ def test_filter_whose_rows_are_far_from_the_query_falls_back_to_exact(isolated_d
         conn.execute("SET hnsw.iterative_scan = relaxed_order")
         conn.execute("SET hnsw.ef_search = 100")
         short = conn.execute(
-            "SELECT path FROM idxr.search_index WHERE (path ~ 'bulk.far.*') IS TRUE"
-            " ORDER BY embedding <=> %s LIMIT 10",
+            "SELECT path FROM idxr.search_index WHERE vector_dims(embedding) = 384 AND (path ~ 'bulk.far.*') IS TRUE"
+            " ORDER BY (embedding::vector(384)) <=> %s LIMIT 10",
             [query],
         ).fetchall()
         assert len(short) < 10  # the HNSW walk alone comes back short
