@@ -131,7 +131,12 @@ def sweep_kind(tokens: int, overlap: int) -> str:
 
 
 def index_corpus(
-    url: str, corpus: Corpus, embedder, text_search: str, sweep: list[tuple[int, int]]
+    url: str,
+    corpus: Corpus,
+    embedder,
+    text_search: str,
+    sweep: list[tuple[int, int]],
+    composite: bool,
 ) -> float:
     entity = {
         "name": KIND,
@@ -143,7 +148,7 @@ def index_corpus(
     entities = [
         entity,
         {**entity, "name": CUT, "chunking": [{"long_texts": "truncate"}]},
-        {**entity, "name": WHOLE, "composite": "{title}\n{body}"},
+        *([{**entity, "name": WHOLE, "composite": "{title}\n{body}"}] if composite else []),
     ] + [
         {**entity, "name": sweep_kind(t, o), "chunking": [{"tokens": t, "overlap": o}]}
         for t, o in sweep
@@ -205,6 +210,11 @@ def main() -> None:
         help="more chunk sizes to compare: tokens/overlap pairs, e.g. '128/32,256/0'",
     )
     parser.add_argument(
+        "--no-composite",
+        action="store_true",
+        help="leave out the kind with the composite record (a shorter run, e.g. for a sweep)",
+    )
+    parser.add_argument(
         "--keep-database", action="store_true", help="leave the bench database for inspection"
     )
     args = parser.parse_args()
@@ -229,7 +239,8 @@ def main() -> None:
     try:
         migrations.upgrade(url)
         migrations.set_embedding_dimensions(url, embedder.dimensions)
-        index_seconds = index_corpus(url, corpus, embedder, configs[0], sweep)
+        composite = not args.no_composite
+        index_seconds = index_corpus(url, corpus, embedder, configs[0], sweep, composite)
         query_vectors = [
             e.vector
             for e in service.embed([EmbedRequest(q.query_id, q.text) for q in corpus.queries])
@@ -254,7 +265,7 @@ def main() -> None:
                 "SELECT count(*) FILTER (WHERE truncation IS NOT NULL), count(*),"
                 " (SELECT count(*) FROM idxr.search_index WHERE entity_kind = %s AND chunk > 0)"
                 " FROM idxr.search_index"
-                " WHERE entity_kind = %s AND path = 'report.body' AND chunk = 0",
+                " WHERE entity_kind = %s AND subpath(path, 1) = 'body' AND chunk = 0",
                 [KIND, CUT],
             ).fetchone()
             matrix, owners = stored_vectors(KIND)
@@ -268,7 +279,7 @@ def main() -> None:
                 "vector (idxr, truncated)",
                 "vector (idxr, chunked)",
                 *sweep_labels.values(),
-                "vector (idxr) + composite, fused",
+                *(["vector (idxr) + composite, fused"] if composite else []),
                 "vector exact (numpy)",
                 "vector exact (numpy), truncated",
                 "doc vector exact (numpy)",
@@ -295,10 +306,11 @@ def main() -> None:
                         "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
                         [v, kind, DEPTH],
                     )
-                runs["vector (idxr) + composite, fused"][q.query_id] = entity_ids(
-                    "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
-                    [v, WHOLE, DEPTH],
-                )
+                if composite:
+                    runs["vector (idxr) + composite, fused"][q.query_id] = entity_ids(
+                        "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
+                        [v, WHOLE, DEPTH],
+                    )
                 runs["vector exact (numpy)"][q.query_id] = exact_ranking(matrix, owners, v)
                 runs["vector exact (numpy), truncated"][q.query_id] = exact_ranking(
                     cut_matrix, cut_owners, v
@@ -306,7 +318,7 @@ def main() -> None:
                 order = np.argsort(-(doc_vectors @ (v / np.linalg.norm(v))), kind="stable")
                 runs["doc vector exact (numpy)"][q.query_id] = [doc_ids[i] for i in order[:DEPTH]]
             for config in configs:
-                for kind in (KIND, CUT, WHOLE):
+                for kind in (KIND, CUT, WHOLE)[: 3 if composite else 2]:
                     conn.execute("SELECT idxr.set_text_search_config(%s, %s)", [kind, config])
                 conn.execute("ANALYZE idxr.search_index")
                 lexical, hybrid, fused = (
@@ -341,12 +353,13 @@ def main() -> None:
                         "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
                         [q.text, v, CUT, DEPTH],
                     )
-                    runs.setdefault(f"hybrid {config} + composite record", {})[q.query_id] = (
-                        entity_ids(
-                            "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
-                            [q.text, v, WHOLE, DEPTH],
+                    if composite:
+                        runs.setdefault(f"hybrid {config} + composite record", {})[q.query_id] = (
+                            entity_ids(
+                                "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
+                                [q.text, v, WHOLE, DEPTH],
+                            )
                         )
-                    )
                     for extra in args.weights:
                         label = f"hybrid {config} {extra}"
                         runs.setdefault(label, {})[q.query_id] = entity_ids(

@@ -1223,19 +1223,21 @@ LANGUAGE sql
 STABLE
 SET search_path FROM CURRENT
 AS $$
-    SELECT h.entity_kind, h.entity_id, h.path,
-           CASE WHEN h.chunk IS NULL THEN h.value ELSE coalesce(f.value, h.value) END,
-           h.distance, h.stale, h.chunk,
-           CASE WHEN h.chunk IS NOT NULL
-                THEN substr(f.value, c.chunk_start + 1, c.chunk_end - c.chunk_start) END
+    SELECT h.entity_kind, h.entity_id, h.path, coalesce(x.whole, h.value), h.distance, h.stale,
+           h.chunk, x.part
       FROM unnest(hits) WITH ORDINALITY
            AS h(entity_kind, entity_id, path, value, distance, stale, chunk, chunk_text, n)
-      LEFT JOIN idxr.search_index f
-        ON h.chunk IS NOT NULL AND f.entity_kind = h.entity_kind AND f.entity_id = h.entity_id
-       AND f.path = h.path AND f.chunk = 0
-      LEFT JOIN idxr.search_index c
-        ON h.chunk IS NOT NULL AND c.entity_kind = h.entity_kind AND c.entity_id = h.entity_id
-       AND c.path = h.path AND c.chunk = h.chunk
+      -- LATERAL: two primary-key probes per chunked hit, none for the others.
+      LEFT JOIN LATERAL (
+          SELECT f.value AS whole,
+                 substr(f.value, c.chunk_start + 1, c.chunk_end - c.chunk_start) AS part
+            FROM idxr.search_index f
+            JOIN idxr.search_index c
+              ON c.entity_kind = f.entity_kind AND c.entity_id = f.entity_id
+             AND c.path = f.path AND c.chunk = h.chunk
+           WHERE h.chunk IS NOT NULL AND f.entity_kind = h.entity_kind
+             AND f.entity_id = h.entity_id AND f.path = h.path AND f.chunk = 0
+      ) x ON true
      ORDER BY h.n
 $$;
 

@@ -50,7 +50,8 @@ def test_policy_first_matching_rule_over_the_defaults_bounded_by_the_window():
     assert (policy("doc.body").tokens, policy("doc.body").overlap) == (256, 20)  # the window
     assert (policy("doc.title").tokens, policy("doc.title").overlap) == (200, 5)
     assert (policy("other.x").long_texts, policy("other.x").tokens) == ("chunk", 200)
-    assert policy_for_paths(ChunkingSettings(), [], window=256)("a.b").tokens == 256
+    assert policy_for_paths(ChunkingSettings(), [], window=256)("a.b").tokens == 128
+    assert policy_for_paths(ChunkingSettings(tokens=None), [], window=256)("a.b").tokens == 256
 
 
 def test_bad_chunking_config_names_the_option():
