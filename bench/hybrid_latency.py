@@ -22,6 +22,9 @@ vector of its own, so the searches read chunked fields (more rows, the same 100k
 To compare versions of the SQL functions on the same data, load once with --keep and time
 again with --database <the kept name> (the schema's functions are re-applied by the upgrade,
 the records and indexes are reused; --records must match the kept load for the queries).
+``--versus <kept name>`` times a second kept database in the same rounds, query by query
+alternated with the first, without migrating it: a load kept by another version of the code
+(say main's) against this one, the machine's load shared by both.
 """
 
 from __future__ import annotations
@@ -128,6 +131,11 @@ def main() -> None:
         "--fields", action="store_true", help="also time idxr.search and idxr.hybrid_search"
     )
     parser.add_argument(
+        "--versus",
+        metavar="DATABASE",
+        help="a second kept database (another code version's load) timed in the same rounds",
+    )
+    parser.add_argument(
         "--chunks", type=int, default=1, help="chunks per body (a new load; revision 0010)"
     )
     parser.add_argument(
@@ -149,6 +157,7 @@ def main() -> None:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = with_dbname(args.database_url, name)
     times: dict[str, list[float]] = {}
+    versus: dict[str, list[float]] = {}
     loaded = built = 0.0
     try:
         migrations.upgrade(url)
@@ -170,6 +179,16 @@ def main() -> None:
                     "SELECT * FROM idxr.hybrid_search(%(t)s, %(v)s, NULL, %(kind)s, %(k)s)"
                 )
             times.update({label: [] for label in calls})
+            other = (
+                connect(with_dbname(args.database_url, args.versus), autocommit=True)
+                if args.versus
+                else None
+            )
+            if other is not None:
+                versus.update({label: [] for label in calls})
+                for text, vector in zip(texts[:3], vectors[:3], strict=True):  # warm-up
+                    for query in calls.values():
+                        other.execute(query, {"t": text, "v": vector, "kind": KIND, "k": args.k})
             for text, vector in zip(texts[:3], vectors[:3], strict=True):  # warm-up
                 for query in calls.values():
                     conn.execute(query, {"t": text, "v": vector, "kind": KIND, "k": args.k})
@@ -177,9 +196,13 @@ def main() -> None:
                 for text, vector in zip(texts, vectors, strict=True):
                     for label, query in calls.items():
                         params = {"t": text, "v": vector, "kind": KIND, "k": args.k}
-                        started = time.perf_counter()
-                        conn.execute(query, params).fetchall()
-                        times[label].append(time.perf_counter() - started)
+                        pairs = [(conn, times), (other, versus)] if other is not None else []
+                        for target, into in pairs or [(conn, times)]:
+                            started = time.perf_counter()
+                            target.execute(query, params).fetchall()
+                            into[label].append(time.perf_counter() - started)
+            if other is not None:
+                other.close()
     finally:
         if keep:
             print(f"kept database {name}")
@@ -202,14 +225,24 @@ def main() -> None:
         + (f"{args.chunks} chunks per body, " if args.chunks > 1 else "")
         + f"k = {args.k}, {len(texts)} queries x {args.rounds} rounds, interleaved"
     )
-    base = statistics.median(times["vector"])
-    for label, values in times.items():
-        p50 = statistics.median(values)
-        p95 = statistics.quantiles(values, n=20)[-1]
-        print(
-            f"  {label:13} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms"
-            f"  {p50 / base:5.2f}x vector"
-        )
+    for title, measured in ((name, times), (args.versus, versus)):
+        if not measured:
+            continue
+        if args.versus:
+            print(f" {title}:")
+        base = statistics.median(measured["vector"])
+        for label, values in measured.items():
+            p50 = statistics.median(values)
+            p95 = statistics.quantiles(values, n=20)[-1]
+            print(
+                f"  {label:13} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms"
+                f"  {p50 / base:5.2f}x vector"
+                + (
+                    f"  {p50 / statistics.median(versus[label]):5.2f}x {args.versus}"
+                    if measured is times and versus
+                    else ""
+                )
+            )
 
 
 if __name__ == "__main__":
