@@ -535,23 +535,32 @@ class Pipeline:
         for entity_id in list(pending):
             try:
                 for record in pending[entity_id]:
-                    policy: ChunkPolicy = self.chunk_policy(record.path)
-                    if not policy.chunks:
-                        continue
-                    chunks = split(
-                        self.service.embedder,
-                        _chunk_text(record, None),
-                        record.value,
-                        tokens=policy.tokens,
-                        overlap=policy.overlap,
-                        max_chunks=policy.max_chunks,
-                    )
+                    chunks = self.chunks_of(record)
                     if chunks:
                         out[(entity_id, record.path)] = chunks
             except Exception as exc:
                 self._fail(failures, by_id[entity_id], "embed", exc)
                 del pending[entity_id]
         return out
+
+    def chunks_of(self, record: FieldRecord) -> list[Chunk]:
+        """The chunks an embeddable record is embedded as ([]: its text whole)."""
+        policy: ChunkPolicy = self.chunk_policy(record.path)
+        if not policy.chunks:
+            return []
+        return split(
+            self.service.embedder,
+            _chunk_text(record, None),
+            record.value,
+            tokens=policy.tokens,
+            overlap=policy.overlap,
+            max_chunks=policy.max_chunks,
+        )
+
+    def embedding_texts(self, record: FieldRecord) -> list[str]:
+        """The texts embedded for an embeddable record: one per chunk, or its text whole."""
+        chunks = self.chunks_of(record)
+        return [_chunk_text(record, c) for c in chunks] if chunks else [record.embedding_text]
 
     # ----------------------------------------------------------------------------- write
 

@@ -13,6 +13,7 @@ from idxr_pg.db import migrations
 from idxr_pg.db.connection import connect
 from idxr_pg.records.record import ValueType, content_hash
 from idxr_pg.runtime.backfill import Backfill, BackfillOptions
+from idxr_pg.runtime.plan import plan_reindex
 from idxr_pg.search import search
 from tests.integration.worker_runner import worker_thread
 from tests.integration.worker_support import (
@@ -206,8 +207,11 @@ def test_rows_truncated_before_chunking_keep_working_and_a_reindex_chunks_them(
     config: IdxrConfig = parse_config(
         {"entities": [article_entity(chunking=CHUNKING, watch=[])]}, "test"
     )
-    Backfill(url, config, "article", BackfillOptions(tty=False, progress_interval=3600)).run()
+    plan = plan_reindex(url, config, "article")
+    job = Backfill(url, config, "article", BackfillOptions(tty=False, progress_interval=3600)).run()
     rows = body_rows(url)
+    # The plan counted the body's chunks (and the title and status), as the reindex embedded.
+    assert plan.texts_to_embed == job.counts.texts_embedded == len(rows) + 2
     assert len(rows) > 1 and rows[0][1] == text
     with connect(url, autocommit=True) as conn:
         assert conn.execute(
