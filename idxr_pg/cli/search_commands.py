@@ -126,6 +126,8 @@ def search_command(
     with, and compared by cosine distance (0 = same meaning) with every indexed text field.
     With --hybrid, full-text matches of its words are fused in; with --lexical, only those.
     The stale column says "updating" for an entity with changes not indexed yet.
+    A long text indexed in chunks shows once, as "PATH (chunk N)" with the chunk that
+    matched (--json: "chunk" and "chunk_text" beside the whole "value").
     """
     from idxr_pg.search import SearchError, parse_weights, search
 

@@ -6,8 +6,12 @@ triggers, a worker."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from click.testing import CliRunner
+
+from idxr_pg.cli import main
 from idxr_pg.config import IdxrConfig, parse_config
 from idxr_pg.db import migrations
 from idxr_pg.db.connection import connect
@@ -161,6 +165,13 @@ def test_search_returns_a_chunked_field_once_with_the_chunk_that_matched(databas
     ):
         assert (hit.entity_id, hit.path, hit.chunk) == ("1", "article.body", best.chunk)
         assert LATE in hit.chunk_text
+    # The command line: the chunk in the path column and its text; JSON has both.
+    runner = CliRunner(env={"COLUMNS": "200"})
+    args = ["--database-url", url, "search", query, "--kind", "article", "-k", "1"]
+    shown = runner.invoke(main, args, catch_exceptions=False)
+    assert shown.exit_code == 0 and f"article.body (chunk {best.chunk})" in shown.output
+    data = json.loads(runner.invoke(main, [*args, "--json"], catch_exceptions=False).output)
+    assert (data[0]["chunk"], data[0]["chunk_text"]) == (best.chunk, best.chunk_text)
     # Filters and lexical search see the field's row, never a chunk row.
     lexical = search("violinist", kind="article", lexical=True, database_url=url, config=config)
     assert [(h.entity_id, h.path, h.value) for h in lexical] == [
