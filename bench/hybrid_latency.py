@@ -89,9 +89,11 @@ SELECT s.entity_kind, s.entity_id, s.path, '', s.value_type, s.content_hash,
           FROM generate_series(1, 384) d WHERE c.c >= 0),
        c.c, c.c * length(s.value) / %(n)s, (c.c + 1) * length(s.value) / %(n)s
   FROM idxr.search_index s CROSS JOIN generate_series(1, %(n)s - 1) AS c(c)
- WHERE s.path = 'report.body' AND s.chunk = 0;
+ WHERE s.path = 'report.body' AND s.chunk = 0
+"""
+CHUNK_ZERO = """
 UPDATE idxr.search_index SET chunk_start = 0, chunk_end = length(value) / %(n)s
- WHERE path = 'report.body' AND chunk = 0;
+ WHERE path = 'report.body' AND chunk = 0
 """
 
 
@@ -107,6 +109,7 @@ def load_records(
         conn.execute(LOAD, {"s": sentences, "start": start, "stop": min(records, start + step)})
     if chunks > 1:
         conn.execute(CHUNK_ROWS, {"n": chunks})
+        conn.execute(CHUNK_ZERO, {"n": chunks})
     loaded = time.perf_counter() - started
     conn.execute("SET maintenance_work_mem = '1GB'")
     conn.execute("SELECT idxr.set_embedding_dimensions(%s)", [DIMS])
