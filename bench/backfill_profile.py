@@ -79,7 +79,7 @@ def timed(owner: Any, attribute: str, name: str) -> None:
 def instrument(embedder: Any) -> None:
     timed(backfill_module.leases, "acquire", "lease")
     timed(pipeline_module.source, "load_documents", "load documents")
-    timed(search_index, "stored_hashes", "stored hashes (diff query)")
+    timed(search_index, "stored_state", "stored hashes (diff query)")
     timed(pipeline_module.Pipeline, "_prepare", "validate + flatten + diff")
     timed(pipeline_module.Pipeline, "_embed", "embed (service: dedupe, tokens)")
     timed(EmbeddingCache, "get_many", "cache look-up")

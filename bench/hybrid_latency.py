@@ -13,12 +13,18 @@ corpus's paraphrases and part-number queries, each with a random query vector):
   hybrid    idxr.hybrid_search_entities(text, v, kind, k)
 
 and p50/p95 per method are printed with the ratio to vector, client side, one query at a time.
+``--fields`` adds the field-level calls (idxr.search, idxr.hybrid_search); ``--chunks N`` gives
+every body N chunks (schema revision 0009): N - 1 chunk rows more per body, each with a random
+vector of its own, so the searches read chunked fields (more rows, the same 100k fields).
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/hybrid_latency.py [--records 100000]
 
 To compare versions of the SQL functions on the same data, load once with --keep and time
 again with --database <the kept name> (the schema's functions are re-applied by the upgrade,
 the records and indexes are reused; --records must match the kept load for the queries).
+``--versus <kept name>`` times a second kept database in the same rounds, query by query
+alternated with the first, without migrating it: a load kept by another version of the code
+(say main's) against this one, the machine's load shared by both.
 """
 
 from __future__ import annotations
@@ -72,8 +78,27 @@ def with_dbname(url: str, name: str) -> str:
     return psycopg.conninfo.make_conninfo(**params)
 
 
+# Chunks 1..N-1 of every body (019_chunks.sql: value '', the chunk's range of the field's
+# value), each with a random unit vector; chunk 0 (the body's row) gets its range.
+CHUNK_ROWS = """
+INSERT INTO idxr.search_index
+    (entity_kind, entity_id, path, value, value_type, content_hash, embedding,
+     chunk, chunk_start, chunk_end)
+SELECT s.entity_kind, s.entity_id, s.path, '', s.value_type, s.content_hash,
+       (SELECT l2_normalize(array_agg(random() - 0.5)::vector)
+          FROM generate_series(1, 384) d WHERE c.c >= 0),
+       c.c, c.c * length(s.value) / %(n)s, (c.c + 1) * length(s.value) / %(n)s
+  FROM idxr.search_index s CROSS JOIN generate_series(1, %(n)s - 1) AS c(c)
+ WHERE s.path = 'report.body' AND s.chunk = 0
+"""
+CHUNK_ZERO = """
+UPDATE idxr.search_index SET chunk_start = 0, chunk_end = length(value) / %(n)s
+ WHERE path = 'report.body' AND chunk = 0
+"""
+
+
 def load_records(
-    conn: psycopg.Connection, records: int, sentences: list[str]
+    conn: psycopg.Connection, records: int, sentences: list[str], chunks: int = 1
 ) -> tuple[float, float]:
     """Loads the records, builds the HNSW and full-text indexes; returns the two durations."""
     started = time.perf_counter()
@@ -82,6 +107,9 @@ def load_records(
     step = 10_000
     for start in range(0, records, step):
         conn.execute(LOAD, {"s": sentences, "start": start, "stop": min(records, start + step)})
+    if chunks > 1:
+        conn.execute(CHUNK_ROWS, {"n": chunks})
+        conn.execute(CHUNK_ZERO, {"n": chunks})
     loaded = time.perf_counter() - started
     conn.execute("SET maintenance_work_mem = '1GB'")
     conn.execute("SELECT idxr.set_embedding_dimensions(%s)", [DIMS])
@@ -103,6 +131,17 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument(
+        "--fields", action="store_true", help="also time idxr.search and idxr.hybrid_search"
+    )
+    parser.add_argument(
+        "--versus",
+        metavar="DATABASE",
+        help="a second kept database (another code version's load) timed in the same rounds",
+    )
+    parser.add_argument(
+        "--chunks", type=int, default=1, help="chunks per body (a new load; revision 0009)"
+    )
+    parser.add_argument(
         "--database",
         help="reuse this scratch database (kept by an earlier --keep run) instead of loading one;"
         " it is kept",
@@ -120,13 +159,14 @@ def main() -> None:
         with psycopg.connect(args.database_url, autocommit=True) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = with_dbname(args.database_url, name)
-    times: dict[str, list[float]] = {"vector": [], "lexical": [], "hybrid": []}
+    times: dict[str, list[float]] = {}
+    versus: dict[str, list[float]] = {}
     loaded = built = 0.0
     try:
         migrations.upgrade(url)
         with connect(url, autocommit=True) as conn:
             if args.database is None:
-                loaded, built = load_records(conn, args.records, sentences)
+                loaded, built = load_records(conn, args.records, sentences, args.chunks)
             calls = {
                 "vector": ("SELECT * FROM idxr.search_entities(%(v)s, NULL, %(kind)s, %(k)s)"),
                 "lexical": (
@@ -136,6 +176,22 @@ def main() -> None:
                     "SELECT * FROM idxr.hybrid_search_entities(%(t)s, %(v)s, NULL, %(kind)s, %(k)s)"
                 ),
             }
+            if args.fields:
+                calls["vector fields"] = "SELECT * FROM idxr.search(%(v)s, NULL, %(kind)s, %(k)s)"
+                calls["hybrid fields"] = (
+                    "SELECT * FROM idxr.hybrid_search(%(t)s, %(v)s, NULL, %(kind)s, %(k)s)"
+                )
+            times.update({label: [] for label in calls})
+            other = (
+                connect(with_dbname(args.database_url, args.versus), autocommit=True)
+                if args.versus
+                else None
+            )
+            if other is not None:
+                versus.update({label: [] for label in calls})
+                for text, vector in zip(texts[:3], vectors[:3], strict=True):  # warm-up
+                    for query in calls.values():
+                        other.execute(query, {"t": text, "v": vector, "kind": KIND, "k": args.k})
             for text, vector in zip(texts[:3], vectors[:3], strict=True):  # warm-up
                 for query in calls.values():
                     conn.execute(query, {"t": text, "v": vector, "kind": KIND, "k": args.k})
@@ -143,9 +199,13 @@ def main() -> None:
                 for text, vector in zip(texts, vectors, strict=True):
                     for label, query in calls.items():
                         params = {"t": text, "v": vector, "kind": KIND, "k": args.k}
-                        started = time.perf_counter()
-                        conn.execute(query, params).fetchall()
-                        times[label].append(time.perf_counter() - started)
+                        pairs = [(conn, times), (other, versus)] if other is not None else []
+                        for target, into in pairs or [(conn, times)]:
+                            started = time.perf_counter()
+                            target.execute(query, params).fetchall()
+                            into[label].append(time.perf_counter() - started)
+            if other is not None:
+                other.close()
     finally:
         if keep:
             print(f"kept database {name}")
@@ -165,16 +225,27 @@ def main() -> None:
             if args.database
             else f"(loaded in {loaded:.0f} s, HNSW + GIN built in {built:.0f} s), "
         )
+        + (f"{args.chunks} chunks per body, " if args.chunks > 1 else "")
         + f"k = {args.k}, {len(texts)} queries x {args.rounds} rounds, interleaved"
     )
-    base = statistics.median(times["vector"])
-    for label, values in times.items():
-        p50 = statistics.median(values)
-        p95 = statistics.quantiles(values, n=20)[-1]
-        print(
-            f"  {label:8} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms"
-            f"  {p50 / base:5.2f}x vector"
-        )
+    for title, measured in ((name, times), (args.versus, versus)):
+        if not measured:
+            continue
+        if args.versus:
+            print(f" {title}:")
+        base = statistics.median(measured["vector"])
+        for label, values in measured.items():
+            p50 = statistics.median(values)
+            p95 = statistics.quantiles(values, n=20)[-1]
+            print(
+                f"  {label:13} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms"
+                f"  {p50 / base:5.2f}x vector"
+                + (
+                    f"  {p50 / statistics.median(versus[label]):5.2f}x {args.versus}"
+                    if measured is times and versus
+                    else ""
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -2,15 +2,22 @@
 
 The corpus (bench/quality_corpus.py, deterministic): maintenance reports whose bodies are
 longer than the model's window, with paraphrased queries (topic), rare exact-term queries
-(part numbers) and name queries. The reports are indexed through the real pipeline (a
-backfill of a real table with the real default model, truncation as configured), then every
-query runs through the SQL search functions with the query embedded as `idxr_pg.search` does.
+(part numbers) and name queries; the ``late`` column judges the paraphrase queries on the
+reports whose topic comes after the window only (where truncation cuts it). The reports are
+indexed through the real pipeline (a backfill of a real table with the real default model),
+once per long-text setting (chunked by default, truncated, and each ``--chunking`` size),
+then every query runs through the SQL search functions with the query embedded as
+`idxr_pg.search` does.
 
 Methods (entity level: one ranked list of reports per query):
 
-- ``vector (idxr, truncated)``: idxr.search_entities, an entity's best field;
-- ``vector exact (numpy)``: the same stored vectors ranked exactly outside the database,
-  the ceiling for the HNSW index;
+- ``vector (idxr, truncated)``: idxr.search_entities, an entity's best field, long bodies
+  truncated to the window (``long_texts: truncate``);
+- ``vector (idxr, chunked)``: the same with the default chunking (each chunk a vector; an
+  entity as near as its nearest chunk); ``vector (idxr, chunked T/O)``: chunks of T tokens
+  overlapping by O (``--chunking``);
+- ``vector exact (numpy)``: the chunked kind's stored vectors ranked exactly outside the
+  database, the ceiling for the HNSW index (``..., truncated``: the truncated kind's);
 - ``lexical <config>``: idxr.text_search_entities, for each text search configuration;
 - ``hybrid <config>``: idxr.hybrid_search_entities (default weights), k = 100, and
   ``hybrid <config>, k=10`` (nDCG@10 and MRR@10 of the top 10 as an application asks for it);
@@ -47,14 +54,15 @@ import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from bench.quality_corpus import Corpus, Query, generate  # noqa: E402
+from bench.quality_corpus import Corpus, Query, generate, late_queries  # noqa: E402
 from idxr_pg.config import parse_config  # noqa: E402
 from idxr_pg.db import migrations  # noqa: E402
 from idxr_pg.db.connection import connect  # noqa: E402
 from idxr_pg.embedding import EmbeddingService, EmbedRequest, load_embedder  # noqa: E402
 from idxr_pg.runtime.backfill import Backfill, BackfillOptions  # noqa: E402
 
-KIND = "report"
+KIND = "report"  # the default configuration: long bodies chunked
+CUT = "report_cut"  # the same reports, long bodies truncated (long_texts: truncate)
 WHOLE = "report_whole"  # the same reports, with the composite record "{title}\n{body}"
 DEPTH = 100
 RRF_K = 60
@@ -118,7 +126,18 @@ def normalise(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def index_corpus(url: str, corpus: Corpus, embedder, text_search: str) -> float:
+def sweep_kind(tokens: int, overlap: int) -> str:
+    return f"report_c{tokens}_{overlap}"
+
+
+def index_corpus(
+    url: str,
+    corpus: Corpus,
+    embedder,
+    text_search: str,
+    sweep: list[tuple[int, int]],
+    composite: bool,
+) -> float:
     entity = {
         "name": KIND,
         "model": "bench.quality_corpus:Report",
@@ -126,11 +145,16 @@ def index_corpus(url: str, corpus: Corpus, embedder, text_search: str) -> float:
         "key": "id",
         "text_search": text_search,
     }
+    entities = [
+        entity,
+        {**entity, "name": CUT, "chunking": [{"long_texts": "truncate"}]},
+        *([{**entity, "name": WHOLE, "composite": "{title}\n{body}"}] if composite else []),
+    ] + [
+        {**entity, "name": sweep_kind(t, o), "chunking": [{"tokens": t, "overlap": o}]}
+        for t, o in sweep
+    ]
     config = parse_config(
-        {
-            "entities": [entity, {**entity, "name": WHOLE, "composite": "{title}\n{body}"}],
-            "embedding": {"model": embedder.name},
-        },
+        {"entities": entities, "embedding": {"model": embedder.name}},
         "bench",
     )
     with psycopg.connect(url, autocommit=True) as conn:
@@ -139,7 +163,7 @@ def index_corpus(url: str, corpus: Corpus, embedder, text_search: str) -> float:
             for d in corpus.documents:
                 copy.write_row((d.doc_id, d.title, d.body))
     started = time.perf_counter()
-    for kind in (KIND, WHOLE):
+    for kind in [e["name"] for e in entities]:
         Backfill(
             url,
             config,
@@ -180,10 +204,25 @@ def main() -> None:
         help="extra hybrid weights to compare, e.g. '{\"lexical\": 0.5}' (repeat)",
     )
     parser.add_argument(
+        "--chunking",
+        default="",
+        metavar="T/O,...",
+        help="more chunk sizes to compare: tokens/overlap pairs, e.g. '128/32,256/0'",
+    )
+    parser.add_argument(
+        "--no-composite",
+        action="store_true",
+        help="leave out the kind with the composite record (a shorter run, e.g. for a sweep)",
+    )
+    parser.add_argument(
         "--keep-database", action="store_true", help="leave the bench database for inspection"
     )
     args = parser.parse_args()
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    sweep = [
+        (int(t), int(o))
+        for t, o in (pair.split("/") for pair in args.chunking.split(",") if pair.strip())
+    ]
 
     corpus = generate(args.docs_per_topic, args.seed)
     from idxr_pg.config import EmbeddingSettings
@@ -200,7 +239,8 @@ def main() -> None:
     try:
         migrations.upgrade(url)
         migrations.set_embedding_dimensions(url, embedder.dimensions)
-        index_seconds = index_corpus(url, corpus, embedder, configs[0])
+        composite = not args.no_composite
+        index_seconds = index_corpus(url, corpus, embedder, configs[0], sweep, composite)
         query_vectors = [
             e.vector
             for e in service.embed([EmbedRequest(q.query_id, q.text) for q in corpus.queries])
@@ -211,47 +251,74 @@ def main() -> None:
         )
         doc_ids = [d.doc_id for d in corpus.documents]
         with connect(url, autocommit=True) as conn:
-            stored = conn.execute(
-                "SELECT entity_id, embedding FROM idxr.search_index"
-                " WHERE entity_kind = %s AND embedding IS NOT NULL",
-                [KIND],
-            ).fetchall()
+
+            def stored_vectors(kind: str) -> tuple[np.ndarray, list[str]]:
+                stored = conn.execute(
+                    "SELECT entity_id, embedding FROM idxr.search_index"
+                    " WHERE entity_kind = %s AND embedding IS NOT NULL",
+                    [kind],
+                ).fetchall()
+                vectors = np.asarray([r[1].to_numpy() for r in stored], dtype=np.float32)
+                return normalise(vectors), [r[0] for r in stored]
+
             truncated = conn.execute(
-                "SELECT count(*) FILTER (WHERE truncation IS NOT NULL), count(*)"
-                " FROM idxr.search_index WHERE entity_kind = %s AND path = 'report.body'",
-                [KIND],
+                "SELECT count(*) FILTER (WHERE truncation IS NOT NULL), count(*),"
+                " (SELECT count(*) FROM idxr.search_index WHERE entity_kind = %s AND chunk > 0)"
+                " FROM idxr.search_index"
+                " WHERE entity_kind = %s AND subpath(path, 1) = 'body' AND chunk = 0",
+                [KIND, CUT],
             ).fetchone()
-            owners = [r[0] for r in stored]
-            matrix = normalise(np.asarray([r[1].to_numpy() for r in stored], dtype=np.float32))
+            matrix, owners = stored_vectors(KIND)
+            cut_matrix, cut_owners = stored_vectors(CUT)
 
             def entity_ids(query: str, params: list) -> list[str]:
                 return [r[0] for r in conn.execute(query, params).fetchall()]
 
+            sweep_labels = {sweep_kind(t, o): f"vector (idxr, chunked {t}/{o})" for t, o in sweep}
             for label in (
                 "vector (idxr, truncated)",
-                "vector (idxr) + composite, fused",
+                "vector (idxr, chunked)",
+                *sweep_labels.values(),
+                *(["vector (idxr) + composite, fused"] if composite else []),
                 "vector exact (numpy)",
+                "vector exact (numpy), truncated",
                 "doc vector exact (numpy)",
             ):
                 runs[label] = {}
-            latency["vector"] = []
+            latency["vector"], latency["vector, chunked"] = [], []
             for q, v in zip(corpus.queries, query_vectors, strict=True):
                 runs["vector (idxr, truncated)"][q.query_id] = timed(
                     lambda v=v: entity_ids(
                         "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
-                        [v, KIND, DEPTH],
+                        [v, CUT, DEPTH],
                     ),
                     latency["vector"],
                 )
-                runs["vector (idxr) + composite, fused"][q.query_id] = entity_ids(
-                    "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
-                    [v, WHOLE, DEPTH],
+                runs["vector (idxr, chunked)"][q.query_id] = timed(
+                    lambda v=v: entity_ids(
+                        "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
+                        [v, KIND, DEPTH],
+                    ),
+                    latency["vector, chunked"],
                 )
+                for kind, label in sweep_labels.items():
+                    runs[label][q.query_id] = entity_ids(
+                        "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
+                        [v, kind, DEPTH],
+                    )
+                if composite:
+                    runs["vector (idxr) + composite, fused"][q.query_id] = entity_ids(
+                        "SELECT entity_id FROM idxr.search_entities(%s, NULL, %s, %s)",
+                        [v, WHOLE, DEPTH],
+                    )
                 runs["vector exact (numpy)"][q.query_id] = exact_ranking(matrix, owners, v)
+                runs["vector exact (numpy), truncated"][q.query_id] = exact_ranking(
+                    cut_matrix, cut_owners, v
+                )
                 order = np.argsort(-(doc_vectors @ (v / np.linalg.norm(v))), kind="stable")
                 runs["doc vector exact (numpy)"][q.query_id] = [doc_ids[i] for i in order[:DEPTH]]
             for config in configs:
-                for kind in (KIND, WHOLE):
+                for kind in (KIND, CUT, WHOLE)[: 3 if composite else 2]:
                     conn.execute("SELECT idxr.set_text_search_config(%s, %s)", [kind, config])
                 conn.execute("ANALYZE idxr.search_index")
                 lexical, hybrid, fused = (
@@ -282,12 +349,17 @@ def main() -> None:
                         "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
                         [q.text, v, KIND, 10],
                     )
-                    runs.setdefault(f"hybrid {config} + composite record", {})[q.query_id] = (
-                        entity_ids(
-                            "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
-                            [q.text, v, WHOLE, DEPTH],
-                        )
+                    runs.setdefault(f"hybrid {config}, truncated", {})[q.query_id] = entity_ids(
+                        "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
+                        [q.text, v, CUT, DEPTH],
                     )
+                    if composite:
+                        runs.setdefault(f"hybrid {config} + composite record", {})[q.query_id] = (
+                            entity_ids(
+                                "SELECT entity_id FROM idxr.hybrid_search_entities(%s, %s, NULL, %s, %s)",
+                                [q.text, v, WHOLE, DEPTH],
+                            )
+                        )
                     for extra in args.weights:
                         label = f"hybrid {config} {extra}"
                         runs.setdefault(label, {})[q.query_id] = entity_ids(
@@ -316,7 +388,8 @@ def drop_database(server_url: str, name: str) -> None:
 
 def report(corpus, runs, latency, embedder, index_seconds, truncated, tokens) -> None:
     load = os.getloadavg()
-    kinds = sorted({q.kind for q in corpus.queries})
+    late = late_queries(corpus)
+    kinds = [*sorted({q.kind for q in corpus.queries}), "late"]
     print(
         f"\nretrieval quality: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
         f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {embedder.name}"
@@ -325,7 +398,8 @@ def report(corpus, runs, latency, embedder, index_seconds, truncated, tokens) ->
     long_bodies = sum(1 for t in tokens if t > embedder.max_tokens)
     print(
         f"{len(corpus.documents)} reports (bodies: median {statistics.median(tokens):.0f} tokens,"
-        f" {long_bodies} over the window; {truncated[0]}/{truncated[1]} stored truncated),"
+        f" {long_bodies} over the window; {truncated[0]}/{truncated[1]} stored truncated by"
+        f" {CUT}, {truncated[2]} more chunk rows in {KIND}),"
         f" {len(corpus.queries)} queries ("
         + ", ".join(f"{sum(q.kind == k for q in corpus.queries)} {k}" for k in kinds)
         + f"); indexed in {index_seconds:.1f} s"
@@ -346,7 +420,8 @@ def report(corpus, runs, latency, embedder, index_seconds, truncated, tokens) ->
             f" {mean(mrr_at, everything):7.3f}  "
         )
         line += "  ".join(
-            f"{mean(ndcg_at, [q for q in everything if q.kind == k]):15.3f}" for k in kinds
+            f"{mean(ndcg_at, [q for q in [*everything, *late] if q.kind == k]):15.3f}"
+            for k in kinds
         )
         print(line)
     print("\nSQL call latency on this index (p50 ms, same run):")

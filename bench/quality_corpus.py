@@ -415,3 +415,20 @@ def generate(docs_per_topic: int = 15, seed: int = 16) -> Corpus:
     for d in sample[half:]:
         queries.append(Query(f"name-{d.doc_id}", "name", d.name, {d.doc_id: 2}))
     return Corpus(documents, queries)
+
+
+def late_queries(corpus: Corpus) -> list[Query]:
+    """The paraphrase queries judged on the reports whose topic comes late in the body (past
+    the model's window, where truncation cuts it): gain 2 for those reports only. Same ids and
+    texts as the paraphrase queries (a view of their rankings, not more queries)."""
+    late = {d.doc_id for d in corpus.documents if d.late_topic}
+    return [
+        Query(
+            q.query_id,
+            "late",
+            q.text,
+            {d: 2 for d, g in q.relevant.items() if d in late and g == 2},
+        )
+        for q in corpus.queries
+        if q.kind == "paraphrase"
+    ]

@@ -391,8 +391,8 @@ END
 $$;
 
 -- ==== 018_index_versions.sql ====
--- idxr-pg revision 0009: index versions per entity kind (issue 15).
--- Revisioned: Alembic revision 0009 runs this file once; sql/install.sql runs it too, so every
+-- idxr-pg revision 0008: index versions per entity kind (issue 15).
+-- Revisioned: Alembic revision 0008 runs this file once; sql/install.sql runs it too, so every
 -- statement is idempotent.
 --
 -- * idxr.index_versions: the registry. One row per (kind, version): the model that embeds it
@@ -421,7 +421,7 @@ CREATE TABLE IF NOT EXISTS idxr.index_versions (
     model_source       text NOT NULL,    -- what loads it: embedding.model / versions create --model
     model_version      text NOT NULL DEFAULT '',
     dimensions         integer NOT NULL CHECK (dimensions BETWEEN 1 AND 16000),
-    backend            text,             -- torch / onnx (NULL: not recorded, before 0009)
+    backend            text,             -- torch / onnx (NULL: not recorded, before 0008)
     precision          text,             -- float32 / bfloat16 / int8
     schema_fingerprint text,             -- the kind's model fingerprint when the version began
     state              text NOT NULL DEFAULT 'building'
@@ -492,10 +492,102 @@ SELECT ek.name, 1, em.name, em.name, em.version,
   JOIN idxr.embedding_models em ON em.name = ek.model_name
 ON CONFLICT DO NOTHING;
 
+-- ==== 019_chunks.sql ====
+-- idxr-pg revision 0009: long fields split into chunks, each with its own vector (issue 16).
+-- Revisioned: Alembic revision 0009 runs this file once; sql/install.sql runs it too, so every
+-- statement is idempotent.
+--
+-- Storage shape: a chunk number in the key of idxr.search_index,
+--   PRIMARY KEY (entity_kind, entity_id, path, chunk)
+-- rather than a child table of chunk vectors. Every vector stays in the one column
+-- idxr.search_index.embedding, so a chunk's vector is searched by the same HNSW index (and
+-- whatever index layout or vector type that column gets) and the same search functions,
+-- with no second vector column or index to keep in step.
+-- * chunk 0 is the field's row, as before: the whole value, its value type and content hash,
+--   and the vector of its first chunk (or of the whole text when it is not chunked);
+-- * chunks 1..n-1 of a chunked field: value '' (the text is not stored twice; the field's
+--   value at [chunk_start, chunk_end) is the chunk's text), the field's value type and
+--   content hash (so an unchanged field reads as unchanged from any of its rows), the chunk's
+--   vector;
+-- * chunk_start / chunk_end: the chunk's character range in the field's value (0-based,
+--   end exclusive), NULL for a field that is not chunked.
+-- One row per field: the view idxr.search_fields (041_chunks.sql), or `WHERE chunk = 0`.
+-- Existing rows become chunk 0 of their field; a truncated one (truncation IS NOT NULL) is
+-- chunked by the next pass over its entity whose configuration says `chunk` (`idxr-pg
+-- reindex KIND`, or a backfill), which reads it as changed.
+-- The search result types gain the matched chunk (idxr.search_hit, idxr.hybrid_hit: `chunk`,
+-- `chunk_text`): a composite type cannot be changed while functions return it, so an older
+-- one is dropped here with the functions returning it (CASCADE); 040_search.sql and
+-- 045_hybrid.sql, re-applied after the upgrade, create them again.
+
+ALTER TABLE idxr.search_index ADD COLUMN IF NOT EXISTS chunk integer NOT NULL DEFAULT 0;
+ALTER TABLE idxr.search_index ADD COLUMN IF NOT EXISTS chunk_start integer;
+ALTER TABLE idxr.search_index ADD COLUMN IF NOT EXISTS chunk_end integer;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c
+                    WHERE c.conrelid = 'idxr.search_index'::regclass AND c.contype = 'p'
+                      AND array_length(c.conkey, 1) = 4) THEN
+        ALTER TABLE idxr.search_index DROP CONSTRAINT IF EXISTS search_index_pkey;
+        ALTER TABLE idxr.search_index
+            ADD CONSTRAINT search_index_pkey PRIMARY KEY (entity_kind, entity_id, path, chunk);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c
+                    WHERE c.conrelid = 'idxr.search_index'::regclass
+                      AND c.conname = 'search_index_chunk_range') THEN
+        ALTER TABLE idxr.search_index ADD CONSTRAINT search_index_chunk_range
+            CHECK (chunk >= 0 AND (chunk = 0 OR chunk_start IS NOT NULL)
+                   AND (chunk_start IS NULL) = (chunk_end IS NULL)
+                   AND chunk_start >= 0 AND chunk_end > chunk_start);
+    END IF;
+END
+$$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t
+                WHERE t.oid = to_regtype('idxr.search_hit')
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                   WHERE a.attrelid = t.typrelid AND a.attname = 'chunk')) THEN
+        DROP TYPE idxr.search_hit CASCADE;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t
+                WHERE t.oid = to_regtype('idxr.hybrid_hit')
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                   WHERE a.attrelid = t.typrelid AND a.attname = 'chunk')) THEN
+        DROP TYPE idxr.hybrid_hit CASCADE;
+    END IF;
+END
+$$;
+
+-- Whether any field is chunked (idxr.knn_search reads fields chunk-aware only then): a partial
+-- index holding the chunk rows alone, so the question costs one index probe.
+CREATE INDEX IF NOT EXISTS search_index_chunks
+    ON idxr.search_index (entity_kind, entity_id, path) WHERE chunk > 0;
+
+-- The rows of index versions that are not active (idxr.version_records, revision 0008) have
+-- the shape of idxr.search_index: `idxr-pg versions activate` swaps a kind's rows between them.
+ALTER TABLE idxr.version_records ADD COLUMN IF NOT EXISTS chunk integer NOT NULL DEFAULT 0;
+ALTER TABLE idxr.version_records ADD COLUMN IF NOT EXISTS chunk_start integer;
+ALTER TABLE idxr.version_records ADD COLUMN IF NOT EXISTS chunk_end integer;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c
+                    WHERE c.conrelid = 'idxr.version_records'::regclass AND c.contype = 'p'
+                      AND array_length(c.conkey, 1) = 5) THEN
+        ALTER TABLE idxr.version_records DROP CONSTRAINT IF EXISTS version_records_pkey;
+        ALTER TABLE idxr.version_records ADD CONSTRAINT version_records_pkey
+            PRIMARY KEY (entity_kind, version, entity_id, path, chunk);
+    END IF;
+END
+$$;
+
 -- ==== 020_dimensions.sql ====
 -- Vector sizes and the HNSW indexes are handled here and only here.
 --
--- idxr.search_index.embedding is a bare `vector` (revision 0009): each entity kind's active
+-- idxr.search_index.embedding is a bare `vector` (revision 0008): each entity kind's active
 -- index version (idxr.index_versions) has its own model, so kinds of different models hold
 -- vectors of different sizes side by side. An HNSW index needs a fixed size, so there is one
 -- partial expression index per size N in use:
@@ -572,7 +664,7 @@ AS $$
 $$;
 
 -- The database's default vector size (`idxr-pg migrate --dimensions N`, the configured
--- model's). Before revision 0009 this retyped the column vector(N), refusing while vectors
+-- model's). Before revision 0008 this retyped the column vector(N), refusing while vectors
 -- existed. Now it makes sure the index for N-dimensional vectors exists and drops the indexes
 -- of other sizes that nothing uses (no active or building version, no row of that size).
 CREATE OR REPLACE FUNCTION idxr.set_embedding_dimensions(dims integer)
@@ -682,7 +774,9 @@ BEGIN
         path        ltree,
         value       text,
         distance    double precision,
-        stale       boolean            -- the entity has queued changes (see idxr.is_stale)
+        stale       boolean,           -- the entity has queued changes (see idxr.is_stale)
+        chunk       integer,           -- the field's chunk that matched (NULL: not chunked)
+        chunk_text  text               -- that chunk's text (see 019_chunks.sql)
     );
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
@@ -952,8 +1046,9 @@ BEGIN
     END LOOP;
     -- bool_or ignores NULL comparisons (a value that does not parse in the domain): an entity
     -- meets a condition when some record compares true; IS TRUE maps "none" (NULL) to false.
+    -- chunk = 0: a field's own row (its chunk rows hold no value).
     RETURN ' AND (SELECT ' || sql_out || ' FROM idxr.search_index f'
-        ' WHERE f.entity_kind = s.entity_kind AND f.entity_id = s.entity_id) IS TRUE';
+        ' WHERE f.entity_kind = s.entity_kind AND f.entity_id = s.entity_id AND f.chunk = 0) IS TRUE';
 END
 $$;
 
@@ -1091,7 +1186,11 @@ DECLARE
     -- here they raised "cannot take square root of a negative number" or "integer out of range").
     max_fetch  integer;
     threshold  integer;
-    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance, NULL::boolean AS stale';
+    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance, NULL::boolean AS stale, CASE WHEN s.chunk_start IS NOT NULL THEN s.chunk END AS chunk, NULL::text AS chunk_text';
+    -- The rows of one result: an entity (per_entity), else a field, whose chunks are rows of
+    -- their own (019_chunks.sql): a field is returned once, with its nearest chunk.
+    result_key constant text := CASE WHEN per_entity THEN 'c.entity_kind, c.entity_id'
+                                     ELSE 'c.entity_kind, c.entity_id, c.path' END;
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'idxr: the query vector is NULL'
@@ -1136,20 +1235,23 @@ BEGIN
     END IF;
 
     IF NOT selective OR admitted >= threshold THEN
-        IF per_entity THEN
+        IF per_entity OR EXISTS (SELECT 1 FROM idxr.search_index s0 WHERE s0.chunk > 0) THEN
             -- One HNSW walk, read (in small batches, by the FOR loop's cursor) until k distinct
             -- entities and then `slack` rows more (about one more round of the scan: relaxed
             -- order may still bring closer rows; measured at 1M rows, 5% filter: recall 0.975
             -- with 100, 0.94 with 20), keeping each entity's nearest row. Leaving the loop
             -- stops the scan. Re-running the query with a larger LIMIT instead would start the
             -- walk over (measured: up to 10x slower for a 5% filter whose entities have ten
-            -- similar fields each).
+            -- similar fields each). Fields (not per_entity) are read the same way when some
+            -- field is chunked, keeping each field's nearest chunk, without the slack: k
+            -- distinct fields end the walk, as LIMIT k does where no field has chunks.
             FOR hit IN EXECUTE format(
                 'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s <=> $1 LIMIT $8',
                 cols, hnsw_where, vec)
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch
             LOOP
-                entity_key := hit.entity_kind || E'\x1f' || hit.entity_id;
+                entity_key := hit.entity_kind || E'\x1f' || hit.entity_id
+                              || CASE WHEN per_entity THEN '' ELSE E'\x1f' || hit.path::text END;
                 pos := (seen ->> entity_key)::integer;
                 IF pos IS NULL THEN
                     hits := hits || hit;
@@ -1158,13 +1260,14 @@ BEGIN
                     hits[pos] := hit;
                 END IF;
                 IF cardinality(hits) >= k THEN
-                    remaining := coalesce(remaining, slack) - 1;
+                    remaining := coalesce(remaining, CASE WHEN per_entity THEN slack ELSE 0 END) - 1;
                     EXIT WHEN remaining <= 0;
                 END IF;
             END LOOP;
         ELSE
             EXECUTE format(
-                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale)::idxr.search_hit)'
+                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale,'
+                '                     c.chunk, c.chunk_text)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
                 '       ORDER BY %s <=> $1 LIMIT $4) c', cols, hnsw_where, vec)
                 INTO hits
@@ -1172,7 +1275,8 @@ BEGIN
         END IF;
         IF coalesce(cardinality(hits), 0) >= k THEN
             -- Re-sorted by distance: relaxed order returns rows only roughly in order.
-            RETURN QUERY SELECT * FROM unnest(hits) h ORDER BY h.distance LIMIT k;
+            RETURN QUERY SELECT * FROM idxr.chunk_hits(ARRAY(
+                SELECT h FROM unnest(hits) h ORDER BY h.distance LIMIT k));
             RETURN;
         END IF;
         RAISE DEBUG 'idxr: the HNSW walk found % of % rows', coalesce(cardinality(hits), 0), k;
@@ -1183,19 +1287,15 @@ BEGIN
     RAISE DEBUG 'idxr: exact search';
     -- Exact search: every admitted row's distance, sorted. MATERIALIZED keeps the planner from
     -- answering the ORDER BY with the (approximate) HNSW index.
-    IF per_entity THEN
-        RETURN QUERY EXECUTE format(
-            'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
-            ' SELECT b.* FROM (SELECT DISTINCT ON (c.entity_kind, c.entity_id) c.* FROM c'
-            '                  ORDER BY c.entity_kind, c.entity_id, c.distance) b'
-            ' ORDER BY b.distance LIMIT $4', cols, where_sql)
-            USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
-    ELSE
-        RETURN QUERY EXECUTE format(
-            'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
-            ' SELECT c.* FROM c ORDER BY c.distance LIMIT $4', cols, where_sql)
-            USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
-    END IF;
+    EXECUTE format(
+        'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
+        ' SELECT array_agg(ROW(b.entity_kind, b.entity_id, b.path, b.value, b.distance, b.stale,'
+        '                      b.chunk, b.chunk_text)::idxr.search_hit ORDER BY b.distance) FROM ('
+        '   SELECT b.* FROM (SELECT DISTINCT ON (%s) c.* FROM c ORDER BY %s, c.distance) b'
+        '    ORDER BY b.distance LIMIT $4) b', cols, where_sql, result_key, result_key)
+        INTO hits
+        USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
+    RETURN QUERY SELECT * FROM idxr.chunk_hits(hits);
 END
 $$;
 
@@ -1213,7 +1313,7 @@ LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
-           idxr.is_stale(h.entity_kind, h.entity_id)
+           idxr.is_stale(h.entity_kind, h.entity_id), h.chunk, h.chunk_text
       FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, false) h
 $$;
 
@@ -1248,7 +1348,7 @@ BEGIN
                                                    filters, true);
         RETURN;
     END IF;
-    RETURN QUERY
+    RETURN QUERY SELECT * FROM idxr.chunk_hits(ARRAY(
     WITH c AS (
         SELECT h.entity_kind, h.entity_id
           FROM idxr.knn_search(query, path_filter, entity_knn.entity_kind,
@@ -1257,18 +1357,22 @@ BEGIN
     scored AS (
         SELECT c.entity_kind, c.entity_id,
                coalesce(b.path, w.path) AS path, coalesce(b.value, w.value) AS value,
+               CASE WHEN b.path IS NOT NULL THEN b.chunk ELSE w.chunk END AS chunk,
                CASE WHEN w.d IS NULL THEN b.d WHEN b.d IS NULL THEN w.d
                     ELSE (w.d + b.d) / 2 END AS distance
           FROM c
-          LEFT JOIN LATERAL (
-              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
+          LEFT JOIN LATERAL (  -- the composite record: its nearest chunk
+              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d,
+                     CASE WHEN s.chunk_start IS NOT NULL THEN s.chunk END AS chunk
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
                  AND nlevel(s.path) = 1 AND vector_dims(s.embedding) = vector_dims(query)
                  AND (path_filter IS NULL OR s.path ~ path_filter)
+               ORDER BY 3 LIMIT 1
           ) w ON true
-          LEFT JOIN LATERAL (
-              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
+          LEFT JOIN LATERAL (  -- the nearest field (its nearest chunk)
+              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d,
+                     CASE WHEN s.chunk_start IS NOT NULL THEN s.chunk END AS chunk
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
                  AND nlevel(s.path) > 1 AND vector_dims(s.embedding) = vector_dims(query)
@@ -1276,11 +1380,12 @@ BEGIN
                ORDER BY 3 LIMIT 1
           ) b ON true
     )
-    SELECT sc.entity_kind, sc.entity_id, sc.path, sc.value, sc.distance, NULL::boolean
+    SELECT ROW(sc.entity_kind, sc.entity_id, sc.path, sc.value, sc.distance, NULL::boolean,
+               sc.chunk, NULL::text)::idxr.search_hit
       FROM scored sc
      WHERE sc.distance IS NOT NULL
      ORDER BY sc.distance, sc.entity_kind, sc.entity_id
-     LIMIT k;
+     LIMIT k));
 END
 $$;
 
@@ -1299,7 +1404,7 @@ LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
-           idxr.is_stale(h.entity_kind, h.entity_id)
+           idxr.is_stale(h.entity_kind, h.entity_id), h.chunk, h.chunk_text
       FROM idxr.entity_knn(query, path_filter, entity_kind, k, filters) h
 $$;
 
@@ -1329,7 +1434,8 @@ BEGIN
     END IF;
     SELECT true, s.embedding INTO found_row, example
       FROM idxr.search_index s
-     WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id AND s.path = path;
+     WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id AND s.path = path
+       AND s.chunk = 0;  -- a chunked field's example: its first chunk
     IF found_row IS NULL THEN
         IF NOT EXISTS (SELECT 1 FROM idxr.search_index s
                         WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id) THEN
@@ -1347,10 +1453,53 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
-                        idxr.is_stale(h.entity_kind, h.entity_id)
+                        idxr.is_stale(h.entity_kind, h.entity_id), h.chunk, h.chunk_text
                    FROM idxr.knn_search(example, path_filter, NULL, k, NULL, true,
                                         entity_kind, entity_id) h;
 END
+$$;
+
+-- ==== 041_chunks.sql ====
+-- idxr-pg chunks (issue 16): one row per field for readers, and the matched chunk's text in
+-- search results. The storage shape is described in 019_chunks.sql (revision 0009).
+-- Re-applied after every upgrade (CREATE OR REPLACE).
+
+-- One row per field of idxr.search_index (its chunk 0), for SQL users reading values:
+-- `chunked` says whether the field's text was split into chunks. The embedding column is left
+-- out: a view reading it would pin the column's type (see idxr.index_counts in 050_status.sql);
+-- the field's first vector is search_index.embedding WHERE chunk = 0.
+CREATE OR REPLACE VIEW idxr.search_fields AS
+SELECT s.entity_kind, s.entity_id, s.path, s.value, s.value_type, s.content_hash,
+       s.chunk_start IS NOT NULL AS chunked, s.truncation, s.updated_at
+  FROM idxr.search_index s
+ WHERE s.chunk = 0;
+
+-- Search hits with their field's value and the matched chunk's text: a hit read from a chunk
+-- row (value '') gets its field's value from the field's row (chunk 0), and `chunk_text` the
+-- chunk's character range of it; hits of fields that are not chunked (chunk NULL) pass as they
+-- are, without a look-up. Order kept.
+CREATE OR REPLACE FUNCTION idxr.chunk_hits(hits idxr.search_hit[])
+RETURNS SETOF idxr.search_hit
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT h.entity_kind, h.entity_id, h.path, coalesce(x.whole, h.value), h.distance, h.stale,
+           h.chunk, x.part
+      FROM unnest(hits) WITH ORDINALITY
+           AS h(entity_kind, entity_id, path, value, distance, stale, chunk, chunk_text, n)
+      -- LATERAL: two primary-key probes per chunked hit, none for the others.
+      LEFT JOIN LATERAL (
+          SELECT f.value AS whole,
+                 substr(f.value, c.chunk_start + 1, c.chunk_end - c.chunk_start) AS part
+            FROM idxr.search_index f
+            JOIN idxr.search_index c
+              ON c.entity_kind = f.entity_kind AND c.entity_id = f.entity_id
+             AND c.path = f.path AND c.chunk = h.chunk
+           WHERE h.chunk IS NOT NULL AND f.entity_kind = h.entity_kind
+             AND f.entity_id = h.entity_id AND f.path = h.path AND f.chunk = 0
+      ) x ON true
+     ORDER BY h.n
 $$;
 
 -- ==== 045_hybrid.sql ====
@@ -1424,7 +1573,9 @@ BEGIN
         text_rank   integer,           -- position in the lexical list (NULL: not in it)
         vector_rank integer,           -- position in the vector list (NULL: not in it)
         exact       boolean,           -- an exact match (see the boost above; NULL: not looked at)
-        stale       boolean            -- the entity has queued changes (idxr.is_stale)
+        stale       boolean,           -- the entity has queued changes (idxr.is_stale)
+        chunk       integer,           -- the vector list's matched chunk (NULL: not chunked)
+        chunk_text  text               -- that chunk's text (idxr.search_hit, 019_chunks.sql)
     );
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
@@ -1726,9 +1877,10 @@ BEGIN
             '                      (length(s.value) <= 64 AND (lower(btrim(s.value)) = $10'
             '                           OR (s.value !~ ''\s'' AND lower(s.value) = ANY ($11))))'
             '                      OR top.code OR (top.matched >= 2 AND top.matched = $12),'
-            '                      NULL)::idxr.hybrid_hit)'
+            '                      NULL, NULL, NULL)::idxr.hybrid_hit)'
             '   FROM top JOIN idxr.search_index s'
-            '     ON s.entity_kind = %4$L AND s.entity_id = top.entity_id AND s.path = top.path',
+            '     ON s.entity_kind = %4$L AND s.entity_id = top.entity_id AND s.path = top.path'
+            '    AND s.chunk = 0',
             kind_where, doc, extra, kind_name, common_cap)
             INTO part
             USING path_filter, filters, terms, idf, NULL, k, per_entity, pick, code, phrase, words,
@@ -1739,7 +1891,7 @@ BEGIN
     RETURN QUERY
         SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance,
                (row_number() OVER (ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path))::integer,
-               h.vector_rank, h.exact, h.stale
+               h.vector_rank, h.exact, h.stale, h.chunk, h.chunk_text
           FROM unnest(hits) h
          ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path
          LIMIT k;
@@ -1761,7 +1913,8 @@ LANGUAGE sql
 VOLATILE  -- as lexical_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
-           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id), h.chunk,
+           h.chunk_text
       FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, false) h
 $$;
 
@@ -1778,7 +1931,8 @@ LANGUAGE sql
 VOLATILE  -- as lexical_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
-           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id), h.chunk,
+           h.chunk_text
       FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, true) h
 $$;
 
@@ -1824,14 +1978,17 @@ BEGIN
     RETURN QUERY
     WITH vec AS (
         SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r,
-               CASE WHEN per_entity THEN NULL ELSE v.path END AS kp
+               CASE WHEN per_entity THEN NULL ELSE v.path END AS kp, v.chunk, v.chunk_text
           FROM idxr.knn_search(query_vector, path_filter, entity_kind, depth, filters, false)
-               WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
+               WITH ORDINALITY
+               AS v(entity_kind, entity_id, path, value, distance, stale, chunk, chunk_text, r)
          WHERE w.vector > 0 AND NOT per_entity
         UNION ALL
-        SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r, NULL::ltree
+        SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r, NULL::ltree,
+               v.chunk, v.chunk_text
           FROM idxr.entity_knn(query_vector, path_filter, entity_kind, depth, filters)
-               WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
+               WITH ORDINALITY
+               AS v(entity_kind, entity_id, path, value, distance, stale, chunk, chunk_text, r)
          WHERE w.vector > 0 AND per_entity
     ),
     lexf AS (
@@ -1866,7 +2023,8 @@ BEGIN
                v.distance,
                CASE WHEN w.lexical > 0 THEN l.lr::integer END AS text_rank,
                v.r::integer AS vector_rank,
-               e.entity_id IS NOT NULL AS exact
+               e.entity_id IS NOT NULL AS exact,
+               v.chunk, v.chunk_text
           FROM keys key
           LEFT JOIN vec v ON v.entity_kind = key.entity_kind AND v.entity_id = key.entity_id
                          AND v.kp IS NOT DISTINCT FROM key.kp
@@ -1878,7 +2036,8 @@ BEGIN
          LIMIT k
     )
     SELECT f.entity_kind, f.entity_id, f.path, f.value, f.score, f.distance, f.text_rank,
-           f.vector_rank, f.exact, idxr.is_stale(f.entity_kind, f.entity_id)
+           f.vector_rank, f.exact, idxr.is_stale(f.entity_kind, f.entity_id), f.chunk,
+           f.chunk_text
       FROM fused f
      ORDER BY f.score DESC, f.entity_kind, f.entity_id, f.path;
 END
@@ -1956,7 +2115,8 @@ RETURNS TABLE (entity_kind text, indexed_entities bigint, indexed_records bigint
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT entity_kind, count(DISTINCT entity_id), count(*), count(embedding)
+    SELECT entity_kind, count(DISTINCT entity_id), count(*) FILTER (WHERE chunk = 0),
+           count(embedding) FILTER (WHERE chunk = 0)  -- fields (019_chunks.sql: chunk rows)
       FROM idxr.search_index
      GROUP BY entity_kind
 $$;
@@ -2085,8 +2245,9 @@ BEGIN
     END LOOP;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_reader;
-        GRANT SELECT ON idxr.search_index, idxr.entity_kinds, idxr.embedding_models,
-                         idxr.status, idxr.stale, idxr.index_versions, idxr.versions
+        GRANT SELECT ON idxr.search_index, idxr.search_fields, idxr.entity_kinds,
+                         idxr.embedding_models, idxr.status, idxr.stale, idxr.index_versions,
+                         idxr.versions
                       TO idxr_reader;
         FOR fn IN
             SELECT p.oid::regprocedure

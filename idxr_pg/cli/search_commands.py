@@ -41,7 +41,9 @@ def _columns(measure: str) -> tuple[Column, ...]:
 
 
 def _hit_row(rank: int, hit: SearchHit) -> list[object]:
-    value = " ".join(hit.value.split())  # one line per result
+    # A chunked field shows the chunk that matched (JSON output has both).
+    shown = hit.value if hit.chunk_text is None else hit.chunk_text
+    value = " ".join(shown.split())  # one line per result
     if len(value) > VALUE_WIDTH:
         value = value[: VALUE_WIDTH - 1] + "…"
     measure = hit.score if hit.score is not None else hit.distance
@@ -49,7 +51,7 @@ def _hit_row(rank: int, hit: SearchHit) -> list[object]:
         rank,
         "" if measure is None else f"{measure:.4f}",
         f"{hit.entity_kind}/{hit.entity_id}",
-        hit.path,
+        hit.path if hit.chunk is None else f"{hit.path} (chunk {hit.chunk})",
         value,
         STALE_MARK if hit.stale else "",
     ]
@@ -124,6 +126,8 @@ def search_command(
     with, and compared by cosine distance (0 = same meaning) with every indexed text field.
     With --hybrid, full-text matches of its words are fused in; with --lexical, only those.
     The stale column says "updating" for an entity with changes not indexed yet.
+    A long text indexed in chunks shows once, as "PATH (chunk N)" with the chunk that
+    matched (--json: "chunk" and "chunk_text" beside the whole "value").
     """
     from idxr_pg.search import SearchError, parse_weights, search
 

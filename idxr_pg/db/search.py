@@ -40,27 +40,29 @@ SELECT idxr.embedding_dimensions(),
          WHERE ek.model_name IS NOT NULL AND (%(kind)s::text IS NULL OR ek.name = %(kind)s))
 """
 _SEARCH = (
-    "SELECT entity_kind, entity_id, path::text, value, distance, stale, NULL::float8"
+    "SELECT entity_kind, entity_id, path::text, value, distance, stale, NULL::float8,"
+    " chunk, chunk_text"
     " FROM idxr.{function}(%s, %s::lquery, %s, %s, %s) ORDER BY distance"
 )
 _SIMILAR = (
-    "SELECT entity_kind, entity_id, path::text, value, distance, stale, NULL::float8"
+    "SELECT entity_kind, entity_id, path::text, value, distance, stale, NULL::float8,"
+    " chunk, chunk_text"
     " FROM idxr.similar_to(%s, %s, %s::ltree, %s, %s::lquery) ORDER BY distance"
 )
 # Hybrid and lexical results come best first (score descending); the row order is kept.
 _HYBRID = (
-    "SELECT entity_kind, entity_id, path::text, value, distance, stale, score"
-    " FROM idxr.{function}(%s, %s, %s::lquery, %s, %s, %s, %s)"
+    "SELECT entity_kind, entity_id, path::text, value, distance, stale, score, chunk,"
+    " chunk_text FROM idxr.{function}(%s, %s, %s::lquery, %s, %s, %s, %s)"
 )
 _LEXICAL = (
-    "SELECT entity_kind, entity_id, path::text, value, distance, stale, score"
-    " FROM idxr.{function}(%s, %s::lquery, %s, %s, %s)"
+    "SELECT entity_kind, entity_id, path::text, value, distance, stale, score, chunk,"
+    " chunk_text FROM idxr.{function}(%s, %s::lquery, %s, %s, %s)"
 )
 
-Hit = tuple[str, str, str, str, float | None, bool | None, float | None]
-"""``(entity_kind, entity_id, path, value, distance, stale, score)`` as the search functions
-return them; ``score`` only from hybrid and lexical search, ``distance`` NULL for a row the
-vector list did not hold."""
+Hit = tuple[str, str, str, str, float | None, bool | None, float | None, int | None, str | None]
+"""``(entity_kind, entity_id, path, value, distance, stale, score, chunk, chunk_text)`` as the
+search functions return them; ``score`` only from hybrid and lexical search, ``distance`` NULL
+for a row the vector list did not hold, ``chunk`` NULL unless the field is chunked."""
 
 
 def check_lquery(conn: psycopg.Connection, path: str) -> None:

@@ -14,13 +14,16 @@ __all__ = [
     "delete_entities",
     "delete_paths",
     "stamp_kind",
-    "stored_hashes",
+    "stored_state",
+    "trim_chunks",
     "upsert_records",
 ]
 
+# One row per field (chunk 0; schema/019_chunks.sql); `cut`: stored truncated, not chunked.
 _STORED_SQL = """
-SELECT entity_id, path::text, content_hash FROM idxr.search_index
-WHERE entity_kind = %(kind)s AND entity_id = ANY(%(ids)s::text[])
+SELECT entity_id, path::text, content_hash, truncation IS NOT NULL AND chunk_start IS NULL
+FROM idxr.search_index
+WHERE entity_kind = %(kind)s AND entity_id = ANY(%(ids)s::text[]) AND chunk = 0
 """
 
 # updated_at moves only for rows written here: the pipeline writes changed rows only.
@@ -36,14 +39,19 @@ _STAGE_COLUMNS = (
     ("content_hash", "text"),
     ("embedding", "vector"),
     ("truncation", "text"),
+    ("chunk", "integer"),
+    ("chunk_start", "integer"),
+    ("chunk_end", "integer"),
 )
 # What an upsert changes in a row that exists: one clause for the staged and the per-row path.
-_ON_CONFLICT_UPDATE = """ON CONFLICT (entity_kind, entity_id, path) DO UPDATE SET
+_ON_CONFLICT_UPDATE = """ON CONFLICT (entity_kind, entity_id, path, chunk) DO UPDATE SET
     value = excluded.value,
     value_type = excluded.value_type,
     content_hash = excluded.content_hash,
     embedding = excluded.embedding,
     truncation = excluded.truncation,
+    chunk_start = excluded.chunk_start,
+    chunk_end = excluded.chunk_end,
     updated_at = now()
 """
 
@@ -52,11 +60,11 @@ _UPSERT_STAGED_SQL = (
     """
 INSERT INTO idxr.search_index AS s
     (entity_kind, entity_id, path, value, value_type, content_hash, embedding, truncation,
-     updated_at)
+     chunk, chunk_start, chunk_end, updated_at)
 SELECT t.entity_kind, t.entity_id, t.path::ltree, t.value, t.value_type::idxr.value_type,
-       t.content_hash, t.embedding, t.truncation, now()
+       t.content_hash, t.embedding, t.truncation, t.chunk, t.chunk_start, t.chunk_end, now()
 FROM pg_temp.idxr_stage_search_index AS t
-ORDER BY t.entity_kind, t.entity_id, t.path
+ORDER BY t.entity_kind, t.entity_id, t.path, t.chunk
 """
     + _ON_CONFLICT_UPDATE
 )
@@ -65,8 +73,8 @@ _UPSERT_SQL = (
     """
 INSERT INTO idxr.search_index AS s
     (entity_kind, entity_id, path, value, value_type, content_hash, embedding, truncation,
-     updated_at)
-VALUES (%s, %s, %s::ltree, %s, %s::idxr.value_type, %s, %s::vector, %s, now())
+     chunk, chunk_start, chunk_end, updated_at)
+VALUES (%s, %s, %s::ltree, %s, %s::idxr.value_type, %s, %s::vector, %s, %s, %s, %s, now())
 """
     + _ON_CONFLICT_UPDATE
 )
@@ -75,6 +83,14 @@ _DELETE_PATHS_SQL = """
 DELETE FROM idxr.search_index AS s
 USING unnest(%(ids)s::text[], %(paths)s::ltree[]) AS d(entity_id, path)
 WHERE s.entity_kind = %(kind)s AND s.entity_id = d.entity_id AND s.path = d.path
+"""
+
+# The chunk rows of a rewritten field beyond its new number of chunks.
+_TRIM_CHUNKS_SQL = """
+DELETE FROM idxr.search_index AS s
+USING unnest(%(ids)s::text[], %(paths)s::ltree[], %(keep)s::integer[]) AS d(entity_id, path, keep)
+WHERE s.entity_kind = %(kind)s AND s.entity_id = d.entity_id AND s.path = d.path
+  AND s.chunk >= d.keep
 """
 
 _DELETE_ENTITIES_SQL = """
@@ -89,21 +105,27 @@ WHERE name = %(kind)s
 """
 
 
-def stored_hashes(
+def stored_state(
     conn: psycopg.Connection, kind: str, ids: Sequence[str]
-) -> dict[str, dict[str, str]]:
-    """``{entity_id: {path: content_hash}}`` for the ids (ids without rows are absent)."""
+) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]]]:
+    """``{entity_id: {path: content_hash}}`` for the ids (ids without rows are absent), and
+    the (entity_id, path) of the fields stored truncated (not chunked), which a pass that
+    chunks their path re-embeds."""
     out: dict[str, dict[str, str]] = {}
+    cut: list[tuple[str, str]] = []
     if not ids:
-        return out
-    for entity_id, path, hash_ in conn.execute(_STORED_SQL, {"kind": kind, "ids": list(ids)}):
+        return out, cut
+    rows = conn.execute(_STORED_SQL, {"kind": kind, "ids": list(ids)})
+    for entity_id, path, hash_, truncated in rows:
         out.setdefault(entity_id, {})[path] = hash_
-    return out
+        if truncated:
+            cut.append((entity_id, path))
+    return out, cut
 
 
 def upsert_records(conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> int:
     """Upsert rows of (kind, entity_id, path, value, value_type, content_hash, vector|None,
-    truncation) in the caller's transaction: one binary COPY into the session's staging table
+    truncation, chunk, chunk_start, chunk_end) in the caller's transaction: one binary COPY into the session's staging table
     and one INSERT ... ON CONFLICT from it (`idxr_pg.db.staging`), or one INSERT per row
     where the session may not create temporary tables. Returns how many rows were written."""
     if not rows:
@@ -124,6 +146,16 @@ def delete_paths(conn: psycopg.Connection, kind: str, pairs: Sequence[tuple[str,
     ids = [entity_id for entity_id, _ in pairs]
     paths = [path for _, path in pairs]
     return conn.execute(_DELETE_PATHS_SQL, {"kind": kind, "ids": ids, "paths": paths}).rowcount
+
+
+def trim_chunks(conn: psycopg.Connection, kind: str, trims: Sequence[tuple[str, str, int]]) -> int:
+    """Delete the chunk rows of rewritten fields beyond the chunks they keep: (entity_id,
+    path, chunks kept) of ``kind``; returns how many went."""
+    if not trims:
+        return 0
+    ids, paths, keep = (list(column) for column in zip(*trims, strict=True))
+    params = {"kind": kind, "ids": ids, "paths": paths, "keep": keep}
+    return conn.execute(_TRIM_CHUNKS_SQL, params).rowcount
 
 
 def delete_entities(conn: psycopg.Connection, kind: str, ids: Sequence[str]) -> int:

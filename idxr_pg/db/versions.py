@@ -6,7 +6,7 @@ re-run (``idxr.version_pending``), and the switch between versions.
 between it and ``idxr.version_records`` in the caller's transaction, after locking
 ``idxr.search_index`` against writes (reads go on, and see the old version until commit).
 `VersionRows` gives a building version the same row interface as `idxr_pg.db.search_index`
-(``stored_hashes``, ``upsert_records``, ``delete_paths``, ``delete_entities``,
+(``stored_state``, ``upsert_records``, ``delete_paths``, ``trim_chunks``, ``delete_entities``,
 ``stamp_kind``), so the indexing pipeline writes a version the way it writes the index.
 """
 
@@ -171,7 +171,10 @@ SELECT version, state FROM idxr.index_versions WHERE entity_kind = %s ORDER BY v
 _PENDING_COUNT_SQL = """
 SELECT count(*) FROM idxr.version_pending WHERE entity_kind = %s AND version = %s
 """
-_ROW_COLUMNS = "entity_id, path, value, value_type, content_hash, embedding, truncation, updated_at"
+_ROW_COLUMNS = (
+    "entity_id, path, value, value_type, content_hash, embedding, truncation, chunk, chunk_start,"
+    " chunk_end, updated_at"
+)
 _ARCHIVE_SQL = f"""
 INSERT INTO idxr.version_records (entity_kind, version, {_ROW_COLUMNS})
 SELECT entity_kind, %(version)s, {_ROW_COLUMNS} FROM idxr.search_index
@@ -182,7 +185,7 @@ _RESTORE_SQL = f"""
 INSERT INTO idxr.search_index (entity_kind, {_ROW_COLUMNS})
 SELECT entity_kind, {_ROW_COLUMNS} FROM idxr.version_records
  WHERE entity_kind = %(kind)s AND version = %(version)s
- ORDER BY entity_id, path
+ ORDER BY entity_id, path, chunk
 """
 _EMPTY_VERSION_SQL = """
 DELETE FROM idxr.version_records WHERE entity_kind = %(kind)s AND version = %(version)s
@@ -449,9 +452,12 @@ def drop_version(conn: psycopg.Connection, kind: str, version: int) -> IndexVers
 
 # ---- a version's rows, as the pipeline writes them -------------------------------------------------
 
+# One row per field (chunk 0), as `idxr_pg.db.search_index.stored_state` reads them.
 _STORED_SQL = """
-SELECT entity_id, path::text, content_hash FROM idxr.version_records
+SELECT entity_id, path::text, content_hash, truncation IS NOT NULL AND chunk_start IS NULL
+  FROM idxr.version_records
  WHERE entity_kind = %(kind)s AND version = %(version)s AND entity_id = ANY(%(ids)s::text[])
+   AND chunk = 0
 """
 _STAGE_TABLE = "idxr_stage_version_records"
 _STAGE_COLUMNS = (
@@ -463,35 +469,49 @@ _STAGE_COLUMNS = (
     ("content_hash", "text"),
     ("embedding", "vector"),
     ("truncation", "text"),
+    ("chunk", "integer"),
+    ("chunk_start", "integer"),
+    ("chunk_end", "integer"),
 )
-_UPSERT_STAGED_SQL = """
+_ON_CONFLICT_UPDATE = """
+ON CONFLICT (entity_kind, version, entity_id, path, chunk) DO UPDATE SET
+    value = excluded.value, value_type = excluded.value_type,
+    content_hash = excluded.content_hash, embedding = excluded.embedding,
+    truncation = excluded.truncation, chunk_start = excluded.chunk_start,
+    chunk_end = excluded.chunk_end, updated_at = now()
+"""
+_UPSERT_STAGED_SQL = (
+    """
 INSERT INTO idxr.version_records AS r
     (entity_kind, version, entity_id, path, value, value_type, content_hash, embedding,
-     truncation, updated_at)
+     truncation, chunk, chunk_start, chunk_end, updated_at)
 SELECT t.entity_kind, %(version)s, t.entity_id, t.path::ltree, t.value,
-       t.value_type::idxr.value_type, t.content_hash, t.embedding, t.truncation, now()
+       t.value_type::idxr.value_type, t.content_hash, t.embedding, t.truncation, t.chunk,
+       t.chunk_start, t.chunk_end, now()
   FROM pg_temp.idxr_stage_version_records AS t
- ORDER BY t.entity_kind, t.entity_id, t.path
-ON CONFLICT (entity_kind, version, entity_id, path) DO UPDATE SET
-    value = excluded.value, value_type = excluded.value_type,
-    content_hash = excluded.content_hash, embedding = excluded.embedding,
-    truncation = excluded.truncation, updated_at = now()
-"""
-_UPSERT_ROW_SQL = """
+ ORDER BY t.entity_kind, t.entity_id, t.path, t.chunk"""
+    + _ON_CONFLICT_UPDATE
+)
+_UPSERT_ROW_SQL = (
+    """
 INSERT INTO idxr.version_records AS r
     (entity_kind, version, entity_id, path, value, value_type, content_hash, embedding,
-     truncation, updated_at)
-VALUES (%s, %s, %s, %s::ltree, %s, %s::idxr.value_type, %s, %s::vector, %s, now())
-ON CONFLICT (entity_kind, version, entity_id, path) DO UPDATE SET
-    value = excluded.value, value_type = excluded.value_type,
-    content_hash = excluded.content_hash, embedding = excluded.embedding,
-    truncation = excluded.truncation, updated_at = now()
-"""
+     truncation, chunk, chunk_start, chunk_end, updated_at)
+VALUES (%s, %s, %s, %s::ltree, %s, %s::idxr.value_type, %s, %s::vector, %s, %s, %s, %s, now())"""
+    + _ON_CONFLICT_UPDATE
+)
 _DELETE_PATHS_SQL = """
 DELETE FROM idxr.version_records AS r
  USING unnest(%(ids)s::text[], %(paths)s::ltree[]) AS d(entity_id, path)
  WHERE r.entity_kind = %(kind)s AND r.version = %(version)s
    AND r.entity_id = d.entity_id AND r.path = d.path
+"""
+# The chunk rows of a rewritten field beyond its new number of chunks.
+_TRIM_CHUNKS_SQL = """
+DELETE FROM idxr.version_records AS r
+ USING unnest(%(ids)s::text[], %(paths)s::ltree[], %(keep)s::integer[]) AS d(entity_id, path, keep)
+ WHERE r.entity_kind = %(kind)s AND r.version = %(version)s
+   AND r.entity_id = d.entity_id AND r.path = d.path AND r.chunk >= d.keep
 """
 _DELETE_ENTITIES_SQL = """
 DELETE FROM idxr.version_records
@@ -506,16 +526,19 @@ class VersionRows:
 
     version: int
 
-    def stored_hashes(
+    def stored_state(
         self, conn: psycopg.Connection, kind: str, ids: Sequence[str]
-    ) -> dict[str, dict[str, str]]:
+    ) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]]]:
         out: dict[str, dict[str, str]] = {}
+        cut: list[tuple[str, str]] = []
         if not ids:
-            return out
+            return out, cut
         params = {"kind": kind, "version": self.version, "ids": list(ids)}
-        for entity_id, path, hash_ in conn.execute(_STORED_SQL, params):
+        for entity_id, path, hash_, truncated in conn.execute(_STORED_SQL, params):
             out.setdefault(entity_id, {})[path] = hash_
-        return out
+            if truncated:
+                cut.append((entity_id, path))
+        return out, cut
 
     def upsert_records(self, conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> int:
         if not rows:
@@ -540,6 +563,15 @@ class VersionRows:
             "paths": [p for _, p in pairs],
         }
         return conn.execute(_DELETE_PATHS_SQL, params).rowcount
+
+    def trim_chunks(
+        self, conn: psycopg.Connection, kind: str, trims: Sequence[tuple[str, str, int]]
+    ) -> int:
+        if not trims:
+            return 0
+        ids, paths, keep = (list(column) for column in zip(*trims, strict=True))
+        params = {"kind": kind, "version": self.version, "ids": ids, "paths": paths, "keep": keep}
+        return conn.execute(_TRIM_CHUNKS_SQL, params).rowcount
 
     def delete_entities(self, conn: psycopg.Connection, kind: str, ids: Sequence[str]) -> int:
         if not ids:

@@ -38,6 +38,9 @@ class DeterministicEmbedder:
     def truncate(self, text: str, max_tokens: int, strategy: str) -> str:
         return fit(text, max_tokens, strategy, spans=_word_spans, count=lambda t: len(t.split()))
 
+    def token_spans(self, text: str) -> list[Span]:
+        return _word_spans(text)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
         for row, text in enumerate(texts):

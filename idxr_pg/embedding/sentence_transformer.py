@@ -142,6 +142,10 @@ class SentenceTransformerEmbedder:
 
         return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
 
+    def token_spans(self, text: str) -> list[Span]:
+        """Character spans of the content tokens (`idxr_pg.embedding.chunking`)."""
+        return self._spans(text)
+
     def _spans(self, text: str) -> list[Span]:
         """Character spans of the content tokens (offsets of a fast tokenizer, else words)."""
         if not getattr(self._tokenizer, "is_fast", False):

@@ -62,6 +62,8 @@ from idxr_pg.db import search_index, source
 from idxr_pg.db.connection import is_connection_lost
 from idxr_pg.db.leases import Leases
 from idxr_pg.embedding import EmbeddedText, EmbeddingError, EmbeddingService, EmbedRequest
+from idxr_pg.embedding.chunking import Chunk, split
+from idxr_pg.indexing.chunk_policy import ChunkPolicy, policy_for_paths
 from idxr_pg.indexing.failures import STAGES, EntityFailure
 from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.composite import composite_record
@@ -124,6 +126,10 @@ class EntityWork:
     records: list[FieldRecord] = field(default_factory=list)
     change: Diff | None = None
     vectors: dict[str, EmbeddedText] = field(default_factory=dict)
+    # A chunked field's chunks and their vectors, by path (`vectors` holds its chunk 0 too).
+    chunks: dict[str, list[tuple[Chunk, EmbeddedText]]] = field(default_factory=dict)
+    # The paths stored before this pass: a changed one may leave chunk rows to remove.
+    stored_paths: frozenset[str] = frozenset()
 
     @property
     def gone(self) -> bool:
@@ -163,6 +169,7 @@ class WritePlan:
 
     rows: list[tuple[Any, ...]]  # search_index rows to upsert
     stale: list[tuple[str, str]]  # (entity_id, path) rows to delete
+    trims: list[tuple[str, str, int]]  # (entity_id, path, chunks kept): chunk rows beyond go
     gone: list[str]  # entities whose every row goes
     done_ids: list[str]
     counts: Counts  # indexed, unchanged, deleted
@@ -173,6 +180,7 @@ def plan_writes(kind: str, entities: Iterable[EntityWork]) -> WritePlan:
     gone → deleted; no upsert and no stale path → unchanged; otherwise indexed."""
     rows: list[tuple[Any, ...]] = []
     stale: list[tuple[str, str]] = []
+    trims: list[tuple[str, str, int]] = []
     gone: list[str] = []
     done: list[str] = []
     indexed = unchanged = 0
@@ -184,26 +192,65 @@ def plan_writes(kind: str, entities: Iterable[EntityWork]) -> WritePlan:
         change = entity.change
         assert change is not None
         for record in change.upserts:
-            embedded = entity.vectors.get(record.path)
-            rows.append(
-                (
-                    kind,
-                    entity.id,
-                    record.path,
-                    record.value,
-                    record.value_type.value,
-                    record.content_hash,
-                    embedded.vector if embedded is not None else None,
-                    embedded.truncation if embedded is not None else None,
-                )
-            )
+            rows.extend(_record_rows(kind, entity, record))
+            if record.path in entity.stored_paths:
+                trims.append((entity.id, record.path, len(entity.chunks.get(record.path, ())) or 1))
         stale.extend((entity.id, path) for path in change.deletes)
         if change.is_noop:
             unchanged += 1
         else:
             indexed += 1
     counts = Counts(indexed=indexed, unchanged=unchanged, deleted=len(gone))
-    return WritePlan(rows, stale, gone, done, counts)
+    return WritePlan(rows, stale, trims, gone, done, counts)
+
+
+CHUNKS_CAPPED = "chunks"
+"""The ``truncation`` of a field whose text went on past its ``max_chunks`` chunks."""
+
+
+def _record_rows(kind: str, entity: EntityWork, record: FieldRecord) -> list[tuple[Any, ...]]:
+    """The search_index rows of one record: its row (chunk 0), and for a chunked field one row
+    per further chunk (value '', the field's type and hash, the chunk's vector and range; see
+    schema/019_chunks.sql). Columns as `search_index.upsert_records` takes them."""
+    base = (kind, entity.id, record.path)
+    chunks = entity.chunks.get(record.path)
+    if not chunks:
+        embedded = entity.vectors.get(record.path)
+        return [
+            (
+                *base,
+                record.value,
+                record.value_type.value,
+                record.content_hash,
+                embedded.vector if embedded is not None else None,
+                embedded.truncation if embedded is not None else None,
+                0,
+                None,
+                None,
+            )
+        ]
+    capped = chunks[-1][0].end < len(record.value.rstrip())
+    return [
+        (
+            *base,
+            record.value if chunk.number == 0 else "",
+            record.value_type.value,
+            record.content_hash,
+            embedded.vector,
+            (CHUNKS_CAPPED if capped else None) if chunk.number == 0 else None,
+            chunk.number,
+            chunk.start,
+            chunk.end,
+        )
+        for chunk, embedded in chunks
+    ]
+
+
+def _chunk_text(record: FieldRecord, chunk: Chunk | None) -> str:
+    """The embedding text of a chunk of ``record`` (None: the path prefix alone), shaped as
+    `FieldRecord.embedding_text`."""
+    prefix = record.embedding_text[: len(record.embedding_text) - len(record.value)]
+    return prefix if chunk is None else prefix + chunk.text(record.value)
 
 
 def settle(
@@ -249,11 +296,15 @@ class IndexRows(Protocol):
     """Where a pipeline reads stored hashes and writes rows: the module
     `idxr_pg.db.search_index` (the active index version) or a `VersionRows`."""
 
-    def stored_hashes(
+    def stored_state(
         self, conn: psycopg.Connection, kind: str, ids: Sequence[str]
-    ) -> dict[str, dict[str, str]]: ...
+    ) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]]]: ...
 
     def upsert_records(self, conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> int: ...
+
+    def trim_chunks(
+        self, conn: psycopg.Connection, kind: str, trims: Sequence[tuple[str, str, int]]
+    ) -> int: ...
 
     def delete_paths(
         self, conn: psycopg.Connection, kind: str, pairs: Sequence[tuple[str, str]]
@@ -279,6 +330,9 @@ class Pipeline:
         # Where the kind's rows are read and written: idxr.search_index (the active index
         # version), or a version being built (`idxr_pg.db.versions.VersionRows`).
         self.rows = rows
+        self.chunk_policy = policy_for_paths(
+            service.settings.chunking, kind.config.chunking, service.max_tokens
+        )
 
     # ----------------------------------------------------------------------------- public
 
@@ -387,11 +441,17 @@ class Pipeline:
         documents = self._load(conn, entities, failures)
         failed = {f.entity_id for f in failures}
         with conn.transaction():
-            stored = self.rows.stored_hashes(conn, self.kind.name, [e.id for e in entities])
+            stored, cut = self.rows.stored_state(conn, self.kind.name, [e.id for e in entities])
+        # A field stored truncated, whose path is now to be chunked, reads as changed (a
+        # reindex chunks the fields truncated before chunking existed).
+        for entity_id, path in cut:
+            if self.chunk_policy(path).chunks:
+                stored[entity_id][path] = ""
         for entity in entities:
             if entity.id in failed:
                 continue
             entity.document = documents.get(entity.id)
+            entity.stored_paths = frozenset(stored.get(entity.id, ()))
             if entity.gone:
                 continue
             try:
@@ -449,10 +509,20 @@ class Pipeline:
         before = self.service.stats.snapshot()
         pending = embedding_requests(entities, (f.entity_id for f in failures))
         by_id = {e.id: e for e in entities}
+        chunked = self._chunk(pending, by_id, failures)
         while pending:
-            order = [(entity_id, r) for entity_id, records in pending.items() for r in records]
+            order = [
+                (entity_id, r, chunk)
+                for entity_id, records in pending.items()
+                for r in records
+                for chunk in chunked.get((entity_id, r.path)) or (None,)
+            ]
             requests = [
-                EmbedRequest(key=entity_id, text=r.embedding_text) for entity_id, r in order
+                EmbedRequest(
+                    key=entity_id,
+                    text=r.embedding_text if chunk is None else _chunk_text(r, chunk),
+                )
+                for entity_id, r, chunk in order
             ]
             try:
                 embedded = self.service.embed(requests)
@@ -468,14 +538,57 @@ class Pipeline:
                 for entity_id in pending:
                     self._fail(failures, by_id[entity_id], "embed", exc)
                 break
-            for (entity_id, record), vector in zip(order, embedded, strict=True):
-                by_id[entity_id].vectors[record.path] = vector
+            for (entity_id, record, chunk), vector in zip(order, embedded, strict=True):
+                entity = by_id[entity_id]
+                if chunk is not None:
+                    entity.chunks.setdefault(record.path, []).append((chunk, vector))
+                if chunk is None or chunk.number == 0:
+                    entity.vectors[record.path] = vector
             break
         after = self.service.stats
         return Counts(
             texts_embedded=after.texts_embedded - before.texts_embedded,
             cache_hits=after.cache_hits - before.cache_hits,
         )
+
+    def _chunk(
+        self,
+        pending: dict[str, list[FieldRecord]],
+        by_id: dict[str, EntityWork],
+        failures: list[EntityFailure],
+    ) -> dict[tuple[str, str], list[Chunk]]:
+        """The chunks of each pending text longer than its path's chunk size (by entity id and
+        path); an entity whose text cannot be split fails alone (stage ``embed``)."""
+        out: dict[tuple[str, str], list[Chunk]] = {}
+        for entity_id in list(pending):
+            try:
+                for record in pending[entity_id]:
+                    chunks = self.chunks_of(record)
+                    if chunks:
+                        out[(entity_id, record.path)] = chunks
+            except Exception as exc:
+                self._fail(failures, by_id[entity_id], "embed", exc)
+                del pending[entity_id]
+        return out
+
+    def chunks_of(self, record: FieldRecord) -> list[Chunk]:
+        """The chunks an embeddable record is embedded as ([]: its text whole)."""
+        policy: ChunkPolicy = self.chunk_policy(record.path)
+        if not policy.chunks:
+            return []
+        return split(
+            self.service.embedder,
+            _chunk_text(record, None),
+            record.value,
+            tokens=policy.tokens,
+            overlap=policy.overlap,
+            max_chunks=policy.max_chunks,
+        )
+
+    def embedding_texts(self, record: FieldRecord) -> list[str]:
+        """The texts embedded for an embeddable record: one per chunk, or its text whole."""
+        chunks = self.chunks_of(record)
+        return [_chunk_text(record, c) for c in chunks] if chunks else [record.embedding_text]
 
     # ----------------------------------------------------------------------------- write
 
@@ -564,6 +677,7 @@ class Pipeline:
         plan = plan_writes(kind, entities)
         written = self.rows.upsert_records(conn, plan.rows)
         removed = self.rows.delete_paths(conn, kind, plan.stale)
+        removed += self.rows.trim_chunks(conn, kind, plan.trims)
         removed += self.rows.delete_entities(conn, kind, plan.gone)
         return plan, plan.counts + Counts(records_written=written, records_deleted=removed)
 

@@ -70,7 +70,7 @@ class ReindexPlan:
     records_to_add: int = 0
     records_to_update: int = 0
     records_to_remove: int = 0
-    texts: int = 0  # embeddable records to write
+    texts: int = 0  # texts of the embeddable records to write (a chunked field: one per chunk)
     distinct_texts: int = 0
     texts_cached: int = 0  # distinct texts already in the embedding cache
     texts_to_embed: int = 0  # distinct texts the model computes
@@ -141,9 +141,10 @@ class ReindexPlan:
 class _Tally:
     """Accumulates previews into a plan."""
 
-    def __init__(self, plan: ReindexPlan, service: EmbeddingService) -> None:
+    def __init__(self, plan: ReindexPlan, service: EmbeddingService, pipeline: Pipeline) -> None:
         self.plan = plan
         self.service = service
+        self.pipeline = pipeline  # what a record is embedded as (its chunks)
         self.seen: set[str] = set()
         self.cached: set[str] = set()
         self.sample: list[str] = []  # texts to embed, for measuring the model's rate
@@ -177,7 +178,12 @@ class _Tally:
                 else:
                     plan.records_to_add += 1
             plan.records_to_remove += len(change.deletes)
-            texts = [r.embedding_text for r in change.upserts if r.embeddable]
+            texts = [
+                text
+                for r in change.upserts
+                if r.embeddable
+                for text in self.pipeline.embedding_texts(r)
+            ]
             if texts:
                 plan.entities_to_reembed += 1
                 plan.texts += len(texts)
@@ -269,7 +275,7 @@ def plan_reindex(
             plan.renames = [
                 RenameCheck(old, new) for old, new in (change.renamed if change else [])
             ]
-            tally = _Tally(plan, service)
+            tally = _Tally(plan, service, pipeline)
             started = time.perf_counter()
             plan.source_rows = source.count_keys(conn, kind)
             with connect(conninfo(database_url, f"{name} keys"), autocommit=True) as keys:

@@ -1,5 +1,5 @@
--- idxr-pg revision 0009: index versions per entity kind (issue 15).
--- Revisioned: Alembic revision 0009 runs this file once; sql/install.sql runs it too, so every
+-- idxr-pg revision 0008: index versions per entity kind (issue 15).
+-- Revisioned: Alembic revision 0008 runs this file once; sql/install.sql runs it too, so every
 -- statement is idempotent.
 --
 -- * idxr.index_versions: the registry. One row per (kind, version): the model that embeds it
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS idxr.index_versions (
     model_source       text NOT NULL,    -- what loads it: embedding.model / versions create --model
     model_version      text NOT NULL DEFAULT '',
     dimensions         integer NOT NULL CHECK (dimensions BETWEEN 1 AND 16000),
-    backend            text,             -- torch / onnx (NULL: not recorded, before 0009)
+    backend            text,             -- torch / onnx (NULL: not recorded, before 0008)
     precision          text,             -- float32 / bfloat16 / int8
     schema_fingerprint text,             -- the kind's model fingerprint when the version began
     state              text NOT NULL DEFAULT 'building'

@@ -1,6 +1,6 @@
 -- Vector sizes and the HNSW indexes are handled here and only here.
 --
--- idxr.search_index.embedding is a bare `vector` (revision 0009): each entity kind's active
+-- idxr.search_index.embedding is a bare `vector` (revision 0008): each entity kind's active
 -- index version (idxr.index_versions) has its own model, so kinds of different models hold
 -- vectors of different sizes side by side. An HNSW index needs a fixed size, so there is one
 -- partial expression index per size N in use:
@@ -77,7 +77,7 @@ AS $$
 $$;
 
 -- The database's default vector size (`idxr-pg migrate --dimensions N`, the configured
--- model's). Before revision 0009 this retyped the column vector(N), refusing while vectors
+-- model's). Before revision 0008 this retyped the column vector(N), refusing while vectors
 -- existed. Now it makes sure the index for N-dimensional vectors exists and drops the indexes
 -- of other sizes that nothing uses (no active or building version, no row of that size).
 CREATE OR REPLACE FUNCTION idxr.set_embedding_dimensions(dims integer)

@@ -46,7 +46,9 @@ BEGIN
         path        ltree,
         value       text,
         distance    double precision,
-        stale       boolean            -- the entity has queued changes (see idxr.is_stale)
+        stale       boolean,           -- the entity has queued changes (see idxr.is_stale)
+        chunk       integer,           -- the field's chunk that matched (NULL: not chunked)
+        chunk_text  text               -- that chunk's text (see 019_chunks.sql)
     );
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
@@ -316,8 +318,9 @@ BEGIN
     END LOOP;
     -- bool_or ignores NULL comparisons (a value that does not parse in the domain): an entity
     -- meets a condition when some record compares true; IS TRUE maps "none" (NULL) to false.
+    -- chunk = 0: a field's own row (its chunk rows hold no value).
     RETURN ' AND (SELECT ' || sql_out || ' FROM idxr.search_index f'
-        ' WHERE f.entity_kind = s.entity_kind AND f.entity_id = s.entity_id) IS TRUE';
+        ' WHERE f.entity_kind = s.entity_kind AND f.entity_id = s.entity_id AND f.chunk = 0) IS TRUE';
 END
 $$;
 
@@ -455,7 +458,11 @@ DECLARE
     -- here they raised "cannot take square root of a negative number" or "integer out of range").
     max_fetch  integer;
     threshold  integer;
-    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance, NULL::boolean AS stale';
+    cols       constant text := 's.entity_kind, s.entity_id, s.path, s.value, (s.embedding <=> $1)::double precision AS distance, NULL::boolean AS stale, CASE WHEN s.chunk_start IS NOT NULL THEN s.chunk END AS chunk, NULL::text AS chunk_text';
+    -- The rows of one result: an entity (per_entity), else a field, whose chunks are rows of
+    -- their own (019_chunks.sql): a field is returned once, with its nearest chunk.
+    result_key constant text := CASE WHEN per_entity THEN 'c.entity_kind, c.entity_id'
+                                     ELSE 'c.entity_kind, c.entity_id, c.path' END;
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'idxr: the query vector is NULL'
@@ -500,20 +507,23 @@ BEGIN
     END IF;
 
     IF NOT selective OR admitted >= threshold THEN
-        IF per_entity THEN
+        IF per_entity OR EXISTS (SELECT 1 FROM idxr.search_index s0 WHERE s0.chunk > 0) THEN
             -- One HNSW walk, read (in small batches, by the FOR loop's cursor) until k distinct
             -- entities and then `slack` rows more (about one more round of the scan: relaxed
             -- order may still bring closer rows; measured at 1M rows, 5% filter: recall 0.975
             -- with 100, 0.94 with 20), keeping each entity's nearest row. Leaving the loop
             -- stops the scan. Re-running the query with a larger LIMIT instead would start the
             -- walk over (measured: up to 10x slower for a 5% filter whose entities have ten
-            -- similar fields each).
+            -- similar fields each). Fields (not per_entity) are read the same way when some
+            -- field is chunked, keeping each field's nearest chunk, without the slack: k
+            -- distinct fields end the walk, as LIMIT k does where no field has chunks.
             FOR hit IN EXECUTE format(
                 'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s <=> $1 LIMIT $8',
                 cols, hnsw_where, vec)
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch
             LOOP
-                entity_key := hit.entity_kind || E'\x1f' || hit.entity_id;
+                entity_key := hit.entity_kind || E'\x1f' || hit.entity_id
+                              || CASE WHEN per_entity THEN '' ELSE E'\x1f' || hit.path::text END;
                 pos := (seen ->> entity_key)::integer;
                 IF pos IS NULL THEN
                     hits := hits || hit;
@@ -522,13 +532,14 @@ BEGIN
                     hits[pos] := hit;
                 END IF;
                 IF cardinality(hits) >= k THEN
-                    remaining := coalesce(remaining, slack) - 1;
+                    remaining := coalesce(remaining, CASE WHEN per_entity THEN slack ELSE 0 END) - 1;
                     EXIT WHEN remaining <= 0;
                 END IF;
             END LOOP;
         ELSE
             EXECUTE format(
-                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale)::idxr.search_hit)'
+                'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale,'
+                '                     c.chunk, c.chunk_text)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
                 '       ORDER BY %s <=> $1 LIMIT $4) c', cols, hnsw_where, vec)
                 INTO hits
@@ -536,7 +547,8 @@ BEGIN
         END IF;
         IF coalesce(cardinality(hits), 0) >= k THEN
             -- Re-sorted by distance: relaxed order returns rows only roughly in order.
-            RETURN QUERY SELECT * FROM unnest(hits) h ORDER BY h.distance LIMIT k;
+            RETURN QUERY SELECT * FROM idxr.chunk_hits(ARRAY(
+                SELECT h FROM unnest(hits) h ORDER BY h.distance LIMIT k));
             RETURN;
         END IF;
         RAISE DEBUG 'idxr: the HNSW walk found % of % rows', coalesce(cardinality(hits), 0), k;
@@ -547,19 +559,15 @@ BEGIN
     RAISE DEBUG 'idxr: exact search';
     -- Exact search: every admitted row's distance, sorted. MATERIALIZED keeps the planner from
     -- answering the ORDER BY with the (approximate) HNSW index.
-    IF per_entity THEN
-        RETURN QUERY EXECUTE format(
-            'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
-            ' SELECT b.* FROM (SELECT DISTINCT ON (c.entity_kind, c.entity_id) c.* FROM c'
-            '                  ORDER BY c.entity_kind, c.entity_id, c.distance) b'
-            ' ORDER BY b.distance LIMIT $4', cols, where_sql)
-            USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
-    ELSE
-        RETURN QUERY EXECUTE format(
-            'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
-            ' SELECT c.* FROM c ORDER BY c.distance LIMIT $4', cols, where_sql)
-            USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
-    END IF;
+    EXECUTE format(
+        'WITH c AS MATERIALIZED (SELECT %s FROM idxr.search_index s WHERE %s)'
+        ' SELECT array_agg(ROW(b.entity_kind, b.entity_id, b.path, b.value, b.distance, b.stale,'
+        '                      b.chunk, b.chunk_text)::idxr.search_hit ORDER BY b.distance) FROM ('
+        '   SELECT b.* FROM (SELECT DISTINCT ON (%s) c.* FROM c ORDER BY %s, c.distance) b'
+        '    ORDER BY b.distance LIMIT $4) b', cols, where_sql, result_key, result_key)
+        INTO hits
+        USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
+    RETURN QUERY SELECT * FROM idxr.chunk_hits(hits);
 END
 $$;
 
@@ -577,7 +585,7 @@ LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
-           idxr.is_stale(h.entity_kind, h.entity_id)
+           idxr.is_stale(h.entity_kind, h.entity_id), h.chunk, h.chunk_text
       FROM idxr.knn_search(query, path_filter, entity_kind, k, filters, false) h
 $$;
 
@@ -612,7 +620,7 @@ BEGIN
                                                    filters, true);
         RETURN;
     END IF;
-    RETURN QUERY
+    RETURN QUERY SELECT * FROM idxr.chunk_hits(ARRAY(
     WITH c AS (
         SELECT h.entity_kind, h.entity_id
           FROM idxr.knn_search(query, path_filter, entity_knn.entity_kind,
@@ -621,18 +629,22 @@ BEGIN
     scored AS (
         SELECT c.entity_kind, c.entity_id,
                coalesce(b.path, w.path) AS path, coalesce(b.value, w.value) AS value,
+               CASE WHEN b.path IS NOT NULL THEN b.chunk ELSE w.chunk END AS chunk,
                CASE WHEN w.d IS NULL THEN b.d WHEN b.d IS NULL THEN w.d
                     ELSE (w.d + b.d) / 2 END AS distance
           FROM c
-          LEFT JOIN LATERAL (
-              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
+          LEFT JOIN LATERAL (  -- the composite record: its nearest chunk
+              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d,
+                     CASE WHEN s.chunk_start IS NOT NULL THEN s.chunk END AS chunk
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
                  AND nlevel(s.path) = 1 AND vector_dims(s.embedding) = vector_dims(query)
                  AND (path_filter IS NULL OR s.path ~ path_filter)
+               ORDER BY 3 LIMIT 1
           ) w ON true
-          LEFT JOIN LATERAL (
-              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d
+          LEFT JOIN LATERAL (  -- the nearest field (its nearest chunk)
+              SELECT s.path, s.value, (s.embedding <=> query)::double precision AS d,
+                     CASE WHEN s.chunk_start IS NOT NULL THEN s.chunk END AS chunk
                 FROM idxr.search_index s
                WHERE s.entity_kind = c.entity_kind AND s.entity_id = c.entity_id
                  AND nlevel(s.path) > 1 AND vector_dims(s.embedding) = vector_dims(query)
@@ -640,11 +652,12 @@ BEGIN
                ORDER BY 3 LIMIT 1
           ) b ON true
     )
-    SELECT sc.entity_kind, sc.entity_id, sc.path, sc.value, sc.distance, NULL::boolean
+    SELECT ROW(sc.entity_kind, sc.entity_id, sc.path, sc.value, sc.distance, NULL::boolean,
+               sc.chunk, NULL::text)::idxr.search_hit
       FROM scored sc
      WHERE sc.distance IS NOT NULL
      ORDER BY sc.distance, sc.entity_kind, sc.entity_id
-     LIMIT k;
+     LIMIT k));
 END
 $$;
 
@@ -663,7 +676,7 @@ LANGUAGE sql
 VOLATILE  -- as knn_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
-           idxr.is_stale(h.entity_kind, h.entity_id)
+           idxr.is_stale(h.entity_kind, h.entity_id), h.chunk, h.chunk_text
       FROM idxr.entity_knn(query, path_filter, entity_kind, k, filters) h
 $$;
 
@@ -693,7 +706,8 @@ BEGIN
     END IF;
     SELECT true, s.embedding INTO found_row, example
       FROM idxr.search_index s
-     WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id AND s.path = path;
+     WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id AND s.path = path
+       AND s.chunk = 0;  -- a chunked field's example: its first chunk
     IF found_row IS NULL THEN
         IF NOT EXISTS (SELECT 1 FROM idxr.search_index s
                         WHERE s.entity_kind = entity_kind AND s.entity_id = entity_id) THEN
@@ -711,7 +725,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY SELECT h.entity_kind, h.entity_id, h.path, h.value, h.distance,
-                        idxr.is_stale(h.entity_kind, h.entity_id)
+                        idxr.is_stale(h.entity_kind, h.entity_id), h.chunk, h.chunk_text
                    FROM idxr.knn_search(example, path_filter, NULL, k, NULL, true,
                                         entity_kind, entity_id) h;
 END

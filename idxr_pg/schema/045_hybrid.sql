@@ -68,7 +68,9 @@ BEGIN
         text_rank   integer,           -- position in the lexical list (NULL: not in it)
         vector_rank integer,           -- position in the vector list (NULL: not in it)
         exact       boolean,           -- an exact match (see the boost above; NULL: not looked at)
-        stale       boolean            -- the entity has queued changes (idxr.is_stale)
+        stale       boolean,           -- the entity has queued changes (idxr.is_stale)
+        chunk       integer,           -- the vector list's matched chunk (NULL: not chunked)
+        chunk_text  text               -- that chunk's text (idxr.search_hit, 019_chunks.sql)
     );
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
@@ -370,9 +372,10 @@ BEGIN
             '                      (length(s.value) <= 64 AND (lower(btrim(s.value)) = $10'
             '                           OR (s.value !~ ''\s'' AND lower(s.value) = ANY ($11))))'
             '                      OR top.code OR (top.matched >= 2 AND top.matched = $12),'
-            '                      NULL)::idxr.hybrid_hit)'
+            '                      NULL, NULL, NULL)::idxr.hybrid_hit)'
             '   FROM top JOIN idxr.search_index s'
-            '     ON s.entity_kind = %4$L AND s.entity_id = top.entity_id AND s.path = top.path',
+            '     ON s.entity_kind = %4$L AND s.entity_id = top.entity_id AND s.path = top.path'
+            '    AND s.chunk = 0',
             kind_where, doc, extra, kind_name, common_cap)
             INTO part
             USING path_filter, filters, terms, idf, NULL, k, per_entity, pick, code, phrase, words,
@@ -383,7 +386,7 @@ BEGIN
     RETURN QUERY
         SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance,
                (row_number() OVER (ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path))::integer,
-               h.vector_rank, h.exact, h.stale
+               h.vector_rank, h.exact, h.stale, h.chunk, h.chunk_text
           FROM unnest(hits) h
          ORDER BY h.score DESC, h.entity_kind, h.entity_id, h.path
          LIMIT k;
@@ -405,7 +408,8 @@ LANGUAGE sql
 VOLATILE  -- as lexical_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
-           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id), h.chunk,
+           h.chunk_text
       FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, false) h
 $$;
 
@@ -422,7 +426,8 @@ LANGUAGE sql
 VOLATILE  -- as lexical_search
 AS $$
     SELECT h.entity_kind, h.entity_id, h.path, h.value, h.score, h.distance, h.text_rank,
-           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id)
+           h.vector_rank, h.exact, idxr.is_stale(h.entity_kind, h.entity_id), h.chunk,
+           h.chunk_text
       FROM idxr.lexical_search(query_text, path_filter, entity_kind, k, filters, true) h
 $$;
 
@@ -468,14 +473,17 @@ BEGIN
     RETURN QUERY
     WITH vec AS (
         SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r,
-               CASE WHEN per_entity THEN NULL ELSE v.path END AS kp
+               CASE WHEN per_entity THEN NULL ELSE v.path END AS kp, v.chunk, v.chunk_text
           FROM idxr.knn_search(query_vector, path_filter, entity_kind, depth, filters, false)
-               WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
+               WITH ORDINALITY
+               AS v(entity_kind, entity_id, path, value, distance, stale, chunk, chunk_text, r)
          WHERE w.vector > 0 AND NOT per_entity
         UNION ALL
-        SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r, NULL::ltree
+        SELECT v.entity_kind, v.entity_id, v.path, v.value, v.distance, v.r, NULL::ltree,
+               v.chunk, v.chunk_text
           FROM idxr.entity_knn(query_vector, path_filter, entity_kind, depth, filters)
-               WITH ORDINALITY AS v(entity_kind, entity_id, path, value, distance, stale, r)
+               WITH ORDINALITY
+               AS v(entity_kind, entity_id, path, value, distance, stale, chunk, chunk_text, r)
          WHERE w.vector > 0 AND per_entity
     ),
     lexf AS (
@@ -510,7 +518,8 @@ BEGIN
                v.distance,
                CASE WHEN w.lexical > 0 THEN l.lr::integer END AS text_rank,
                v.r::integer AS vector_rank,
-               e.entity_id IS NOT NULL AS exact
+               e.entity_id IS NOT NULL AS exact,
+               v.chunk, v.chunk_text
           FROM keys key
           LEFT JOIN vec v ON v.entity_kind = key.entity_kind AND v.entity_id = key.entity_id
                          AND v.kp IS NOT DISTINCT FROM key.kp
@@ -522,7 +531,8 @@ BEGIN
          LIMIT k
     )
     SELECT f.entity_kind, f.entity_id, f.path, f.value, f.score, f.distance, f.text_rank,
-           f.vector_rank, f.exact, idxr.is_stale(f.entity_kind, f.entity_id)
+           f.vector_rank, f.exact, idxr.is_stale(f.entity_kind, f.entity_id), f.chunk,
+           f.chunk_text
       FROM fused f
      ORDER BY f.score DESC, f.entity_kind, f.entity_id, f.path;
 END

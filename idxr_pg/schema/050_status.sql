@@ -29,7 +29,8 @@ RETURNS TABLE (entity_kind text, indexed_entities bigint, indexed_records bigint
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT entity_kind, count(DISTINCT entity_id), count(*), count(embedding)
+    SELECT entity_kind, count(DISTINCT entity_id), count(*) FILTER (WHERE chunk = 0),
+           count(embedding) FILTER (WHERE chunk = 0)  -- fields (019_chunks.sql: chunk rows)
       FROM idxr.search_index
      GROUP BY entity_kind
 $$;
@@ -158,8 +159,9 @@ BEGIN
     END LOOP;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'idxr_reader') THEN
         GRANT USAGE ON SCHEMA idxr TO idxr_reader;
-        GRANT SELECT ON idxr.search_index, idxr.entity_kinds, idxr.embedding_models,
-                         idxr.status, idxr.stale, idxr.index_versions, idxr.versions
+        GRANT SELECT ON idxr.search_index, idxr.search_fields, idxr.entity_kinds,
+                         idxr.embedding_models, idxr.status, idxr.stale, idxr.index_versions,
+                         idxr.versions
                       TO idxr_reader;
         FOR fn IN
             SELECT p.oid::regprocedure

@@ -44,9 +44,11 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
     SchemaFile("013_schema_changes.sql", revision="0004"),
     SchemaFile("014_loads.sql", revision="0005"),
     SchemaFile("015_hybrid.sql", revision="0006"),
-    SchemaFile("018_index_versions.sql", revision="0009"),
+    SchemaFile("018_index_versions.sql", revision="0008"),
+    SchemaFile("019_chunks.sql", revision="0009"),
     SchemaFile("020_dimensions.sql"),
     SchemaFile("040_search.sql"),
+    SchemaFile("041_chunks.sql"),
     SchemaFile("045_hybrid.sql"),
     SchemaFile("050_status.sql"),
 )

@@ -72,6 +72,8 @@ class SearchHit:
     ``stale``: the entity has queued changes not indexed yet (a result being updated).
     ``score``: hybrid and lexical search only, higher is better (``distance`` is then None for
     a row that only the lexical list found).
+    ``chunk``: for a field whose long text was split into chunks, the chunk that matched
+    (0, 1, ...) and ``chunk_text`` its text (``value`` is the whole field); None otherwise.
     """
 
     entity_kind: str
@@ -81,6 +83,8 @@ class SearchHit:
     distance: float | None
     stale: bool = False
     score: float | None = None
+    chunk: int | None = None
+    chunk_text: str | None = None
 
     @property
     def similarity(self) -> float | None:
@@ -317,8 +321,10 @@ def _hits(rows: Iterable[Sequence[Any]]) -> list[SearchHit]:
             None if distance is None else float(distance),
             bool(stale),
             None if score is None else float(score),
+            chunk,
+            chunk_text,
         )
-        for kind, eid, path, value, distance, stale, score in rows
+        for kind, eid, path, value, distance, stale, score, chunk, chunk_text in rows
     ]
 
 

@@ -34,6 +34,9 @@ def _row(kind: str, entity_id: str, path: str, value: str, value_type: str, seed
         content_hash(path, value, ValueType(value_type)),
         None if seed is None else _vector(seed),
         "middle_out" if seed == 3 else None,
+        0,  # chunk 0: the field's own row (not chunked: no range)
+        None,
+        None,
     )
 
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from idxr_pg.cli import main
 from idxr_pg.db.connection import connect
+from idxr_pg.schema import HEAD_REVISION
 from idxr_pg.search import SearchError, search
 from tests.integration import search_data
 from tests.integration.worker_runner import worker_thread
@@ -464,7 +465,6 @@ def test_upgrade_from_0003_replaces_the_old_search_hit_and_downgrade_drops_the_n
     """A database whose idxr.search_hit has no `stale` (0003's search functions) upgrades: the
     type and the functions returning it are dropped and re-created; indexed rows stay."""
     from idxr_pg.db import migrations
-    from idxr_pg.schema import HEAD_REVISION
 
     url = empty_database_url
     migrations.upgrade(url, "0003")
@@ -484,7 +484,7 @@ def test_upgrade_from_0003_replaces_the_old_search_hit_and_downgrade_drops_the_n
             "SELECT attname FROM pg_attribute WHERE attrelid = 'idxr.search_hit'::regclass"
             " AND attnum > 0 ORDER BY attnum"
         ).fetchall()
-        assert [c for (c,) in columns][-1] == "stale"
+        assert [c for (c,) in columns][-3:] == ["stale", "chunk", "chunk_text"]
         assert conn.execute(
             "SELECT entity_id, path::text, stale FROM idxr.text_search('xj-4471')"
         ).fetchall() == [("1", "doc.code", False)]

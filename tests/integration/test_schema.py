@@ -82,7 +82,9 @@ def test_search_index_has_the_contract_columns_and_indexes(database_url):
     assert columns["value_type"] == "idxr.value_type" and columns["content_hash"] == "text"
     assert columns["embedding"] == "vector"  # one partial HNSW index per size (issue 15)
     assert columns["updated_at"] == "timestamp with time zone"
-    assert "(entity_kind, entity_id, path)" in indexes["search_index_pkey"]
+    assert "(entity_kind, entity_id, path, chunk)" in indexes["search_index_pkey"]
+    assert columns["chunk"] == "integer"
+    assert "WHERE (chunk > 0)" in indexes["search_index_chunks"]
     assert "USING gist (path)" in indexes["search_index_path_gist"]
     assert "btree (entity_kind, entity_id)" in indexes["search_index_entity"]
     assert (
@@ -124,10 +126,12 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "014_loads.sql",
         "015_hybrid.sql",
         "018_index_versions.sql",
+        "019_chunks.sql",
     )
     assert {
         "020_dimensions.sql",
         "040_search.sql",
+        "041_chunks.sql",
         "045_hybrid.sql",
         "050_status.sql",
     } == set(reapplied_files())

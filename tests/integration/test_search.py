@@ -394,6 +394,8 @@ def test_package_level_search_and_cli(catalogue_url):
         "similarity",
         "stale",
         "score",
+        "chunk",
+        "chunk_text",
     }
 
     result = cli(catalogue_url, "search", "video calls", "--kind", "product", "-k", "2")

@@ -175,7 +175,7 @@ def fetch_index(url: str, kind: str) -> dict[tuple[str, str], dict[str, Any]]:
         rows = conn.execute(
             "SELECT entity_id, path::text, value, value_type::text, content_hash, embedding,"
             " truncation, updated_at, xmin::text::bigint"
-            " FROM idxr.search_index WHERE entity_kind = %s",
+            " FROM idxr.search_index WHERE entity_kind = %s AND chunk = 0",
             [kind],
         ).fetchall()
     return {

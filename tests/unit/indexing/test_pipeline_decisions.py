@@ -122,3 +122,23 @@ def test_entity_counts_add_up_to_the_batch():
     )
     c = result.counts
     assert c.entities == c.indexed + c.unchanged + c.deleted + c.skipped + c.failed == 3
+
+
+def test_plan_writes_a_chunked_field_as_one_row_per_chunk_and_trims_a_rewritten_one():
+    from idxr_pg.embedding.chunking import Chunk
+
+    long_body = record("doc.body", "alpha beta gamma delta")
+    work = entity("1", [long_body], {long_body.path: "old"})
+    work.stored_paths = frozenset({long_body.path})
+    vectors = [EmbeddedText(np.full(3, i, dtype=np.float32), None, False) for i in range(2)]
+    work.chunks[long_body.path] = [(Chunk(0, 0, 16), vectors[0]), (Chunk(1, 11, 22), vectors[1])]
+    work.vectors[long_body.path] = vectors[0]
+    plan = plan_writes("doc", [work])
+    assert [(r[2], r[3], r[5], r[7], r[8], r[9], r[10]) for r in plan.rows] == [
+        ("doc.body", long_body.value, long_body.content_hash, None, 0, 0, 16),
+        ("doc.body", "", long_body.content_hash, None, 1, 11, 22),
+    ]
+    assert plan.rows[1][6] is vectors[1].vector
+    assert plan.trims == [("1", "doc.body", 2)]
+    fresh = entity("2", [TITLE], {})
+    assert plan_writes("doc", [fresh]).trims == []  # nothing stored: nothing to trim

@@ -6,7 +6,7 @@ re-run (``idxr.version_pending``); ``idxr.search_index.embedding`` becomes a bar
 (020_dimensions.sql, re-applied after the upgrade, creates one partial HNSW index per vector
 size); every registered kind gets version 1, active, holding the rows it has.
 
-Revision ID: 0009
+Revision ID: 0008
 Revises: 0006
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 
 from idxr_pg.schema import revision_sql
 
-revision = "0009"
+revision = "0008"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
