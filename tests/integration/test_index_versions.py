@@ -423,3 +423,45 @@ def test_kinds_of_two_sizes_side_by_side(isolated_database_url, tmp_path):
     config = make_config(tmp_path, [item_entity()])
     with pytest.raises(SearchError, match="embedded by different models .*name the kind"):
         idxr_pg.search("anything", database_url=url, config=config)
+
+
+def _chunk_rows(url: str, version: int | None = None) -> set[tuple[Any, ...]]:
+    """(entity_id, path, chunk, chunk_start, chunk_end) of the item rows with chunks."""
+    table, where = (
+        ("idxr.search_index", "TRUE")
+        if version is None
+        else ("idxr.version_records", "version = %s")
+    )
+    sql = (
+        f"SELECT entity_id, path::text, chunk, chunk_start, chunk_end FROM {table}"
+        f" WHERE entity_kind = 'item' AND chunk_start IS NOT NULL AND {where}"
+    )
+    return set(_rows(url, sql, None if version is None else [version]))
+
+
+def test_a_version_build_and_a_switch_carry_chunked_fields(isolated_database_url, tmp_path):
+    """A field longer than its chunk size is stored as chunk rows (019_chunks.sql): a version
+    being built stores them as the active index does, and a switch moves them both ways.
+    The deterministic test embedder is the model of both versions: the rows are tested."""
+    url = isolated_database_url
+    config = _setup(url, tmp_path, model="deterministic-test")
+    long_body = " ".join(f"paragraph{i} about fibre internet plans" for i in range(120))
+    execute(url, "UPDATE public.items SET body = %s WHERE id = 1", [long_body])
+    Backfill(url, config, "item", BackfillOptions(tty=False, bulk=False)).run()
+    active = _chunk_rows(url)
+    assert len({row[2] for row in active}) > 2  # the body is stored in several chunks
+
+    built = VersionBuild(url, config, "item", "deterministic-test", BuildOptions(tty=False)).run()
+    assert _chunk_rows(url, built.version) == active
+
+    switch(url, config, "item", built.version)
+    assert _chunk_rows(url) == active and _chunk_rows(url, 1) == active
+    # A chunk's own vector finds its field once, with that chunk (the search after a switch).
+    (query,) = _rows(
+        url,
+        "SELECT embedding FROM idxr.search_index WHERE entity_kind = 'item' AND entity_id = '1'"
+        " AND chunk = 2",
+    )[0]
+    hits = _rows(url, "SELECT entity_id, path::text, chunk, distance FROM idxr.search(%s)", [query])
+    assert hits[0][:3] == ("1", "item.body", 2) and hits[0][3] < 1e-6
+    assert len({(h[0], h[1]) for h in hits}) == len(hits)  # each field once
