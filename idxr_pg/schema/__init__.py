@@ -44,6 +44,7 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
     SchemaFile("013_schema_changes.sql", revision="0004"),
     SchemaFile("014_loads.sql", revision="0005"),
     SchemaFile("015_hybrid.sql", revision="0006"),
+    SchemaFile("016_capture_locks.sql", revision="0007"),
     SchemaFile("018_index_versions.sql", revision="0008"),
     SchemaFile("019_chunks.sql", revision="0009"),
     SchemaFile("020_dimensions.sql"),

@@ -125,6 +125,7 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "013_schema_changes.sql",
         "014_loads.sql",
         "015_hybrid.sql",
+        "016_capture_locks.sql",
         "018_index_versions.sql",
         "019_chunks.sql",
     )

@@ -7,7 +7,7 @@ re-run (``idxr.version_pending``); ``idxr.search_index.embedding`` becomes a bar
 size); every registered kind gets version 1, active, holding the rows it has.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from alembic import op
@@ -15,7 +15,7 @@ from alembic import op
 from idxr_pg.schema import revision_sql
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
