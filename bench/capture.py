@@ -24,6 +24,7 @@ throughput run. On a shared machine, commit latency (fsync) drifts: trust ratios
     .venv/bin/python bench/capture.py [--seconds 3] [--rounds 5] [--clients 1,4]
                                       [--lag-samples 60] [--quiet-poll 0.2] [--skip-lag]
                                       [--lag-only] [--database-url URL] [--keep]
+                                      [--analyse-queue]
 """
 
 from __future__ import annotations
@@ -167,9 +168,17 @@ def queue_tables(conn: psycopg.Connection) -> list[str]:
     return [row[0] for row in found if row[0] is not None]
 
 
+ANALYSE_QUEUE = False
+"""`reset` analyses the emptied queue (``--analyse-queue``): the state autovacuum leaves a
+drained queue in, where the planner believes the queue is empty."""
+
+
 def reset(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {', '.join(queue_tables(conn))}")
+        tables = queue_tables(conn)
+        conn.execute(f"TRUNCATE {', '.join(tables)}")
+        if ANALYSE_QUEUE:
+            conn.execute(f"VACUUM ANALYZE {', '.join(tables)}")
         conn.execute("CHECKPOINT")
 
 
@@ -521,7 +530,14 @@ def main() -> None:
     parser.add_argument("--skip-lag", action="store_true", help="throughput only (no model)")
     parser.add_argument("--lag-only", action="store_true", help="lag only (no throughput runs)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument(
+        "--analyse-queue",
+        action="store_true",
+        help="VACUUM ANALYZE the emptied queue before every run (as autovacuum leaves it)",
+    )
     args = parser.parse_args()
+    global ANALYSE_QUEUE
+    ANALYSE_QUEUE = args.analyse_queue
 
     with bench_database(args.database_url, args.keep) as url, psycopg.connect(url) as conn:
         facts = conn.execute(

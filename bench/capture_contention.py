@@ -123,7 +123,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--analyse-queue", action="store_true", help="VACUUM ANALYZE the emptied queue per run"
+    )
     args = parser.parse_args()
+    cap.ANALYSE_QUEUE = args.analyse_queue
     print(f"load average at start: {os.getloadavg()}")
     with cap.bench_database(args.database_url, False) as url:
         prepare(url, args.articles)

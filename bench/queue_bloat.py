@@ -7,16 +7,21 @@ plus --bulk 10,000-row UPDATE statements (batch rows), while a drainer claims an
 queue rows the way a worker does (`idxr_pg.db.queue.claim`, `delete_rows`, leases released;
 no model: the queue is what is measured). Printed: each queue relation's size before, at the
 largest sample taken during the run, right after the drain, and after autovacuum has run
-(waited for up to --settle seconds; where the server runs with autovacuum off, the bench runs
-the VACUUM itself), with the dead tuples left.
+(waited for up to 180 s; where the server runs with autovacuum off, the bench runs the VACUUM
+itself), with the dead tuples left. ``--second-burst N`` then writes N more one-row UPDATEs the
+same way (do the pages the first burst emptied get reused, or do the indexes grow again?);
+``--reindex`` ends with ``REINDEX INDEX CONCURRENTLY`` of every queue index (its time, the
+sizes after).
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/queue_bloat.py [--changes 1000000]
+        [--bulk 10] [--second-burst 300000] [--reindex] [--naptime 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -73,6 +78,99 @@ def drain(url: str, stop: threading.Event, counts: dict[str, int]) -> None:
                 counts["entities"] += len(claim)
 
 
+def burst(url: str, pgbench: str, changes: int, bulk: int, naptime: float) -> dict[str, object]:
+    """One burst: ``changes`` one-row UPDATEs by 8 pgbench clients and ``bulk`` 10,000-row
+    UPDATEs while two drainers empty the queue; then the vacuum. Sizes at the largest sample,
+    after the drain and after the vacuum, with timings and dead tuples."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        autovacuum = conn.execute("SHOW autovacuum").fetchone()[0]
+        peak: dict[str, int] = sizes(conn)
+    stop = threading.Event()
+    counts = {"rows": 0, "entities": 0}
+    drainers = [threading.Thread(target=drain, args=(url, stop, counts)) for _ in range(2)]
+    for drainer in drainers:
+        drainer.start()
+    sampling = threading.Event()
+    vacuums = [0]
+
+    def sample() -> None:
+        """Sizes every second; with autovacuum off on the server, stands in for it: every
+        ``naptime`` seconds, VACUUM each queue table with at least 1,000 dead tuples (the
+        threshold the queue tables' own autovacuum settings give)."""
+        next_vacuum = time.monotonic() + naptime
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not sampling.is_set():
+                for name, size in sizes(conn).items():
+                    peak[name] = max(peak.get(name, 0), size)
+                if autovacuum == "off" and naptime and time.monotonic() > next_vacuum:
+                    for table, _live, dead_tuples, _count in conn.execute(DEAD_SQL):
+                        if dead_tuples >= 1000:
+                            conn.execute(f"VACUUM idxr.{table}")
+                            vacuums[0] += 1
+                    next_vacuum = time.monotonic() + naptime
+                time.sleep(1.0)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    clients = 8
+    script = cap.SCRIPTS["update"].replace("{table}", "watched")
+    with open("/tmp/idxr_bloat.sql", "w") as handle:
+        handle.write(script)
+    subprocess.run(
+        [pgbench, "-n", "-c", str(clients), "-j", "2", "-t", str(changes // clients),
+         "-f", "/tmp/idxr_bloat.sql", url],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(bulk):
+            conn.execute(
+                "UPDATE bench.watched SET body = body || '.' WHERE id BETWEEN %s AND %s",
+                [1 + i * 10_000, (i + 1) * 10_000],
+            )
+    writing = time.perf_counter() - started
+    stop.set()
+    for drainer in drainers:
+        drainer.join()
+    drained = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        after_drain = sizes(conn)
+        dead_before = conn.execute(DEAD_SQL).fetchall()
+        if autovacuum == "on":
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if all(row[2] < 1000 for row in conn.execute(DEAD_SQL).fetchall()):
+                    break
+                time.sleep(2.0)
+            vacuumed = "autovacuum"
+        else:  # what autovacuum would do with the thresholds above, done here
+            conn.execute("VACUUM idxr.queue, idxr.queue_batches")
+            vacuumed = "VACUUM run by the bench (autovacuum is off on this server)"
+        after_vacuum = sizes(conn)
+        dead = conn.execute(DEAD_SQL).fetchall()
+    sampling.set()
+    sampler.join()
+    print(
+        f"burst: {changes + bulk * 10_000} captured changes ({changes} one-row UPDATEs by "
+        f"{clients} clients, {bulk} x 10,000-row UPDATEs) written in {writing:.0f} s; drained "
+        f"({counts['rows']} queue rows, {counts['entities']} entity passes) after {drained:.0f} s;"
+        f" VACUUMs by the bench during it: {vacuums[0]}; (table, live, dead, autovacuums) "
+        f"drained: {dead_before}; after {vacuumed}: {dead}",
+        flush=True,
+    )
+    return {"peak": peak, "drained": after_drain, "vacuumed": after_vacuum}
+
+
+def reindex(url: str) -> tuple[dict[str, int], float]:
+    """REINDEX CONCURRENTLY every queue index (an operator step after a large backlog):
+    the sizes after it and the seconds it took."""
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in RELATIONS[1:] + ("queue_batches_pkey",):
+            conn.execute(f"REINDEX INDEX CONCURRENTLY idxr.{name}")
+        return sizes(conn), time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -83,7 +181,16 @@ def main() -> None:
     )
     parser.add_argument("--changes", type=int, default=1_000_000, help="one-row UPDATEs")
     parser.add_argument("--bulk", type=int, default=10, help="10,000-row UPDATE statements")
-    parser.add_argument("--settle", type=float, default=180.0, help="wait for autovacuum (s)")
+    parser.add_argument(
+        "--second-burst",
+        type=int,
+        default=0,
+        help="one-row UPDATEs of a second burst after the first is drained and vacuumed "
+        "(shows whether the emptied index pages are reused)",
+    )
+    parser.add_argument(
+        "--reindex", action="store_true", help="REINDEX CONCURRENTLY the queue indexes at the end"
+    )
     parser.add_argument(
         "--naptime",
         type=float,
@@ -103,91 +210,20 @@ def main() -> None:
             for name, options in conn.execute(SETTINGS_SQL).fetchall():
                 print(f"  idxr.{name}: {', '.join(options or [])}")
             before = sizes(conn)
-        print(f"load average at start: {os.getloadavg()}")
-        stop = threading.Event()
-        counts = {"rows": 0, "entities": 0}
-        drainers = [threading.Thread(target=drain, args=(url, stop, counts)) for _ in range(2)]
-        for drainer in drainers:
-            drainer.start()
-        peak: dict[str, int] = dict(before)
-        sampling = threading.Event()
-
-        vacuums = [0]
-
-        def sample() -> None:
-            """Sizes every second; with autovacuum off on the server, stands in for it: every
-            --naptime seconds, VACUUM each queue table with at least 1,000 dead tuples (the
-            threshold the queue tables' own autovacuum settings give)."""
-            next_vacuum = time.monotonic() + args.naptime
-            with psycopg.connect(url, autocommit=True) as conn:
-                while not sampling.is_set():
-                    for name, size in sizes(conn).items():
-                        peak[name] = max(peak.get(name, 0), size)
-                    if autovacuum == "off" and args.naptime and time.monotonic() > next_vacuum:
-                        for table, _live, dead_tuples, _count in conn.execute(DEAD_SQL):
-                            if dead_tuples >= 1000:
-                                conn.execute(f"VACUUM idxr.{table}")
-                                vacuums[0] += 1
-                        next_vacuum = time.monotonic() + args.naptime
-                    time.sleep(1.0)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        started = time.perf_counter()
-        clients = 8
-        script = cap.SCRIPTS["update"].replace("{table}", "watched")
-        with open("/tmp/idxr_bloat.sql", "w") as handle:
-            handle.write(script)
-        import subprocess
-
-        subprocess.run(
-            [pgbench, "-n", "-c", str(clients), "-j", "2", "-t", str(args.changes // clients),
-             "-f", "/tmp/idxr_bloat.sql", url],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        with psycopg.connect(url, autocommit=True) as conn:
-            for i in range(args.bulk):
-                conn.execute(
-                    "UPDATE bench.watched SET body = body || '.' WHERE id BETWEEN %s AND %s",
-                    [1 + i * 10_000, (i + 1) * 10_000],
-                )
-        writing = time.perf_counter() - started
-        stop.set()
-        for drainer in drainers:
-            drainer.join()
-        drained = time.perf_counter() - started
-        with psycopg.connect(url, autocommit=True) as conn:
-            after_drain = sizes(conn)
-            dead_before = conn.execute(DEAD_SQL).fetchall()
-            if autovacuum == "on":
-                deadline = time.monotonic() + args.settle
-                while time.monotonic() < deadline:
-                    if all(row[2] < 1000 for row in conn.execute(DEAD_SQL).fetchall()):
-                        break
-                    time.sleep(2.0)
-                vacuumed = f"autovacuum, waited {args.settle - (deadline - time.monotonic()):.0f} s"
-            else:  # what autovacuum would do with the thresholds above, done here
-                conn.execute("VACUUM idxr.queue, idxr.queue_batches")
-                vacuumed = "VACUUM run by the bench (autovacuum is off on this server)"
-            after_vacuum = sizes(conn)
-            dead = conn.execute(DEAD_SQL).fetchall()
-        sampling.set()
-        sampler.join()
-    changes = args.changes + args.bulk * 10_000
-    print(
-        f"{changes} captured changes ({args.changes} one-row UPDATEs by {clients} clients, "
-        f"{args.bulk} x 10,000-row UPDATEs) written in {writing:.0f} s; drained "
-        f"({counts['rows']} queue rows, {counts['entities']} entity passes) after {drained:.0f} s"
-    )
-    print(f"{'relation':<20} {'before':>10} {'peak':>10} {'drained':>10} {'vacuumed':>12}")
-    for name in sorted(peak):
-        print(
-            f"{name:<20} {kib(before.get(name))} {kib(peak.get(name))} "
-            f"{kib(after_drain.get(name))} {kib(after_vacuum.get(name)):>12}"
-        )
-    print(f"VACUUMs run by the bench during the run (autovacuum {autovacuum}): {vacuums[0]}")
-    print(f"(table, live, dead tuples, autovacuums) drained: {dead_before}")
-    print(f"after {vacuumed}: {dead}")
+        print(f"load average at start: {os.getloadavg()}", flush=True)
+        columns: list[tuple[str, dict[str, int]]] = [("before", before)]
+        first = burst(url, pgbench, args.changes, args.bulk, args.naptime)
+        columns += [(f"1: {k}", first[k]) for k in ("peak", "drained", "vacuumed")]
+        if args.second_burst:
+            second = burst(url, pgbench, args.second_burst, 0, args.naptime)
+            columns += [(f"2: {k}", second[k]) for k in ("peak", "drained", "vacuumed")]
+        if args.reindex:
+            reindexed, seconds = reindex(url)
+            columns.append(("reindexed", reindexed))
+            print(f"REINDEX CONCURRENTLY of the queue indexes (empty queue): {seconds:.2f} s")
+    print(f"{'relation':<20}" + "".join(f"{label:>13}" for label, _ in columns))
+    for name in sorted(before):
+        print(f"{name:<20}" + "".join(f"{kib(values.get(name)):>13}" for _, values in columns))
     print(f"load average at end: {os.getloadavg()}")
 
 

@@ -74,8 +74,8 @@ from idxr_pg.config import EntityConfig, is_identifier, sql_expression_problem
 from idxr_pg.db import capture as bookkeeping
 from idxr_pg.db import catalog
 from idxr_pg.db.capture import INSTALL_LOCK_KEY
+from idxr_pg.db.queue import CAPTURE_SETTINGS, WAKE_NAMESPACE, coalesce_one
 from idxr_pg.db.queue import CHANNEL as QUEUE_CHANNEL
-from idxr_pg.db.queue import PENDING_CONFLICT, WAKE_NAMESPACE
 from idxr_pg.errors import IdxrError
 
 __all__ = [
@@ -509,15 +509,22 @@ def _collect(keys: sql.Composable, distinct: bool) -> sql.Composable:
 
 def _enqueue(plan: PlannedCapture) -> sql.Composable:
     """Queue ``idxr_keys``: one batch row when more than `BATCH_THRESHOLD` (a bulk statement),
-    else a pending row per key, coalescing into the key's pending row if it has one
-    (`idxr_pg.db.queue.PENDING_CONFLICT`), the keys distinct and in one sorted order, so that
-    every writer locks the pending rows it coalesces into in the same order (no deadlock
-    between two statements queueing overlapping keys). ``enqueued``: something new was queued.
+    else, key by key, share-lock the key's pending row if it has one or insert one
+    (`idxr_pg.db.queue.COALESCE_ONE`): share locks do not conflict, so the order of the keys
+    does not matter and writers of one entity never wait for each other. ``enqueued``:
+    something new was queued.
 
-    A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: ``ON CONFLICT``
-    against a pending row committed after its snapshot (or claimed meanwhile) raises a
-    serialization failure there, which the application's writes must never get from capture.
-    The worker's expansion coalesces those rows instead."""
+    A REPEATABLE READ or SERIALIZABLE transaction always writes a batch row: locking a pending
+    row claimed after its snapshot raises a serialization failure there, which the
+    application's writes must never get from capture. The worker's expansion coalesces those
+    rows instead."""
+    queue_one = coalesce_one(
+        kind=sql.Literal(plan.target.kind),
+        key=sql.SQL("idxr_key"),
+        source=sql.Literal(plan.table.qualified),
+        operation=sql.SQL("TG_OP"),
+        indent=" " * 12,
+    )
     return sql.SQL(
         "    IF pg_catalog.cardinality(idxr_keys) > {threshold}\n"
         "       OR (pg_catalog.cardinality(idxr_keys) > 0\n"
@@ -527,17 +534,16 @@ def _enqueue(plan: PlannedCapture) -> sql.Composable:
         "        VALUES ({kind}, idxr_keys, {source}, TG_OP);\n"
         "        enqueued := true;\n"
         "    ELSIF pg_catalog.cardinality(idxr_keys) > 0 THEN\n"
-        "        INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)\n"
-        '        SELECT DISTINCT {kind}, k.id COLLATE pg_catalog."C", {source}, TG_OP\n'
-        "          FROM pg_catalog.unnest(idxr_keys) AS k (id) ORDER BY 2\n"
-        "        {conflict};\n"
-        "        enqueued := FOUND;\n"
+        "        FOREACH idxr_key IN ARRAY idxr_keys LOOP\n"
+        "            {queue_one};\n"
+        "            enqueued := enqueued OR FOUND;\n"
+        "        END LOOP;\n"
         "    END IF;\n"
     ).format(
         threshold=sql.Literal(BATCH_THRESHOLD),
         kind=sql.Literal(plan.target.kind),
         source=sql.Literal(plan.table.qualified),
-        conflict=sql.SQL(PENDING_CONFLICT.replace("\n", "\n        ")),
+        queue_one=queue_one,
     )
 
 
@@ -657,6 +663,7 @@ def _capture_function(plan: PlannedCapture, name: str, branches: sql.Composable)
     body = sql.SQL(
         "\nDECLARE\n"
         "    idxr_keys text[];\n"
+        "    idxr_key text;\n"
         "    enqueued boolean := false;\n"
         "BEGIN\n"
         "{guard}"
@@ -671,9 +678,14 @@ def _capture_function(plan: PlannedCapture, name: str, branches: sql.Composable)
         "RETURNS trigger\n"
         "LANGUAGE plpgsql\n"
         "SECURITY DEFINER\n"
-        "SET search_path = pg_catalog, pg_temp\n"
+        "{settings}\n"
         "AS {tag}{body}{tag}"
-    ).format(name=sql.Identifier(name), tag=sql.SQL(_BODY_TAG), body=body)
+    ).format(
+        name=sql.Identifier(name),
+        settings=sql.SQL(CAPTURE_SETTINGS),
+        tag=sql.SQL(_BODY_TAG),
+        body=body,
+    )
 
 
 def function_ddl(plan: PlannedCapture) -> sql.Composed:

@@ -4,10 +4,12 @@ completion, retry backoff, and the wake-up rule.
 Every function runs ONE short statement (or a few inside the caller's short transaction);
 none of them is ever called with a transaction open across model inference.
 
-The queue's shape (revision 0002, ``schema/011_coalescing_queue.sql``): at most one *pending*
-row per (kind, entity) (``claimed_by IS NULL AND attempts = 0``, unique index
-``queue_pending``); writers coalesce into it with `PENDING_CONFLICT`. A statement changing more
-than a few keys writes one ``idxr.queue_batches`` row with all of them instead.
+The queue's shape (revisions 0002 and 0007, ``schema/011_coalescing_queue.sql``,
+``schema/016_capture_locks.sql``): an entity's *pending* rows (``claimed_by IS NULL AND
+attempts = 0``, partial index ``queue_pending``) are what writers coalesce into with
+`COALESCE_ONE`: a writer share-locks the entity's pending row if it has one and inserts one
+only if not. A statement changing more than a few keys writes one ``idxr.queue_batches`` row
+with all of them instead.
 
 Claiming (`claim`), in one short transaction:
   0. the kind's batch rows are expanded into pending rows (`_EXPAND_SQL`: one statement that
@@ -25,12 +27,29 @@ Claiming (`claim`), in one short transaction:
   "ids <= max" would delete a row committed late by a slow transaction. The claim's `Leases`
   go to `Pipeline.index`, which releases them in its write transaction.
 
-Why writers lock the pending row they coalesce into (`PENDING_CONFLICT` is ``DO UPDATE ...
-WHERE false``, not ``DO NOTHING``): ``DO NOTHING`` takes no lock, so a claim could take the
-pending row, load the document and delete the row before the coalescing writer commits, and
-that writer's change would never be indexed. The lock-only update (no new row version) makes
-the claim skip the row until the writer commits (``SKIP LOCKED``), and a writer that meets a row
-being claimed waits for the claim's commit, then finds no pending row and inserts one.
+Why a writer locks the pending row it coalesces into: without a lock, a claim could take the
+row, load the document and delete the row before the coalescing writer commits, and that
+writer's change would never be indexed. The lock is ``FOR SHARE``: it keeps the claim's ``FOR
+UPDATE SKIP LOCKED`` off the row until the writer commits, yet two writers of one entity (say,
+through a child table) never wait for each other, whatever order their statements come in, so
+capture adds no waits and no deadlocks between the application's own transactions. A writer
+waits only behind a claim's short transaction that has the row (then, in READ COMMITTED,
+re-checks it, finds it claimed, and inserts a pending row of its own). The price:
+``queue_pending`` cannot be unique (a second inserter of a key would wait on the first one's
+commit), so writers that create an entity's first pending row at the same moment may leave one
+row each (bounded by the concurrent writers; the claim takes an entity's rows together).
+Revision 0002's unique index and ``ON CONFLICT ... DO UPDATE ... WHERE false`` made the second
+writer of an entity wait for the first's commit and deadlocked two-statement transactions
+(bench/capture_contention.py).
+
+Why the look-up cannot degrade (`PENDING_LOOKUP`): it is run for one key at a time with
+equality on both columns of ``queue_pending``, by functions that run with ``enable_seqscan =
+off`` (`CAPTURE_SETTINGS`), and ``queue_ready`` (the only other index with the kind first) has
+its kind collated "C", which a default-collation equality cannot use. On a queue analysed
+while empty a seq scan costs the planner nothing, and a plpgsql function keeps a generic plan:
+the first try (commit 511dc0b, reverted: ``entity_id = ANY (keys)``) kept scanning every pending row of the
+kind on each write as the backlog grew. tests/integration/test_capture_locks.py checks the plan
+the trigger runs.
 """
 
 from __future__ import annotations
@@ -48,7 +67,9 @@ from idxr_pg.db.leases import Leases, acquire_ids
 __all__ = [
     "CHANNEL",
     "EXPAND_BATCHES",
-    "PENDING_CONFLICT",
+    "CAPTURE_SETTINGS",
+    "COALESCE_ONE",
+    "PENDING_LOOKUP",
     "WAKE_NAMESPACE",
     "WAKE_SQL",
     "Claim",
@@ -56,6 +77,7 @@ __all__ = [
     "add_rows",
     "choose_entities",
     "claim",
+    "coalesce_one",
     "delete_rows",
     "enqueue",
     "keep_leased",
@@ -74,12 +96,45 @@ ringing transaction per kind at a time keeps concurrent writers' commits from ru
 a time. The worker claims once more shortly after a drain (`Worker`) to catch the writers that
 skipped ringing while the ringer's commit woke it; its poll is the safety net."""
 
-PENDING_CONFLICT = (
-    "ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0\n"
-    "DO UPDATE SET claimed_by = NULL WHERE false"
+CAPTURE_SETTINGS = "SET search_path = pg_catalog, pg_temp\nSET enable_seqscan = off"
+"""The settings of every function that queues through `PENDING_LOOKUP` (the capture triggers):
+the look-up must use ``queue_pending`` even when the planner believes the queue is empty."""
+
+PENDING_LOOKUP = """\
+SELECT FROM idxr.queue AS p
+ WHERE p.entity_kind = {kind} AND p.entity_id = {key}
+   AND p.claimed_by IS NULL AND p.attempts = 0
+ LIMIT 1 FOR SHARE OF p"""
+"""Share-lock one pending row of one key (any one: the claim skips it until the writer commits,
+and takes the entity's other rows without it). A `psycopg.sql.SQL` template: ``kind`` and
+``key`` (text)."""
+
+COALESCE_ONE = """\
+WITH held AS (
+    {lookup}
 )
-"""How a writer coalesces into an entity's pending row: locks it, writes no new version (see
-the module docstring for why not ``DO NOTHING``). ``ROW_COUNT`` counts only rows inserted."""
+INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)
+SELECT {kind}, {key}, {source}, {operation} WHERE NOT EXISTS (SELECT FROM held)"""
+"""Queue one key: share-lock its pending row (`PENDING_LOOKUP`) or insert one; ``FOUND`` /
+``ROW_COUNT``: a row was inserted. A `psycopg.sql.SQL` template: ``kind``, ``key``,
+``source``, ``operation``; the capture triggers run it once per key of a statement with few
+keys."""
+
+
+def coalesce_one(
+    kind: sql.Composable,
+    key: sql.Composable,
+    source: sql.Composable,
+    operation: sql.Composable,
+    indent: str = "",
+) -> sql.Composed:
+    """`COALESCE_ONE` with its look-up filled in (the capture triggers' queueing statement),
+    every line after the first indented by ``indent`` (the template's, never a literal's)."""
+    lookup = sql.SQL(PENDING_LOOKUP.replace("\n", "\n    " + indent)).format(kind=kind, key=key)
+    return sql.SQL(COALESCE_ONE.replace("\n", "\n" + indent)).format(
+        lookup=lookup, kind=kind, key=key, source=source, operation=operation
+    )
+
 
 WAKE_SQL = (
     "SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock(%(ns)s, pg_catalog.hashtext(%(kind)s))"
@@ -102,14 +157,19 @@ SELECT DISTINCT ON (k.id COLLATE "C") t.entity_kind, k.id, t.source_table, t.ope
        t.enqueued_at
   FROM taken AS t CROSS JOIN LATERAL unnest(t.entity_ids) AS k(id)
  WHERE k.id IS NOT NULL
+   AND NOT EXISTS (SELECT FROM idxr.queue AS p
+                    WHERE p.entity_kind = t.entity_kind AND p.entity_id = k.id
+                      AND p.claimed_by IS NULL AND p.attempts = 0)
  ORDER BY k.id COLLATE "C", t.enqueued_at
-ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0 DO NOTHING
 """
+# A key that already has a pending row needs no other: this transaction holds the batch row
+# until it commits, and the pending row can only be claimed by a later claim. A writer may
+# insert one meanwhile (a second pending row: harmless, claimed together).
 
 _READY_SQL = """
 SELECT q.id, q.entity_id
 FROM idxr.queue AS q
-WHERE q.entity_kind = %(kind)s
+WHERE q.entity_kind COLLATE "C" = %(kind)s  -- queue_ready (016_capture_locks.sql)
   AND q.not_before <= now()
   AND NOT EXISTS (
       SELECT 1 FROM idxr.leases AS l
@@ -146,13 +206,20 @@ WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by IS DISTINCT FROM %(owner)s
 
 _DELETE_ROWS_SQL = "DELETE FROM idxr.queue WHERE id = ANY(%(ids)s::bigint[])"
 
-_ENQUEUE_SQL = f"""
+_ENQUEUE_SQL = """
+WITH held AS (
+    SELECT p.entity_id FROM idxr.queue AS p
+     WHERE p.entity_kind = %(kind)s AND p.entity_id = ANY (%(ids)s::text[])
+       AND p.claimed_by IS NULL AND p.attempts = 0
+       FOR SHARE OF p
+)
 INSERT INTO idxr.queue (entity_kind, entity_id, source_table, operation)
-SELECT DISTINCT %(kind)s, k.id COLLATE "C", %(source)s, %(operation)s
-  FROM unnest(%(ids)s::text[]) AS k(id)
- ORDER BY 2  -- the capture triggers' lock order
-{PENDING_CONFLICT}
+SELECT DISTINCT %(kind)s, k.id, %(source)s, %(operation)s
+  FROM unnest(%(ids)s::text[]) AS k (id)
+ WHERE k.id IS NOT NULL AND NOT EXISTS (SELECT FROM held AS h WHERE h.entity_id = k.id)
 """
+# `COALESCE_ONE` for many keys at once (dead letters retried by an operator: rare, planned per
+# call); the same locks.
 
 _READY_KINDS_SQL = """
 SELECT entity_kind, sum(n)::bigint FROM (

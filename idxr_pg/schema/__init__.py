@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 VERSION_TABLE = "alembic_version"
 SCHEMA = "idxr"
 
@@ -44,6 +44,7 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
     SchemaFile("013_schema_changes.sql", revision="0004"),
     SchemaFile("014_loads.sql", revision="0005"),
     SchemaFile("015_hybrid.sql", revision="0006"),
+    SchemaFile("016_capture_locks.sql", revision="0007"),
     SchemaFile("020_dimensions.sql"),
     SchemaFile("040_search.sql"),
     SchemaFile("045_hybrid.sql"),

@@ -508,7 +508,8 @@ def test_install_makes_four_triggers_per_table_and_kind(installed):
     ).fetchall()
     assert len(functions) == 4
     assert all(
-        secdef and config == ["search_path=pg_catalog, pg_temp"] for _, secdef, config in functions
+        secdef and config == ["search_path=pg_catalog, pg_temp", "enable_seqscan=off"]
+        for _, secdef, config in functions
     )
 
 

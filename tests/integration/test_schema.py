@@ -120,6 +120,7 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "013_schema_changes.sql",
         "014_loads.sql",
         "015_hybrid.sql",
+        "016_capture_locks.sql",
     )
     assert {
         "020_dimensions.sql",
