@@ -1,4 +1,5 @@
--- idxr_capture 1.0: one trigger function; see idxr_capture.c for its arguments.
+-- idxr_capture 1.0 (a prototype, see idxr_capture.c): one trigger function; see idxr_capture.c
+-- for its arguments.
 \echo Use "CREATE EXTENSION idxr_capture" to load this file. \quit
 
 CREATE FUNCTION idxr_capture() RETURNS trigger

@@ -1,33 +1,41 @@
 /*
- * idxr_capture: the capture trigger of idxr-pg as a C function (an optional accelerator).
+ * idxr_capture: the capture trigger of idxr-pg as a C function. A PROTOTYPE, kept as the
+ * evidence of issue 13's measurement (docs/benchmarks.md, "A C capture trigger"); idxr-pg does
+ * not install or use it. Build and install (root): make -C ext/idxr_capture install; then, as
+ * a superuser in the database: CREATE EXTENSION idxr_capture SCHEMA idxr.
  *
  * One statement-level AFTER trigger function for INSERT / UPDATE / DELETE / TRUNCATE, the same
- * shape and the same queue rules as the plpgsql functions idxr_pg/capture/triggers.py writes:
+ * shape and the same queue rules as the plpgsql functions idxr_pg/capture/triggers.py writes
+ * (revision 0007: share-locked pending rows, queue_pending not unique):
  *
  *   - the statement's entity keys come from its transition tables (key columns named in the
- *     trigger arguments); an UPDATE queues a key only if a column the kind reads changed (old
- *     and new rows are paired in the order PostgreSQL captured them; a key change queues the
- *     old and the new key);
- *   - more than BATCH_THRESHOLD distinct keys, or a REPEATABLE READ / SERIALIZABLE
- *     transaction: ONE idxr.queue_batches row with all of them;
- *   - else, per key in byte order: the key's pending idxr.queue row (index queue_pending) is
- *     share-locked (FOR SHARE) if it has one, and a pending row is inserted if not;
+ *     trigger arguments); an UPDATE queues a key only if its key or a column the kind reads
+ *     changed, comparing the datums (old and new rows are paired in the order PostgreSQL
+ *     captured them; a key change queues the old and the new key);
+ *   - more than BATCH_THRESHOLD keys (repeats dropped where keys are not unique), or a
+ *     REPEATABLE READ / SERIALIZABLE transaction: ONE idxr.queue_batches row with all of them;
+ *   - else, per distinct key in byte order: one pending idxr.queue row of the key (index
+ *     queue_pending) is share-locked as SELECT ... FOR SHARE would in READ COMMITTED, and a
+ *     pending row is inserted if none could be;
  *   - TRUNCATE: every entity of the kind that is indexed or leased (one SPI query);
- *   - the wake-up: pg_notify('idxr_queue', kind) if something new was queued and
+ *   - the wake-up: pg_notify('idxr_queue', kind) if a row was inserted and
  *     pg_try_advisory_xact_lock(WAKE_NAMESPACE, hashtext(kind)) succeeds.
  *
- * What it saves over plpgsql: the interpreter, SECURITY DEFINER's user switch and
- * search_path GUC, and the SPI executor start-up of the queue statement: the pending-row
- * look-up is a direct index probe (its plan cannot degrade), the insert a direct heap insert
- * plus index insertions. No state outlives a call, so an error leaves nothing behind.
+ * What it saves over plpgsql: the interpreter, SECURITY DEFINER's user switch and GUCs, and
+ * the SPI executor start-up of the queue statements: the pending-row look-up is a direct index
+ * probe (its plan cannot degrade), the insert a heap insert plus index insertions. Parsed
+ * trigger arguments and the queue's relations (with their IndexInfos) are cached for the
+ * backend's life and dropped by relcache invalidations; the per-statement keys live in the
+ * trigger's per-call memory, so an error leaves nothing behind.
  *
  * Trigger arguments: kind, source table (as configured), flags ('n': ring the wake-up,
  * 'u': the keys are unique in the table), then one (key column, read columns) pair per
- * reader; read columns comma-separated, '' meaning the whole row.
+ * reader; read columns comma-separated, '' meaning the whole row. Key expressions are not
+ * supported.
  *
- * The function writes the queue as the owner of idxr.queue (no permission checks apply to
- * direct heap and index calls; the TRUNCATE query runs as that owner), so EXECUTE on it must
- * stay with the installer: whoever can create a trigger with it chooses its arguments.
+ * The function writes the queue whatever the caller's rights (no permission checks apply to
+ * direct heap and index calls; the TRUNCATE query runs as the queue's owner), so EXECUTE on it
+ * must stay with the installer: whoever can create a trigger with it chooses its arguments.
  */
 #include "postgres.h"
 
@@ -470,7 +478,12 @@ collect_truncated(Capture *c, Oid owner, Keys *keys)
 		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
 		if (key)
-			keys_add(keys, MemoryContextStrdup(caller, key));
+		{
+			MemoryContext spi = MemoryContextSwitchTo(caller);	/* SPI_finish frees SPI's */
+
+			keys_add(keys, pstrdup(key));
+			MemoryContextSwitchTo(spi);
+		}
 	}
 	SPI_finish();
 	SetUserIdAndSecContext(saved_user, saved_context);
@@ -630,6 +643,16 @@ queue_cache_check(void)
 						"claimed_by and attempts)"),
 				 errhint("Run idxr-pg migrate, or rebuild idxr_capture with "
 						 "idxr-pg doctor --install-missing.")));
+	/*
+	 * A unique queue_pending (before revision 0007) would make the second of two writers that
+	 * insert an entity's first pending row at once fail with a unique violation.
+	 */
+	if (qcache.queue.infos[qcache.pending]->ii_Unique)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idxr_capture: idxr.queue_pending is unique; this trigger needs the "
+						"share-locked pending rows of revision 0007"),
+				 errhint("Run idxr-pg migrate.")));
 	table_close(batches, NoLock);
 	table_close(queue, NoLock);
 	MemoryContextSwitchTo(caller);
