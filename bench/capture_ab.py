@@ -43,10 +43,10 @@ from idxr_pg.config import parse_config  # noqa: E402
 from idxr_pg.db import migrations  # noqa: E402
 
 SECDEF = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
-PENDING = (
-    "ON CONFLICT (entity_kind, entity_id) WHERE claimed_by IS NULL AND attempts = 0 "
-    "DO UPDATE SET claimed_by = NULL WHERE false"
-)
+# Revision 0007 made queue_pending a plain index (writers share-lock a pending row instead of
+# coalescing through ON CONFLICT), so the hand-written variants insert without an arbiter: their
+# figures are the `lean_noconflict` kind. `installed` is the real (share-lock) body.
+PENDING = ""
 WAKE = (
     "IF FOUND AND pg_catalog.pg_try_advisory_xact_lock(1768192119, pg_catalog.hashtext('{t}'))"
     " THEN PERFORM pg_catalog.pg_notify('idxr_queue', '{t}'); END IF;"

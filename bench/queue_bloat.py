@@ -78,9 +78,11 @@ def drain(url: str, stop: threading.Event, counts: dict[str, int]) -> None:
                 counts["entities"] += len(claim)
 
 
-def burst(url: str, pgbench: str, changes: int, bulk: int, naptime: float) -> dict[str, object]:
+def burst(
+    url: str, pgbench: str, changes: int, bulk: int, naptime: float, vacuums: int = 1
+) -> dict[str, object]:
     """One burst: ``changes`` one-row UPDATEs by 8 pgbench clients and ``bulk`` 10,000-row
-    UPDATEs while two drainers empty the queue; then the vacuum. Sizes at the largest sample,
+    UPDATEs while two drainers empty the queue; then ``vacuums`` VACUUMs. Sizes at the largest sample,
     after the drain and after the vacuum, with timings and dead tuples."""
     with psycopg.connect(url, autocommit=True) as conn:
         autovacuum = conn.execute("SHOW autovacuum").fetchone()[0]
@@ -91,7 +93,7 @@ def burst(url: str, pgbench: str, changes: int, bulk: int, naptime: float) -> di
     for drainer in drainers:
         drainer.start()
     sampling = threading.Event()
-    vacuums = [0]
+    vacuum_count = [0]
 
     def sample() -> None:
         """Sizes every second; with autovacuum off on the server, stands in for it: every
@@ -106,7 +108,7 @@ def burst(url: str, pgbench: str, changes: int, bulk: int, naptime: float) -> di
                     for table, _live, dead_tuples, _count in conn.execute(DEAD_SQL):
                         if dead_tuples >= 1000:
                             conn.execute(f"VACUUM idxr.{table}")
-                            vacuums[0] += 1
+                            vacuum_count[0] += 1
                     next_vacuum = time.monotonic() + naptime
                 time.sleep(1.0)
 
@@ -144,8 +146,9 @@ def burst(url: str, pgbench: str, changes: int, bulk: int, naptime: float) -> di
                 time.sleep(2.0)
             vacuumed = "autovacuum"
         else:  # what autovacuum would do with the thresholds above, done here
-            conn.execute("VACUUM idxr.queue, idxr.queue_batches")
-            vacuumed = "VACUUM run by the bench (autovacuum is off on this server)"
+            for _ in range(vacuums):
+                conn.execute("VACUUM idxr.queue, idxr.queue_batches")
+            vacuumed = f"{vacuums} VACUUM run by the bench (autovacuum is off on this server)"
         after_vacuum = sizes(conn)
         dead = conn.execute(DEAD_SQL).fetchall()
     sampling.set()
@@ -154,7 +157,7 @@ def burst(url: str, pgbench: str, changes: int, bulk: int, naptime: float) -> di
         f"burst: {changes + bulk * 10_000} captured changes ({changes} one-row UPDATEs by "
         f"{clients} clients, {bulk} x 10,000-row UPDATEs) written in {writing:.0f} s; drained "
         f"({counts['rows']} queue rows, {counts['entities']} entity passes) after {drained:.0f} s;"
-        f" VACUUMs by the bench during it: {vacuums[0]}; (table, live, dead, autovacuums) "
+        f" VACUUMs by the bench during it: {vacuum_count[0]}; (table, live, dead, autovacuums) "
         f"drained: {dead_before}; after {vacuumed}: {dead}",
         flush=True,
     )
@@ -189,6 +192,13 @@ def main() -> None:
         "(shows whether the emptied index pages are reused)",
     )
     parser.add_argument(
+        "--vacuums-after",
+        type=int,
+        default=1,
+        help="VACUUMs after each drain (a btree page emptied by one VACUUM is reusable only "
+        "once a later one has put it in the free space map)",
+    )
+    parser.add_argument(
         "--reindex", action="store_true", help="REINDEX CONCURRENTLY the queue indexes at the end"
     )
     parser.add_argument(
@@ -212,10 +222,10 @@ def main() -> None:
             before = sizes(conn)
         print(f"load average at start: {os.getloadavg()}", flush=True)
         columns: list[tuple[str, dict[str, int]]] = [("before", before)]
-        first = burst(url, pgbench, args.changes, args.bulk, args.naptime)
+        first = burst(url, pgbench, args.changes, args.bulk, args.naptime, args.vacuums_after)
         columns += [(f"1: {k}", first[k]) for k in ("peak", "drained", "vacuumed")]
         if args.second_burst:
-            second = burst(url, pgbench, args.second_burst, 0, args.naptime)
+            second = burst(url, pgbench, args.second_burst, 0, args.naptime, args.vacuums_after)
             columns += [(f"2: {k}", second[k]) for k in ("peak", "drained", "vacuumed")]
         if args.reindex:
             reindexed, seconds = reindex(url)

@@ -12,7 +12,7 @@ import threading
 
 import psycopg
 
-from idxr_pg.db import migrations
+from idxr_pg.db import migrations, queue
 from idxr_pg.embedding import DeterministicEmbedder
 from idxr_pg.runtime.worker import Worker
 from tests.integration.test_writers_never_wait import strict_app_connection
@@ -104,6 +104,49 @@ def test_the_pending_row_look_up_is_an_index_scan_on_both_key_columns_on_an_empt
             "SELECT count(*) FROM idxr.queue WHERE entity_id::int < 1000"
         ).fetchone()[0]
     assert pending == 11  # one pending row per article written (1, 2, 3 .. 11), coalesced
+
+
+def test_a_claim_reads_the_queue_through_its_indexes_whatever_its_statistics_say(
+    isolated_database_url,
+):
+    url = isolated_database_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE idxr.queue, idxr.queue_batches, idxr.leases")
+        for _ in range(8):  # a worker that started on the empty queue (psycopg prepares at 5)
+            assert len(queue.claim(conn, "k", owner="w", batch_size=8, lease_seconds=60)) == 0
+        conn.execute(
+            "INSERT INTO idxr.queue (entity_kind, entity_id)"
+            " SELECT 'k', g::text FROM generate_series(1, 30000) g"
+        )
+        conn.execute(
+            "INSERT INTO idxr.queue_batches (entity_kind, entity_ids)"
+            " SELECT 'k', array_agg(g::text) FROM generate_series(29990, 30020) g"
+        )
+        plans: list[str] = []
+        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        conn.execute("LOAD 'auto_explain'")
+        conn.execute("SET auto_explain.log_min_duration = 0")
+        conn.execute("SET auto_explain.log_level = notice")
+        claimed = queue.claim(conn, "k", owner="w", batch_size=8, lease_seconds=60)
+        claim_plans = list(plans)
+        pending = conn.execute("SELECT count(*) FROM idxr.queue WHERE claimed_by IS NULL")
+        assert pending.fetchone()[0] == 30020 - 8  # the batch expanded, coalesced
+    assert claimed.entity_ids == [str(i) for i in range(1, 9)]  # oldest first
+    assert not any("Seq Scan" in p or "JIT" in p for p in claim_plans), claim_plans
+    (expand,) = [p for p in claim_plans if "WITH taken AS" in p]
+    (ready,) = [p for p in claim_plans if "ORDER BY q.not_before" in p]
+    (more,) = [p for p in claim_plans if "CROSS JOIN LATERAL (" in p]
+    assert re.search(
+        r"Index Only Scan using queue_pending on queue p .*\n\s+Index Cond: \(\(entity_kind = "
+        r"t\.entity_kind\) AND \(entity_id = k\.id\)\)",
+        expand,
+    ), expand
+    assert "Index Scan using queue_ready on queue q" in ready and "Sort" not in ready, ready
+    assert re.search(
+        r"Index Scan using queue_pending on queue p .*\n\s+Index Cond: \(\(entity_kind = "
+        r"'k'::text\) AND \(entity_id = k\.id\)\)",
+        more,
+    ), more
 
 
 def test_writers_of_the_same_articles_in_opposite_order_neither_wait_nor_deadlock(
