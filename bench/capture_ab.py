@@ -15,7 +15,10 @@ The variants are the decomposition the issue asks for (which part of the trigger
 - ``collect``: the installed body up to collecting the keys (no queue write, no wake-up);
 - ``lean``: a one-statement body per event (INSERT ... SELECT from the transition table
   ``ON CONFLICT``), FOUND for the wake-up: the floor of a queue write;
-- ``row``: a row-level trigger inserting NEW's key (what a row trigger would cost).
+- ``row``: a row-level trigger inserting NEW's key (what a row trigger would cost);
+- ``c``: the C trigger function of ext/idxr_capture (same statement triggers, no plpgsql, a
+  direct index probe and heap/index inserts); needs the extension built and installed
+  (``make -C ext/idxr_capture install``, as root).
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/capture_ab.py [--rounds 5] [--seconds 2]
         [--clients 1,4] [--variants installed,noop,...] [--bulk] [--drop-ready]
@@ -192,6 +195,19 @@ def row_level(table: str) -> list[str]:
     ]
 
 
+def c_function(table: str) -> list[str]:
+    """The C accelerator: the four statement triggers of the installed body, arguments
+    (kind, source, flags 'n' notify + 'u' unique key, key column, read columns)."""
+    args = f"'{table}', 'bench.{table}', 'nu', 'id', 'id,title,body,status,n'"
+    return [
+        "CREATE EXTENSION IF NOT EXISTS idxr_capture SCHEMA idxr",
+        *(
+            statement.replace(f"bench.{table}_fn()", f"idxr.idxr_capture({args})")
+            for statement in statement_triggers(table, f"{table}_fn")
+        ),
+    ]
+
+
 VARIANTS = {
     "plain": lambda t: [],
     "installed": None,  # idxr-pg's own install
@@ -206,6 +222,7 @@ VARIANTS = {
     "lean_noconflict": lambda t: lean(t, conflict=False),
     "fold": fold,
     "fold_join": lambda t: fold(t, JOINED),
+    "c": c_function,
 }
 
 
