@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from idxr_pg.config import EmbeddingSettings
-from idxr_pg.embedding.base import Embedder, EmbeddingError
+from idxr_pg.embedding.base import Embedder, EmbeddingError, TokenIdEmbedder
 from idxr_pg.embedding.batching import batch_budget, iter_batches
 from idxr_pg.embedding.cache import EmbeddingCache, text_hash
 from idxr_pg.embedding.truncation import char_bound, precut
@@ -58,6 +58,7 @@ class _Distinct:
 
     text: str
     tokens: int
+    ids: list[int] | None  # its token ids, where the embedder embeds ids (tokenized once)
     requests: list[int] = field(default_factory=list)
 
 
@@ -95,6 +96,13 @@ class EmbeddingService:
         )
         self.stats = EmbeddingStats()
         self._stats_lock = threading.Lock()
+        # Texts are tokenized once: their ids, counted for truncation and batching, are what
+        # the model embeds (where the embedder can take ids).
+        self._by_ids: TokenIdEmbedder | None = (
+            embedder
+            if isinstance(embedder, TokenIdEmbedder) and embedder.embeds_token_ids
+            else None
+        )
         self._sleep = sleep
 
     def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbeddedText]:
@@ -141,20 +149,27 @@ class EmbeddingService:
         # would otherwise be tokenized whole, twice).
         max_chars = char_bound(self.max_tokens)
         bounded = [precut(text, max_chars, strategy) for text in originals]
-        counts = self.embedder.count_tokens(bounded)
+        ids: list[list[int]] | list[None]
+        if self._by_ids is not None:
+            ids = self._by_ids.token_ids(bounded)
+            counts = [len(row) for row in ids]
+        else:
+            ids, counts = [None] * len(bounded), self.embedder.count_tokens(bounded)
         distinct: dict[str, _Distinct] = {}
         truncation: list[str | None] = [None] * len(requests)
         hash_of = [""] * len(requests)
         cut = 0
-        for original, text, tokens in zip(originals, bounded, counts, strict=True):
+        for original, text, tokens, text_ids in zip(originals, bounded, counts, ids, strict=True):
             used = strategy if len(original) > max_chars else None
             if tokens > self.max_tokens:
                 text = self.embedder.truncate(text, self.max_tokens, strategy)
                 tokens = self.max_tokens  # an upper bound is all batching needs
                 used = strategy
+                if self._by_ids is not None:
+                    text_ids = self._by_ids.token_ids([text])[0]
             cut += used is not None
             hash_ = text_hash(text)
-            entry = distinct.setdefault(hash_, _Distinct(text, tokens))
+            entry = distinct.setdefault(hash_, _Distinct(text, tokens, text_ids))
             for index in by_text[original]:
                 entry.requests.append(index)
                 truncation[index] = used
@@ -167,11 +182,14 @@ class EmbeddingService:
     ) -> dict[str, np.ndarray]:
         """Vectors by hash for one batch, retried with backoff; EmbeddingError when it fails."""
         texts = [distinct[h].text for h in batch]
+        ids = [distinct[h].ids for h in batch]
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
             self._count(model_calls=1)
             try:
-                vectors = _checked(self.embedder.embed(texts), len(texts), self.embedder.dimensions)
+                vectors = _checked(
+                    self._model_call(texts, ids), len(texts), self.embedder.dimensions
+                )
             except Exception as exc:
                 if attempt == attempts:
                     keys = [requests[i].key for h in batch for i in distinct[h].requests]
@@ -186,6 +204,12 @@ class EmbeddingService:
                 self._count(texts_embedded=len(texts))
                 return dict(zip(batch, vectors, strict=True))
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _model_call(self, texts: list[str], ids: list[list[int] | None]) -> np.ndarray:
+        """One model call: from the token ids counted already where every text has them."""
+        if self._by_ids is not None and all(row is not None for row in ids):
+            return self._by_ids.embed_token_ids(ids)  # type: ignore[arg-type]
+        return self.embedder.embed(texts)
 
     def _count(self, **increments: int) -> None:
         with self._stats_lock:
