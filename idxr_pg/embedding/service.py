@@ -67,11 +67,12 @@ class EmbeddingService:
 
     Per call: identical texts are embedded once; over-long texts are cut by the configured
     strategy, first by characters (`truncation.precut`, so memory and time are bounded by the
-    model window) and then on the model's own tokenizer (so the model never truncates silently); the cache
-    answers what it can; the rest go to the model longest first, in token-budgeted batches
-    (see ``batching``), each retried with exponential backoff and written to the cache as it
-    succeeds. A batch that keeps failing raises ``EmbeddingError`` naming its entity keys,
-    and nothing is returned for the call.
+    model window) and then on the model's own tokenizer (so the model never truncates
+    silently); the cache answers what it can; the rest go to the model longest first, in
+    token-budgeted batches (see ``batching``), each retried with exponential backoff, and
+    their vectors go to the cache in one write at the end of the call (also when a later
+    batch fails). A batch that keeps failing raises ``EmbeddingError`` naming its entity
+    keys, and nothing is returned for the call.
     """
 
     def __init__(
@@ -115,11 +116,17 @@ class EmbeddingService:
         misses = sorted((h for h in distinct if h not in cached), key=lambda h: -distinct[h].tokens)
         self._count(cache_hits=len(cached), deduplicated=len(requests) - len(distinct))
         tokens = [distinct[h].tokens for h in misses]
-        for batch in iter_batches(misses, tokens, self.token_budget, self.settings.max_batch_size):
-            fresh = self._embed_batch(batch, distinct, requests)
-            vectors.update(fresh)
-            if self.cache is not None:
-                self.cache.put_many(self.model_key, fresh)
+        fresh: dict[str, np.ndarray] = {}
+        try:
+            for batch in iter_batches(
+                misses, tokens, self.token_budget, self.settings.max_batch_size
+            ):
+                fresh.update(self._embed_batch(batch, distinct, requests))
+        except EmbeddingError:
+            self._keep(fresh)  # what the batches before the failing one computed
+            raise
+        self._keep(fresh)
+        vectors.update(fresh)
         return [
             EmbeddedText(vectors[hash_of[i]], truncation[i], hash_of[i] in cached)
             for i in range(len(requests))
@@ -204,6 +211,11 @@ class EmbeddingService:
                 self._count(texts_embedded=len(texts))
                 return dict(zip(batch, vectors, strict=True))
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _keep(self, fresh: dict[str, np.ndarray]) -> None:
+        """Store a call's new vectors in the cache: one write (one transaction) per call."""
+        if self.cache is not None and fresh:
+            self.cache.put_many(self.model_key, fresh)
 
     def _model_call(self, texts: list[str], ids: list[list[int] | None]) -> np.ndarray:
         """One model call: from the token ids counted already where every text has them."""
