@@ -7,7 +7,7 @@ table of their own in a fresh database; each setting builds the same index
 ``--rounds`` times with the order of the settings rotated per round; the figure is each
 one's fastest. ``auto`` is the bulk backfill's default (`idxr_pg.db.hnsw_memory`).
 
-    .venv/bin/python bench/hnsw_build.py [--vectors 50000] [--settings 512MB/4,auto/4,auto/1,auto/0]
+    .venv/bin/python bench/hnsw_build.py [--vectors 20000] [--settings 512MB/4,auto/4,auto/1,auto/0]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def build_seconds(conn: psycopg.Connection, memory: str, workers: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vectors", type=int, default=50_000)
+    parser.add_argument("--vectors", type=int, default=20_000)
     parser.add_argument("--clusters", type=int, default=2_000)
     parser.add_argument("--settings", default="512MB/4,auto/4,auto/1,auto/0")
     parser.add_argument("--rounds", type=int, default=2)
