@@ -10,7 +10,15 @@ overlap (the default) the helper thread's stages (lease … model inference) run
 writes, so the shares add up to more than 100%; "wait for the batch being prepared" is the
 time the writing thread idles.
 
+``--compare`` runs the same backfill ``--rounds`` times each as *before* and *after* the
+non-inference work of issue 14's second pass (the order alternating by round, index and cache
+emptied before each run) and prints both columns in ms per batch, from each one's fastest run:
+*before* tokenizes every text twice (the service counts tokens, the model tokenizes again),
+writes the cache once per model batch, commits the backfill's and the cache's writes
+synchronously, and builds the index with a fixed 512MB; *after* is the code as it is.
+
     .venv/bin/python bench/backfill_profile.py [--entities 2000] [--embedder model|deterministic]
+        [--compare --rounds 2]
 """
 
 from __future__ import annotations
@@ -37,7 +45,12 @@ from idxr_pg.config import EmbeddingSettings, parse_config  # noqa: E402
 from idxr_pg.db import leases, migrations, search_index, source  # noqa: E402
 from idxr_pg.demo import data as demo_data  # noqa: E402
 from idxr_pg.demo.run import demo_config  # noqa: E402
-from idxr_pg.embedding import EmbeddingCache, load_embedder  # noqa: E402
+from idxr_pg.embedding import (  # noqa: E402
+    EmbeddingCache,
+    EmbeddingService,  # noqa: E402
+    load_embedder,
+)
+from idxr_pg.embedding import cache as cache_module  # noqa: E402
 from idxr_pg.embedding.deterministic import DeterministicEmbedder  # noqa: E402
 from idxr_pg.indexing import pipeline as pipeline_module  # noqa: E402
 from idxr_pg.runtime import backfill as backfill_module  # noqa: E402
@@ -85,6 +98,8 @@ def instrument(embedder: Any) -> None:
     timed(EmbeddingCache, "get_many", "cache look-up")
     timed(EmbeddingCache, "put_many", "cache writes")
     timed(embedder, "embed", "model inference")
+    if hasattr(embedder, "embed_token_ids"):
+        timed(embedder, "embed_token_ids", "model inference")
     timed(pipeline_module.Pipeline, "_write", "write tx (lock leases, commit)")
     timed(backfill_module.Backfill, "_write_next", "wait for the batch being prepared")
     for name in ("upsert_records", "write_records"):
@@ -115,6 +130,8 @@ def main() -> None:
     parser.add_argument(
         "--no-overlap", action="store_true", help="prepare each batch only after the last write"
     )
+    parser.add_argument("--compare", action="store_true", help="before and after, same run")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: runs of each")
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -148,6 +165,76 @@ def main() -> None:
             with conn.transaction():
                 demo_data.load(conn, demo_data.generate(args.entities, seed=11))
         instrument(embedder)
+        variants = ["before", "after"] if args.compare else ["as is"]
+        best: dict[str, tuple[float, dict[str, float], Any]] = {}
+        for round_ in range(args.rounds if args.compare else 1):
+            order = variants if round_ % 2 == 0 else variants[::-1]
+            for variant in order:
+                empty_index(url)
+                wall, seconds, job = run_once(url, config, embedder, args, variant)
+                print(f"round {round_ + 1} {variant}: wall {wall:.2f}s", flush=True)
+                if variant not in best or wall < best[variant][0]:
+                    best[variant] = (wall, seconds, job)
+    finally:
+        with psycopg.connect(args.database_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    report(best, args)
+
+
+class TokenizingTwice:
+    """The embedder as before issue 14's second pass: it does not offer `embed_token_ids`,
+    so the service counts tokens and the model tokenizes every text again."""
+
+    embeds_token_ids = False
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("token_ids", "embed_token_ids"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def embed(self, texts: Any) -> Any:
+        return self._inner.embed(texts)
+
+
+def _synchronous(conn: Any) -> None:
+    """Stands in for `commit_asynchronously` in the *before* runs: commits wait for the WAL."""
+
+
+def _embed_batch_and_store(original: Any) -> Any:
+    """The *before* runs' cache writes: one per model batch, as each batch succeeds."""
+
+    def embed_batch(self: EmbeddingService, batch: Any, distinct: Any, requests: Any) -> Any:
+        fresh = original(self, batch, distinct, requests)
+        if self.cache is not None:
+            self.cache.put_many(self.model_key, fresh)
+        return fresh
+
+    return embed_batch
+
+
+def empty_index(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE idxr.search_index, idxr.embedding_cache")
+        conn.execute("VACUUM idxr.search_index")
+
+
+def run_once(
+    url: str, config: Any, embedder: Any, args: argparse.Namespace, variant: str
+) -> tuple[float, dict[str, float], Any]:
+    before = variant == "before"
+    asynchronous = (backfill_module.commit_asynchronously, cache_module.commit_asynchronously)
+    per_call = (EmbeddingService._embed_batch, EmbeddingService._keep)
+    if before:
+        backfill_module.commit_asynchronously = _synchronous  # type: ignore[assignment]
+        cache_module.commit_asynchronously = _synchronous  # type: ignore[assignment]
+        EmbeddingService._embed_batch = _embed_batch_and_store(per_call[0])  # type: ignore[method-assign]
+        EmbeddingService._keep = lambda self, fresh: None  # type: ignore[method-assign]
+    try:
         runner = backfill_module.Backfill(
             url,
             config,
@@ -158,38 +245,50 @@ def main() -> None:
                 overlap=not args.no_overlap,
                 progress_interval=3600,
                 tty=False,
+                **({"maintenance_work_mem": "512MB"} if before else {}),
             ),
-            embedder=embedder,
+            embedder=TokenizingTwice(embedder) if before else embedder,
         )
         SECONDS.clear()
         started = time.perf_counter()
         job = runner.run()
         wall = time.perf_counter() - started
     finally:
-        with psycopg.connect(args.database_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        backfill_module.commit_asynchronously, cache_module.commit_asynchronously = asynchronous
+        EmbeddingService._embed_batch, EmbeddingService._keep = per_call  # type: ignore[method-assign]
+    return wall, dict(SECONDS), job
+
+
+def report(best: dict[str, tuple[float, dict[str, float], Any]], args: argparse.Namespace) -> None:
     batches = -(-args.entities // args.batch_size)
     load = os.getloadavg()
+    _, _, job = next(iter(best.values()))
     print(
         f"\nbackfill profile: {args.entities} entities, {batches} batches of {args.batch_size}, "
         f"{job.counts.records_written} rows, {job.counts.texts_embedded} texts embedded, "
         f"embedder {args.embedder}, bulk {job.options['bulk']}, overlap {not args.no_overlap}, "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    print(f"wall {wall:.2f}s, {job.counts.records_written / wall:.0f} rows/s")
-    header = f"{'stage':34} {'seconds':>8} {'share':>6} {'ms/batch':>9}"
+    if len(best) == 1:
+        wall, seconds, job = best["as is"]
+        print(f"wall {wall:.2f}s, {job.counts.records_written / wall:.0f} rows/s")
+        header = f"{'stage':34} {'seconds':>8} {'share':>6} {'ms/batch':>9}"
+        print(header)
+        print("-" * len(header))
+        for stage_name, spent in sorted(seconds.items(), key=lambda kv: -kv[1]):
+            print(f"{stage_name:34} {spent:8.2f} {spent / wall:6.1%} {1000 * spent / batches:9.1f}")
+        rest = wall - sum(seconds.values())
+        print(f"{'rest (job rows, keys, progress)':34} {rest:8.2f} {rest / wall:6.1%}")
+        return
+    (wall_b, before, _), (wall_a, after, _) = best["before"], best["after"]
+    header = f"{'stage (ms per batch)':34} {'before':>8} {'after':>8} {'after-before':>12}"
     print(header)
     print("-" * len(header))
-    accounted = 0.0
-    for stage_name, seconds in sorted(SECONDS.items(), key=lambda kv: -kv[1]):
-        accounted += seconds
-        print(
-            f"{stage_name:34} {seconds:8.2f} {seconds / wall:6.1%} {1000 * seconds / batches:9.1f}"
-        )
-    rest = wall - accounted
-    print(f"{'rest (job rows, keys, progress)':34} {rest:8.2f} {rest / wall:6.1%}")
+    for stage_name in sorted(set(before) | set(after), key=lambda k: -before.get(k, 0.0)):
+        b = 1000 * before.get(stage_name, 0.0) / batches
+        a = 1000 * after.get(stage_name, 0.0) / batches
+        print(f"{stage_name:34} {b:8.1f} {a:8.1f} {a - b:12.1f}")
+    print(f"{'wall (s)':34} {wall_b:8.2f} {wall_a:8.2f}   after/before {wall_a / wall_b:.3f}")
 
 
 if __name__ == "__main__":

@@ -39,14 +39,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as postgres
 
-import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import torch  # noqa: E402
+from halfvec import deterministic_vectors  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from idxr_pg.config import EmbeddingSettings, parse_config  # noqa: E402
 from idxr_pg.db import migrations, staging  # noqa: E402
+from idxr_pg.db.hnsw_memory import graph_megabytes  # noqa: E402
 from idxr_pg.demo import data as demo_data  # noqa: E402
 from idxr_pg.demo.run import demo_config  # noqa: E402
 from idxr_pg.embedding import load_embedder  # noqa: E402
@@ -155,36 +156,28 @@ def distinct_texts(url: str) -> list[str]:
 
 
 def prefill(url: str, vectors: int) -> float:
-    """``vectors`` rows of kind 'filler' (unit vectors) by binary COPY, then the HNSW index
-    built over them; returns the build's seconds."""
-    rng = np.random.default_rng(5)
+    """``vectors`` rows of kind 'filler' by binary COPY, then the HNSW index built over them;
+    returns the build's seconds. The vectors are unit vectors around 2,000 random centres
+    (`halfvec.deterministic_vectors`), so that near neighbours exist as among real
+    embeddings (independent random vectors, which the first runs used, are HNSW's worst
+    case: every insert searches far)."""
+    block = deterministic_vectors(vectors, 384, 2_000)
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute("DROP INDEX IF EXISTS idxr.search_index_embedding_hnsw_384")
         with conn.transaction(), conn.cursor() as cur:
-            copy_sql = (
-                "COPY idxr.search_index (entity_kind, entity_id, path, value, value_type, "
-                "content_hash, embedding) FROM STDIN"
+            cur.execute("CREATE TEMPORARY TABLE filler (id int, embedding vector(384))")
+            with cur.copy("COPY filler (id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "vector"])
+                for i, vector in enumerate(block):
+                    copy.write_row((i, vector))
+            cur.execute(
+                "INSERT INTO idxr.search_index (entity_kind, entity_id, path, value, value_type, "
+                "content_hash, embedding) SELECT 'filler', id::text, 'filler.text', 'text ' || id, "
+                "'string', lpad(to_hex(id), 64, '0'), embedding FROM filler"
             )
-            with cur.copy(copy_sql) as copy:
-                for start in range(0, vectors, 10_000):
-                    block = rng.standard_normal((min(10_000, vectors - start), 384))
-                    block /= np.linalg.norm(block, axis=1, keepdims=True)
-                    for offset, vector in enumerate(block.astype(np.float32)):
-                        i = start + offset
-                        copy.write_row(
-                            (
-                                "filler",
-                                str(i),
-                                "filler.text",
-                                f"text {i}",
-                                "string",
-                                f"{i:064x}",
-                                "[" + ",".join(f"{x:.6f}" for x in vector) + "]",
-                            )
-                        )
         started = time.perf_counter()
-        conn.execute("SET maintenance_work_mem = '512MB'")
+        conn.execute(f"SET maintenance_work_mem = '{graph_megabytes(vectors, 384)}MB'")
         conn.execute("SELECT idxr.set_embedding_dimensions(384)")
         return time.perf_counter() - started
 
@@ -198,6 +191,7 @@ def interleaved(
     bulk: bool,
     settings: Any,
     rounds: int,
+    scenarios: tuple[bool, ...] = (False, True),
 ) -> tuple[float, list[tuple[str, float, Any]], int]:
     """``rounds`` rounds of: before, raw encode, after, raw encode (the order of before and
     after alternates per round). Each scenario keeps its fastest round (other work on a shared
@@ -206,7 +200,7 @@ def interleaved(
     raw: list[float] = []
     texts: list[str] = []
     for round_ in range(rounds):
-        order = (False, True) if round_ % 2 == 0 else (True, False)
+        order = scenarios if round_ % 2 == 0 else scenarios[::-1]
         for new in order:
             seconds, job = backfill(url, config, embedder, batch_size, bulk=bulk, new=new)
             label = "after: COPY + overlap" if new else "before: INSERT per row, no overlap"
@@ -247,10 +241,46 @@ def _timed_build(original: Any) -> Any:
     return build
 
 
+BATCH_MARKS: list[tuple[float, int, float]] = []  # per batch written: time, records, RSS MiB
+WINDOW = 20  # batches per ms/batch figure along a run
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _marked_write(original: Any) -> Any:
+    def write(self: Backfill, work: Any, run: Any, prepared: Any, *, checkpoint: Any) -> Any:
+        result = original(self, work, run, prepared, checkpoint=checkpoint)
+        BATCH_MARKS.append(
+            (time.perf_counter(), run.state.counts.records_written, _current_rss_mib())
+        )
+        return result
+
+    return write
+
+
+def print_along_the_run(records: int) -> None:
+    """ms per batch (the mean of `WINDOW` batches) and the process's RSS as records grow."""
+    targets = [t for t in (10_000, 50_000, 100_000, 250_000, 500_000, 750_000) if t < records]
+    print(f"  {'records':>9} {'ms/batch':>9} {'RSS MiB':>8}")
+    for target in [*targets, records]:
+        end = next(i for i, mark in enumerate(BATCH_MARKS) if mark[1] >= target)
+        start = max(0, end - WINDOW)
+        if end == start:
+            continue
+        spent = BATCH_MARKS[end][0] - BATCH_MARKS[start][0]
+        ms = 1000 * spent / (end - start)
+        print(f"  {BATCH_MARKS[end][1]:9d} {ms:9.1f} {BATCH_MARKS[end][2]:8.1f}")
+
+
 def write_path_alone(url: str, sizes: list[int], batch_size: int) -> None:
     """Deterministic embedder, COPY + overlap, bulk: records/s (index build included),
-    ms/batch (build excluded), the build's seconds, peak RSS."""
+    ms/batch (build excluded), the build's seconds, peak RSS; then ms/batch and RSS along
+    each run."""
     Backfill._build_index = _timed_build(Backfill._build_index)  # type: ignore[method-assign]
+    Backfill._write_batch = _marked_write(Backfill._write_batch)  # type: ignore[method-assign]
     config = parse_config(config_dict(batch_size, "deterministic-test"), "bench")
     embedder = DeterministicEmbedder()
     print(
@@ -259,7 +289,7 @@ def write_path_alone(url: str, sizes: list[int], batch_size: int) -> None:
     )
     header = (
         f"{'entities':>8} {'records':>8} {'seconds':>8} {'records/s':>9} {'ms/batch':>8} "
-        f"{'build s':>8} {'RSS MiB':>8}"
+        f"{'build s':>8} {'vectors':>8} {'RSS MiB':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -268,15 +298,23 @@ def write_path_alone(url: str, sizes: list[int], batch_size: int) -> None:
     for size in sizes:
         load_demo(url, size)
         BUILD_SECONDS.clear()
+        BATCH_MARKS.clear()
         seconds, job = backfill(url, config, embedder, batch_size, bulk=True, new=True)
         build = sum(BUILD_SECONDS)
         records = job.counts.records_written
         batches = -(-size // batch_size)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(embedding) FROM idxr.search_index WHERE entity_kind = %s", [KIND]
+            ).fetchone()
+        vectors = row[0] if row else 0
         print(
             f"{size:8d} {records:8d} {seconds:8.1f} {records / seconds:9.0f} "
-            f"{1000 * (seconds - build) / batches:8.1f} {build:8.1f} {rss:8.1f}"
+            f"{1000 * (seconds - build) / batches:8.1f} {build:8.1f} {vectors:8d} {rss:8.1f}",
+            flush=True,
         )
+        print_along_the_run(records)
 
 
 def main() -> None:
@@ -287,6 +325,11 @@ def main() -> None:
     parser.add_argument("--write-sizes", default="1000,5000", help="entities, comma-separated")
     parser.add_argument("--parts", default="initial,steady,write")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each figure is the fastest")
+    parser.add_argument(
+        "--after-only",
+        action="store_true",
+        help="initial and steady state: the current path only (no INSERT-per-row 'before')",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -325,6 +368,7 @@ def main() -> None:
                 bulk=True,
                 settings=settings,
                 rounds=args.rounds,
+                scenarios=(True,) if args.after_only else (False, True),
             )
             print_ratios(raw_rate, rows)
         if "steady" in parts:
@@ -341,6 +385,7 @@ def main() -> None:
                 bulk=False,
                 settings=settings,
                 rounds=args.rounds,
+                scenarios=(True,) if args.after_only else (False, True),
             )
             print_ratios(raw_rate, rows)
             with psycopg.connect(url, autocommit=True) as conn:

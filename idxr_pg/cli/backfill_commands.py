@@ -22,6 +22,7 @@ from idxr_pg.cli.options import (
     json_flag,
     progress_interval_option,
 )
+from idxr_pg.db.hnsw_memory import AUTO as AUTO_BUILD_MEMORY
 from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
 from idxr_pg.runtime.primary import can_write
 from idxr_pg.runtime.signals import StopRequest, stop_on_signals
@@ -127,9 +128,11 @@ def job_row(job: Job) -> list[object]:
 )
 @click.option(
     "--maintenance-work-mem",
-    default="512MB",
+    default=AUTO_BUILD_MEMORY,
     show_default=True,
-    help="maintenance_work_mem of the session that builds the HNSW index in bulk mode.",
+    help="maintenance_work_mem of the session that builds the HNSW index in bulk mode; "
+    "'auto' sizes it to the vectors to index (4 bytes per dimension + ~800 per vector, "
+    "64MB to 4GB), so the graph is built in memory.",
 )
 @click.option(
     "--build-workers",

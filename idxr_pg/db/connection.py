@@ -28,6 +28,7 @@ __all__ = [
     "RECONNECT_BASE_SECONDS",
     "RECONNECT_MAX_SECONDS",
     "DatabaseError",
+    "commit_asynchronously",
     "connect",
     "conninfo",
     "is_connection_lost",
@@ -113,6 +114,22 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
         if not autocommit:
             conn.commit()  # end the transaction the type look-up opened
     return conn
+
+
+_ASYNCHRONOUS_COMMIT_SQL = "SET synchronous_commit = off"
+
+
+def commit_asynchronously(conn: psycopg.Connection) -> None:
+    """This session's commits return before their WAL reaches disk (``synchronous_commit =
+    off``, a session setting any role may make). For sessions whose every commit can be
+    redone: a server crash loses the last ones (at most ~3 x ``wal_writer_delay``) whole,
+    never part of one, and never one of another session; a client that dies loses nothing.
+    The embedding cache's writes (recomputed on a miss) and a backfill's batches (each
+    committed with its checkpoint, so ``--resume`` redoes what a crash took back) qualify;
+    the fsync each commit would wait for is most of a small write's time."""
+    conn.execute(_ASYNCHRONOUS_COMMIT_SQL)
+    if not conn.autocommit:
+        conn.commit()
 
 
 def conninfo(url: str, application_name: str) -> str:

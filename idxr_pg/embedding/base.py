@@ -9,7 +9,7 @@ import numpy as np
 
 from idxr_pg.errors import IdxrError
 
-__all__ = ["Embedder", "EmbeddingError", "ModelLoadError"]
+__all__ = ["Embedder", "EmbeddingError", "ModelLoadError", "TokenIdEmbedder"]
 
 
 @runtime_checkable
@@ -38,6 +38,25 @@ class Embedder(Protocol):
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of shape (len(texts), dimensions), float32, each of unit length."""
+        ...
+
+
+@runtime_checkable
+class TokenIdEmbedder(Protocol):
+    """An `Embedder` that can also embed texts it has tokenized already, so a caller that
+    counts tokens (the `EmbeddingService`, for truncation and batching) tokenizes each text
+    once: ``token_ids`` gives what ``count_tokens`` counts, ``embed_token_ids`` embeds them
+    with the same vectors as ``embed`` of the texts. ``embeds_token_ids`` is False where it
+    cannot (then callers use ``embed``)."""
+
+    embeds_token_ids: bool
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, special tokens included, untruncated."""
+        ...
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """``embed`` of the texts these ids came from (each within ``max_tokens``)."""
         ...
 
 

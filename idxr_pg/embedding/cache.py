@@ -22,7 +22,7 @@ from pgvector.psycopg import register_vector
 from psycopg.pq import TransactionStatus
 
 from idxr_pg.db import embedding_cache as rows_db
-from idxr_pg.db.connection import connect
+from idxr_pg.db.connection import commit_asynchronously, connect
 
 __all__ = ["EmbeddingCache", "embedding_cache_key", "text_hash"]
 
@@ -47,8 +47,9 @@ def text_hash(text: str) -> str:
 
 class EmbeddingCache:
     """Vectors by (model key, text hash). Give a connection string (the cache then keeps one
-    autocommit connection of its own, reopened when lost) or an open psycopg connection that
-    is not inside a transaction when ``put_many`` runs."""
+    autocommit connection of its own, reopened when lost, whose commits are asynchronous:
+    `idxr_pg.db.connection.commit_asynchronously`) or an open psycopg connection that is
+    not inside a transaction when ``put_many`` runs."""
 
     def __init__(self, conninfo_or_connection: str | psycopg.Connection) -> None:
         if isinstance(conninfo_or_connection, str):
@@ -121,6 +122,7 @@ class EmbeddingCache:
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = connect(self._conninfo, autocommit=True)  # keepalives, pgvector
+                commit_asynchronously(self._conn)  # a lost cache write is only recomputed
             assert self._conn is not None
             _ensure_vector_registered(self._conn)
             yield self._conn

@@ -93,14 +93,10 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
             fallback_max_tokens=fallback_max_tokens,
         )
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """One ONNX Runtime call over ``texts`` (keep them within ``max_tokens``)."""
+    def _forward(self, features: dict[str, Any]) -> np.ndarray:
+        """One ONNX Runtime call over preprocessed ``features``, then the model's pooling."""
         import torch
 
-        if not texts:
-            return np.empty((0, self.dimensions), dtype=np.float32)
-        with self._tokenizer_lock:
-            features = self.model.preprocess(list(texts))
         feed = {name: features[name].numpy().astype(np.int64) for name in self._inputs}
         (hidden,) = self._session.run(["last_hidden_state"], feed)
         features["token_embeddings"] = torch.from_numpy(hidden)

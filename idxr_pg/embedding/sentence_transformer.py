@@ -6,6 +6,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class SentenceTransformerEmbedder:
         self._overhead = int(tokenizer.num_special_tokens_to_add(pair=False))
         # HF fast tokenizers are not safe to call from several threads at once.
         self._tokenizer_lock = threading.Lock()
+        self._plain = _plain_text_extras(model, self._tokenizer)
 
     backend = "torch"
 
@@ -96,6 +98,11 @@ class SentenceTransformerEmbedder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, special tokens included, without truncation."""
+        return [len(ids) for ids in self.token_ids(texts)]
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, special tokens included, without truncation: what
+        `count_tokens` counts and what `embed_token_ids` embeds."""
         if not texts:
             return []
         with self._tokenizer_lock:
@@ -107,7 +114,13 @@ class SentenceTransformerEmbedder:
                 return_token_type_ids=False,
                 verbose=False,
             )
-        return [len(ids) for ids in encoded["input_ids"]]
+        return list(encoded["input_ids"])
+
+    @property
+    def embeds_token_ids(self) -> bool:
+        """Whether `embed_token_ids` can stand in for `embed` (a plain text model: the
+        features of its preprocessing are token ids, attention mask and token types only)."""
+        return self._plain is not None
 
     def truncate(self, text: str, max_tokens: int, strategy: str) -> str:
         """``text`` cut on this model's token boundaries to at most ``max_tokens`` tokens."""
@@ -122,13 +135,27 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One forward pass over ``texts`` (keep them within ``max_tokens``)."""
-        import torch
-        from sentence_transformers.util import batch_to_device
-
         if not texts:
             return np.empty((0, self.dimensions), dtype=np.float32)
         with self._tokenizer_lock:
             features = self.model.preprocess(list(texts))
+        return self._forward(features)
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """`embed` of texts already tokenized by `token_ids` (each within ``max_tokens``):
+        the batch is padded as the model's own preprocessing pads it, so the text is not
+        tokenized a second time. Only where `embeds_token_ids`."""
+        if self._plain is None:
+            raise RuntimeError(f"{self!r} embeds texts only (its preprocessing is not plain)")
+        if not ids:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        return self._forward(_padded(ids, self._tokenizer, self._plain))
+
+    def _forward(self, features: dict[str, Any]) -> np.ndarray:
+        """The model's unit vectors for preprocessed ``features``."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
         features = batch_to_device(features, self.model.device)
         with torch.inference_mode(), self._autocast():
             output = self.model(features)["sentence_embedding"]
@@ -165,6 +192,58 @@ class SentenceTransformerEmbedder:
             f"SentenceTransformerEmbedder({self.name}@{self.version}, device={self.device}, "
             f"precision={self.precision}, max_tokens={self.max_tokens})"
         )
+
+
+_TOKEN_FEATURES = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+_PROBE = "a probe text"
+
+
+@dataclass(frozen=True)
+class _PlainFeatures:
+    """What the model's preprocessing of a text gives besides its token ids: which of the
+    token tensors, and the non-tensor entries (e.g. ``modality``)."""
+
+    tensors: tuple[str, ...]
+    extras: dict[str, Any]
+
+
+def _plain_text_extras(model: SentenceTransformer, tokenizer: Any) -> _PlainFeatures | None:
+    """The features the model's preprocessing gives a text beside its token ids, when that
+    preprocessing is plain: its tensors are only token ids, attention mask and token types,
+    and its ids are the tokenizer's own (no prompt, lower-casing or query expansion). None
+    otherwise: such a model is only embedded from texts."""
+    features = model.preprocess([_PROBE])
+    tensors = {k for k, v in features.items() if hasattr(v, "shape")}
+    if not tensors <= _TOKEN_FEATURES or "input_ids" not in tensors:
+        return None
+    ids = tokenizer([_PROBE], add_special_tokens=True, truncation=False)["input_ids"]
+    if (
+        features["input_ids"].tolist() != ids
+        or getattr(tokenizer, "padding_side", "right") != "right"
+    ):
+        return None
+    extras = {k: v for k, v in features.items() if k not in tensors}
+    return _PlainFeatures(tuple(sorted(tensors)), extras)
+
+
+def _padded(ids: Sequence[Sequence[int]], tokenizer: Any, plain: _PlainFeatures) -> dict[str, Any]:
+    """The features of a batch of token id lists, right-padded to its longest."""
+    import torch
+
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), int(tokenizer.pad_token_id or 0), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, token_ids in enumerate(ids):
+        input_ids[row, : len(token_ids)] = torch.as_tensor(token_ids, dtype=torch.long)
+        mask[row, : len(token_ids)] = 1
+    tensors = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+    }
+    features: dict[str, Any] = {k: tensors[k] for k in plain.tensors}
+    features.update(plain.extras)
+    return features
 
 
 def _linear_weights_to_bf16(model: SentenceTransformer) -> None:

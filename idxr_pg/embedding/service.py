@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from idxr_pg.config import EmbeddingSettings
-from idxr_pg.embedding.base import Embedder, EmbeddingError
+from idxr_pg.embedding.base import Embedder, EmbeddingError, TokenIdEmbedder
 from idxr_pg.embedding.batching import batch_budget, iter_batches
 from idxr_pg.embedding.cache import EmbeddingCache, text_hash
 from idxr_pg.embedding.truncation import char_bound, precut
@@ -58,6 +58,7 @@ class _Distinct:
 
     text: str
     tokens: int
+    ids: list[int] | None  # its token ids, where the embedder embeds ids (tokenized once)
     requests: list[int] = field(default_factory=list)
 
 
@@ -66,11 +67,12 @@ class EmbeddingService:
 
     Per call: identical texts are embedded once; over-long texts are cut by the configured
     strategy, first by characters (`truncation.precut`, so memory and time are bounded by the
-    model window) and then on the model's own tokenizer (so the model never truncates silently); the cache
-    answers what it can; the rest go to the model longest first, in token-budgeted batches
-    (see ``batching``), each retried with exponential backoff and written to the cache as it
-    succeeds. A batch that keeps failing raises ``EmbeddingError`` naming its entity keys,
-    and nothing is returned for the call.
+    model window) and then on the model's own tokenizer (so the model never truncates
+    silently); the cache answers what it can; the rest go to the model longest first, in
+    token-budgeted batches (see ``batching``), each retried with exponential backoff, and
+    their vectors go to the cache in one write at the end of the call (also when a later
+    batch fails). A batch that keeps failing raises ``EmbeddingError`` naming its entity
+    keys, and nothing is returned for the call.
     """
 
     def __init__(
@@ -95,6 +97,13 @@ class EmbeddingService:
         )
         self.stats = EmbeddingStats()
         self._stats_lock = threading.Lock()
+        # Texts are tokenized once: their ids, counted for truncation and batching, are what
+        # the model embeds (where the embedder can take ids).
+        self._by_ids: TokenIdEmbedder | None = (
+            embedder
+            if isinstance(embedder, TokenIdEmbedder) and embedder.embeds_token_ids
+            else None
+        )
         self._sleep = sleep
 
     def embed(self, requests: Sequence[EmbedRequest]) -> list[EmbeddedText]:
@@ -107,11 +116,17 @@ class EmbeddingService:
         misses = sorted((h for h in distinct if h not in cached), key=lambda h: -distinct[h].tokens)
         self._count(cache_hits=len(cached), deduplicated=len(requests) - len(distinct))
         tokens = [distinct[h].tokens for h in misses]
-        for batch in iter_batches(misses, tokens, self.token_budget, self.settings.max_batch_size):
-            fresh = self._embed_batch(batch, distinct, requests)
-            vectors.update(fresh)
-            if self.cache is not None:
-                self.cache.put_many(self.model_key, fresh)
+        fresh: dict[str, np.ndarray] = {}
+        try:
+            for batch in iter_batches(
+                misses, tokens, self.token_budget, self.settings.max_batch_size
+            ):
+                fresh.update(self._embed_batch(batch, distinct, requests))
+        except EmbeddingError:
+            self._keep(fresh)  # what the batches before the failing one computed
+            raise
+        self._keep(fresh)
+        vectors.update(fresh)
         return [
             EmbeddedText(vectors[hash_of[i]], truncation[i], hash_of[i] in cached)
             for i in range(len(requests))
@@ -141,20 +156,27 @@ class EmbeddingService:
         # would otherwise be tokenized whole, twice).
         max_chars = char_bound(self.max_tokens)
         bounded = [precut(text, max_chars, strategy) for text in originals]
-        counts = self.embedder.count_tokens(bounded)
+        ids: list[list[int]] | list[None]
+        if self._by_ids is not None:
+            ids = self._by_ids.token_ids(bounded)
+            counts = [len(row) for row in ids]
+        else:
+            ids, counts = [None] * len(bounded), self.embedder.count_tokens(bounded)
         distinct: dict[str, _Distinct] = {}
         truncation: list[str | None] = [None] * len(requests)
         hash_of = [""] * len(requests)
         cut = 0
-        for original, text, tokens in zip(originals, bounded, counts, strict=True):
+        for original, text, tokens, text_ids in zip(originals, bounded, counts, ids, strict=True):
             used = strategy if len(original) > max_chars else None
             if tokens > self.max_tokens:
                 text = self.embedder.truncate(text, self.max_tokens, strategy)
                 tokens = self.max_tokens  # an upper bound is all batching needs
                 used = strategy
+                if self._by_ids is not None:
+                    text_ids = self._by_ids.token_ids([text])[0]
             cut += used is not None
             hash_ = text_hash(text)
-            entry = distinct.setdefault(hash_, _Distinct(text, tokens))
+            entry = distinct.setdefault(hash_, _Distinct(text, tokens, text_ids))
             for index in by_text[original]:
                 entry.requests.append(index)
                 truncation[index] = used
@@ -167,11 +189,14 @@ class EmbeddingService:
     ) -> dict[str, np.ndarray]:
         """Vectors by hash for one batch, retried with backoff; EmbeddingError when it fails."""
         texts = [distinct[h].text for h in batch]
+        ids = [distinct[h].ids for h in batch]
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
             self._count(model_calls=1)
             try:
-                vectors = _checked(self.embedder.embed(texts), len(texts), self.embedder.dimensions)
+                vectors = _checked(
+                    self._model_call(texts, ids), len(texts), self.embedder.dimensions
+                )
             except Exception as exc:
                 if attempt == attempts:
                     keys = [requests[i].key for h in batch for i in distinct[h].requests]
@@ -186,6 +211,17 @@ class EmbeddingService:
                 self._count(texts_embedded=len(texts))
                 return dict(zip(batch, vectors, strict=True))
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _keep(self, fresh: dict[str, np.ndarray]) -> None:
+        """Store a call's new vectors in the cache: one write (one transaction) per call."""
+        if self.cache is not None and fresh:
+            self.cache.put_many(self.model_key, fresh)
+
+    def _model_call(self, texts: list[str], ids: list[list[int] | None]) -> np.ndarray:
+        """One model call: from the token ids counted already where every text has them."""
+        if self._by_ids is not None and all(row is not None for row in ids):
+            return self._by_ids.embed_token_ids(ids)  # type: ignore[arg-type]
+        return self.embedder.embed(texts)
 
     def _count(self, **increments: int) -> None:
         with self._stats_lock:

@@ -48,9 +48,15 @@ from dataclasses import dataclass, field
 import psycopg
 
 from idxr_pg.config import IdxrConfig
-from idxr_pg.db import hnsw, jobs, leases, source
+from idxr_pg.db import hnsw, hnsw_memory, jobs, leases, source
 from idxr_pg.db.catalog import index_leads_with
-from idxr_pg.db.connection import connect, conninfo, is_connection_lost, one_line
+from idxr_pg.db.connection import (
+    commit_asynchronously,
+    connect,
+    conninfo,
+    is_connection_lost,
+    one_line,
+)
 from idxr_pg.db.jobs import Job
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
@@ -68,8 +74,9 @@ MIN_PAGE_SIZE = 500
 """Keys fetched per query at least (pages are split into pipeline batches)."""
 
 
-DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
-"""maintenance_work_mem of the session that builds the HNSW index at the end of a bulk load."""
+DEFAULT_MAINTENANCE_WORK_MEM = hnsw_memory.AUTO
+"""maintenance_work_mem of the session that builds the HNSW index at the end of a bulk load:
+``auto`` sizes it to the vectors to index (`idxr_pg.db.hnsw_memory`)."""
 
 DEFAULT_BUILD_WORKERS = 4
 """max_parallel_maintenance_workers for that build (capped by the server's max_parallel_workers)."""
@@ -255,16 +262,18 @@ class Backfill:
 
     def _build_index(self, control: psycopg.Connection) -> None:
         started = time.monotonic()
+        memory = hnsw_memory.build_memory(control, self.options.maintenance_work_mem)
         if hnsw.build_embedding_index(
             control,
-            maintenance_work_mem=self.options.maintenance_work_mem,
+            maintenance_work_mem=memory,
             parallel_workers=self.options.build_workers,
         ):
             log.info(
-                "%s: built %s in %.1fs",
+                "%s: built %s in %.1fs (maintenance_work_mem %s)",
                 self.entity.name,
                 hnsw.INDEX_NAME,
                 time.monotonic() - started,
+                memory,
                 extra={"entity_kind": self.entity.name},
             )
 
@@ -365,6 +374,7 @@ class Backfill:
         run = _Run(assembly, pipeline, state, progress)
         try:
             with connect(self._conninfo("work"), autocommit=True) as work:
+                commit_asynchronously(work)
                 stopped = self._stream(work, run, checkpoint, force)
                 if not stopped:
                     stopped = self._sweep(work, run)
@@ -571,6 +581,7 @@ class Backfill:
             batches = (b for page in pages for b in chunks(page, self.options.batch_size))
             if self.options.overlap:
                 with connect(self._conninfo("prepare"), autocommit=True) as prepare_conn:
+                    commit_asynchronously(prepare_conn)
                     return self._stream_overlapped(work, prepare_conn, run, batches, force)
             for batch in batches:
                 if self.should_stop():

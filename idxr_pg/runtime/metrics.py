@@ -57,8 +57,9 @@ def package_version() -> str:
 
 
 class TimedEmbedder:
-    """An `Embedder` that adds the seconds of each ``embed`` call to a counter; every other
-    attribute (name, version, cache key, dimensions...) is the wrapped embedder's."""
+    """An `Embedder` that adds the seconds of each model call (``embed``, ``embed_token_ids``)
+    to a counter; every other attribute (name, version, cache key, dimensions...) is the
+    wrapped embedder's."""
 
     def __init__(self, inner: Embedder, seconds: Counter, calls: Counter) -> None:
         self._inner = inner
@@ -66,9 +67,15 @@ class TimedEmbedder:
         self._calls = calls
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._timed(self._inner.embed, texts)
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        return self._timed(self._inner.embed_token_ids, ids)  # type: ignore[attr-defined]
+
+    def _timed(self, call: Any, argument: Any) -> np.ndarray:
         started = time.perf_counter()
         try:
-            return self._inner.embed(texts)
+            return call(argument)
         finally:
             self._seconds.inc(time.perf_counter() - started)
             self._calls.inc()

@@ -17,6 +17,7 @@ import pytest
 
 from idxr_pg.config import EmbeddingSettings, load_config
 from idxr_pg.db import hnsw
+from idxr_pg.db.hnsw_memory import build_memory, graph_megabytes
 from idxr_pg.embedding import load_embedder
 from idxr_pg.runtime.backfill import Backfill, BackfillError, BackfillOptions
 from tests.integration.test_backfill import (
@@ -119,6 +120,11 @@ def test_bulk_mode_on_an_empty_index_drops_it_during_the_load_and_builds_it_afte
     hits = search_ids(url, query, exact=False)
     assert hits == search_ids(url, query, exact=True)[: len(hits)]
     assert hits[0][0] == "7"
+    # The build's memory (`auto`, the default) was sized to the vectors it indexed.
+    ((vectors,),) = sql(url, "SELECT count(*) FROM idxr.search_index WHERE embedding IS NOT NULL")
+    with psycopg.connect(url) as conn:
+        assert build_memory(conn, "auto") == f"{graph_megabytes(vectors, 384)}MB"
+        assert build_memory(conn, "300MB") == "300MB"
 
 
 def test_bulk_mode_is_not_taken_when_vectors_exist_unless_asked(url: str, tmp_path: Path):

@@ -77,6 +77,18 @@ def test_put_then_get_returns_the_same_vectors(database_url: str) -> None:
         assert np.array_equal(found[hash_], vector)
 
 
+def test_the_cache_commits_its_own_writes_asynchronously(database_url: str) -> None:
+    # A cache write can always be recomputed: the cache's own session does not wait for the
+    # WAL flush of each commit; a connection the caller gives keeps the caller's setting.
+    with EmbeddingCache(database_url) as cache:
+        cache.put_many(unique_model(), {text_hash("a.b: async"): vectors(1)[0]})
+        with cache._connection() as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    with psycopg.connect(database_url, autocommit=True) as given:
+        EmbeddingCache(given).put_many(unique_model(), {text_hash("a.b: sync"): vectors(1)[0]})
+        assert given.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+
 def test_models_do_not_share_vectors(database_url: str) -> None:
     first, second = unique_model(), unique_model()
     hash_ = text_hash("a.b: shared text")

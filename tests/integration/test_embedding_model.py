@@ -132,6 +132,27 @@ def test_over_long_text_is_truncated_by_strategy(
 
 
 @pytest.mark.model
+def test_the_service_tokenizes_each_text_once(
+    fp32: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ids the service counted are the ones embedded: the model's own preprocessing (a
+    # second tokenizer pass) never runs, and the vectors are those of `embed` of the texts.
+    texts = ["subscription.customer.name: Ada", "  spaced  out ", "x", "é ü ß", LONG_TEXT]
+    kept = [*texts[:-1], fp32.truncate(LONG_TEXT, fp32.max_tokens, "end")]
+    expected = np.vstack([fp32.embed(kept[:2]), fp32.embed(kept[2:])])
+    assert fp32.embeds_token_ids
+
+    def second_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("texts were tokenized a second time")
+
+    monkeypatch.setattr(fp32.model, "preprocess", second_pass)
+    service = EmbeddingService(fp32, EmbeddingSettings(max_batch_size=2))
+    vectors = np.vstack([r.vector for r in service.embed([EmbedRequest("k", t) for t in texts])])
+    assert np.allclose(vectors, expected, atol=1e-5), (vectors * expected).sum(axis=1)
+    assert service.stats.model_calls == 3 and service.stats.truncated == 1
+
+
+@pytest.mark.model
 def test_the_two_strategies_index_different_text(bf16: SentenceTransformerEmbedder) -> None:
     end = bf16.truncate(LONG_TEXT, 64, "end")
     middle = bf16.truncate(LONG_TEXT, 64, "middle_out")

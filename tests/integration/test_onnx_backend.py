@@ -76,6 +76,9 @@ def test_onnx_float32_matches_torch_float32(fp32) -> None:
     assert onnx32.version == f"{fp32.version}+onnx-float32"
     cosine = (onnx32.embed(TEXTS[:4]) * fp32.embed(TEXTS[:4])).sum(axis=1)
     assert cosine.min() > 0.99999
+    # The service's tokenize-once path gives the same vectors on this backend too.
+    by_ids = onnx32.embed_token_ids(onnx32.token_ids(TEXTS[:4]))
+    assert np.allclose(by_ids, onnx32.embed(TEXTS[:4]), atol=1e-6)
 
 
 @pytest.mark.model

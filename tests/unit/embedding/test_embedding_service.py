@@ -106,6 +106,50 @@ def test_only_the_failing_batch_is_named() -> None:
     assert caught.value.keys == ["bad:1"]
 
 
+class RecordingCache:
+    """An in-memory stand-in for the cache's two calls (the database cache has its own tests
+    in tests/integration/test_embedding_cache.py): what each ``put_many`` stored."""
+
+    def __init__(self) -> None:
+        self.puts: list[set[str]] = []
+
+    def get_many(self, model_key: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        return {}
+
+    def put_many(self, model_key: str, vectors: dict[str, np.ndarray]) -> None:
+        self.puts.append(set(vectors))
+
+
+def test_a_call_stores_its_new_vectors_in_one_cache_write() -> None:
+    cache = RecordingCache()
+    svc = EmbeddingService(
+        DeterministicEmbedder(dimensions=8),
+        EmbeddingSettings(max_batch_size=1),
+        cache,  # type: ignore[arg-type]
+    )
+    texts = ["a: one", "a: two two", "a: three three three"]
+    svc.embed([EmbedRequest(f"e:{i}", t) for i, t in enumerate(texts)])
+    assert svc.stats.model_calls == 3
+    assert cache.puts == [set(svc.text_hashes(texts))]
+
+
+def test_a_failing_batch_still_stores_the_vectors_before_it() -> None:
+    class FailsOnPoison(DeterministicEmbedder):
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            if any("poison" in t for t in texts):
+                raise ValueError("cannot embed")
+            return super().embed(texts)
+
+    cache = RecordingCache()
+    settings = EmbeddingSettings(max_batch_size=1, max_attempts=1)
+    svc = EmbeddingService(FailsOnPoison(dimensions=8), settings, cache)  # type: ignore[arg-type]
+    # Longest first: the two fine texts are embedded before the poisoned one fails.
+    texts = ["a: fine and long text", "a: fine text", "a: poison"]
+    with pytest.raises(EmbeddingError):
+        svc.embed([EmbedRequest(f"e:{i}", t) for i, t in enumerate(texts)])
+    assert cache.puts == [set(svc.text_hashes(texts[:2]))]
+
+
 @pytest.mark.parametrize(
     "bad",
     [np.full((1, 8), np.nan, dtype=np.float32), np.zeros((2, 8), dtype=np.float32)],
