@@ -230,12 +230,15 @@ def register(
     """
     changes: dict[str, ShapeChange] = {}
     chosen = dict(embedders or {})
+    kinds = list(kinds)
     with conn.transaction():
+        # The configured embedder's numeric path is checked whenever this process would use
+        # it: for a kind it embeds, or with no kind at all (a worker of every kind to come).
+        if not kinds or any(chosen.get(kind.name, embedder) is embedder for kind in kinds):
+            _refuse_another_numeric_path(conn, embedder)
         for kind in kinds:
             kind_embedder = chosen.get(kind.name, embedder)
             _check_active_version(conn, kind.name, kind_embedder)
-            if kind_embedder is embedder:
-                _refuse_another_numeric_path(conn, embedder)
             kinds_db.upsert_embedding_model(
                 conn,
                 kind_embedder.name,
