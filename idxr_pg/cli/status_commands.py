@@ -20,6 +20,7 @@ from idxr_pg.cli.format import (
 from idxr_pg.cli.options import json_flag
 from idxr_pg.db.jobs import reconcile_abandoned
 from idxr_pg.db.status import gather_stale, gather_status, live_window_seconds
+from idxr_pg.db.versions import ACTIVE, BUILDING, IndexVersion, list_versions
 from idxr_pg.db.workers import mark_lost
 from idxr_pg.runtime.primary import can_write
 from idxr_pg.runtime.schema_checks import KindCheck, check_kinds
@@ -55,13 +56,29 @@ def _echo_checks(kind: KindStatus, check: KindCheck | None) -> None:
         click.echo(f"  triggers:       {where}{drift.what}: run `idxr-pg triggers install`")
 
 
-def _echo_kind(kind: KindStatus, check: KindCheck | None = None) -> None:
+def _echo_versions(versions: list[IndexVersion]) -> None:
+    """The kind's active index version and any version being built (`idxr-pg versions`)."""
+    for v in versions:
+        if v.state == ACTIVE:
+            click.echo(f"  index version:  {v.version} active: {v.model_name}, {v.dimensions} dims")
+        elif v.state == BUILDING:
+            done = f"{v.build_done or 0:,}/{v.build_total:,}" if v.build_total else "starting"
+            click.echo(
+                f"  building:       version {v.version}: {v.model_name}, {v.dimensions} dims, "
+                f"{v.build_state or 'not started'} ({done} entities)"
+            )
+
+
+def _echo_kind(
+    kind: KindStatus, check: KindCheck | None = None, versions: list[IndexVersion] | None = None
+) -> None:
     origin = "" if kind.in_database else "  [configured, not yet in the database]"
     if not kind.configured:
         origin = "  [not in the config]"
     click.echo(f"{kind.entity_kind}{origin}")
     click.echo(f"  source table:   {kind.source_table or '-'}")
     click.echo(f"  model:          {kind.model_name or '-'}")
+    _echo_versions(versions or [])
     click.echo(f"  refresh:        {kind.refresh_policy}")
     _echo_checks(kind, check)
     if kind.window:
@@ -122,8 +139,8 @@ def _stale_row(k: StaleKind) -> list[object]:
 @json_flag("Print the status as one JSON object.")
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
-    """Per entity kind: what is indexed, what is queued and since when, dead letters; and the
-    live workers.
+    """Per entity kind: what is indexed, by which index version (and any version being
+    built), what is queued and since when, dead letters; and the live workers.
 
     Reads the idxr.status view; kinds in the config that the database has not seen yet are
     listed with zeros. A worker is live when its heartbeat is recent (a few poll intervals);
@@ -142,9 +159,13 @@ def status(app: AppContext, as_json: bool) -> None:
             mark_lost(conn, live_window_seconds(config))
         checks = check_kinds(conn, config.entities, store=writable) if config.entities else {}
         result = gather_status(conn, config)
+        versions: dict[str, list[IndexVersion]] = {}
+        for found in list_versions(conn):
+            versions.setdefault(found.entity_kind, []).append(found)
     if as_json:
         data = result.as_dict()
         for kind in data["kinds"]:
+            kind["versions"] = [v.as_dict() for v in versions.get(kind["entity_kind"], [])]
             check = checks.get(kind["entity_kind"])
             kind["config_drift"] = [d.as_dict() for d in check.drift] if check else []
             kind["model_check_problem"] = check.problem if check else None
@@ -153,7 +174,7 @@ def status(app: AppContext, as_json: bool) -> None:
     if not result.kinds:
         click.echo("no entity kinds configured or indexed yet")
     for kind in result.kinds:
-        _echo_kind(kind, checks.get(kind.entity_kind))
+        _echo_kind(kind, checks.get(kind.entity_kind), versions.get(kind.entity_kind))
     live = f"live within {format_duration(result.live_within_seconds)}"
     if not result.workers:
         click.echo(f"workers: none ({live})")

@@ -7,6 +7,7 @@ real worker in a thread, the real capture triggers; few entities, so the test st
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -299,6 +300,17 @@ def test_a_stopped_build_leaves_the_active_version_and_resumes(isolated_database
         ],
     )
     assert refused.exit_code == 1 and "has not finished building" in refused.output
+    # `idxr-pg status` shows the active version and the interrupted build, text and JSON.
+    cli = ["--database-url", url, "--config", str(tmp_path / "idxr.yaml"), "status"]
+    shown = CliRunner().invoke(main, cli)
+    assert shown.exit_code == 0, shown.output
+    assert "index version:  1 active: deterministic-test" in shown.output
+    assert f"version 2: deterministic-test, {building.dimensions} dims, interrupted" in shown.output
+    (item,) = json.loads(CliRunner().invoke(main, [*cli, "--json"]).output)["kinds"]
+    assert [(v["version"], v["state"]) for v in item["versions"]] == [
+        (1, "active"),
+        (2, "building"),
+    ]
     other = CliRunner().invoke(
         main,
         [

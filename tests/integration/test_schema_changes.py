@@ -121,16 +121,20 @@ def url(isolated_database_url: str) -> str:
 def embedded_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every text the (per-process) real model embeds from here on."""
     from idxr_pg.embedding import load_embedder
+    from idxr_pg.embedding.service import EmbeddingService
 
     embedder = load_embedder(EmbeddingSettings(model=REAL))
     seen: list[str] = []
-    real = embedder.embed
+    real = EmbeddingService._model_call
 
-    def counting(texts: list[str]) -> Any:
-        seen.extend(texts)
-        return real(texts)
+    # The service's one model call, whichever way it reaches the model (texts, or the token
+    # ids it counted already).
+    def counting(service: EmbeddingService, texts: list[str], ids: Any) -> Any:
+        if service.embedder is embedder:
+            seen.extend(texts)
+        return real(service, texts, ids)
 
-    monkeypatch.setattr(embedder, "embed", counting)
+    monkeypatch.setattr(EmbeddingService, "_model_call", counting)
     return seen
 
 
