@@ -11,6 +11,8 @@ import psycopg
 from idxr_pg.db import staging
 
 __all__ = [
+    "ROW_COLUMNS",
+    "UPSERT_SET",
     "delete_entities",
     "delete_paths",
     "stamp_kind",
@@ -30,7 +32,8 @@ WHERE entity_kind = %(kind)s AND entity_id = ANY(%(ids)s::text[]) AND chunk = 0
 # The staged form (binary COPY into pg_temp, then this one statement) is the write path;
 # _UPSERT_SQL, one INSERT per row, serves sessions without the TEMPORARY right.
 _STAGE_TABLE = "idxr_stage_search_index"
-_STAGE_COLUMNS = (
+# The columns of a row as the pipeline hands it over (also `db/versions.VersionRows`'s).
+ROW_COLUMNS = (
     ("entity_kind", "text"),
     ("entity_id", "text"),
     ("path", "text"),
@@ -43,8 +46,9 @@ _STAGE_COLUMNS = (
     ("chunk_start", "integer"),
     ("chunk_end", "integer"),
 )
-# What an upsert changes in a row that exists: one clause for the staged and the per-row path.
-_ON_CONFLICT_UPDATE = """ON CONFLICT (entity_kind, entity_id, path, chunk) DO UPDATE SET
+# What an upsert changes in a row that exists: one clause for the staged and the per-row path
+# (and for the rows of versions that are not active, `db/versions.py`).
+UPSERT_SET = """
     value = excluded.value,
     value_type = excluded.value_type,
     content_hash = excluded.content_hash,
@@ -54,6 +58,7 @@ _ON_CONFLICT_UPDATE = """ON CONFLICT (entity_kind, entity_id, path, chunk) DO UP
     chunk_end = excluded.chunk_end,
     updated_at = now()
 """
+_ON_CONFLICT_UPDATE = "ON CONFLICT (entity_kind, entity_id, path, chunk) DO UPDATE SET" + UPSERT_SET
 
 # ORDER BY: rows go in key order, so writers of overlapping rows lock them in one order.
 _UPSERT_STAGED_SQL = (
@@ -134,7 +139,7 @@ def upsert_records(conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> i
         with conn.cursor() as cur:
             cur.executemany(_UPSERT_SQL, rows)
         return len(rows)
-    staging.copy_into_stage(conn, _STAGE_TABLE, _STAGE_COLUMNS, rows)
+    staging.copy_into_stage(conn, _STAGE_TABLE, ROW_COLUMNS, rows)
     conn.execute(_UPSERT_STAGED_SQL)
     return len(rows)
 

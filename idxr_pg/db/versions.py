@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from idxr_pg.db import staging
+from idxr_pg.db import search_index, staging
 from idxr_pg.db.advisory import VERSION_NAMESPACE
 from idxr_pg.errors import IdxrError
 
@@ -460,26 +460,10 @@ SELECT entity_id, path::text, content_hash, truncation IS NOT NULL AND chunk_sta
    AND chunk = 0
 """
 _STAGE_TABLE = "idxr_stage_version_records"
-_STAGE_COLUMNS = (
-    ("entity_kind", "text"),
-    ("entity_id", "text"),
-    ("path", "text"),
-    ("value", "text"),
-    ("value_type", "text"),
-    ("content_hash", "text"),
-    ("embedding", "vector"),
-    ("truncation", "text"),
-    ("chunk", "integer"),
-    ("chunk_start", "integer"),
-    ("chunk_end", "integer"),
+_ON_CONFLICT_UPDATE = (
+    "\nON CONFLICT (entity_kind, version, entity_id, path, chunk) DO UPDATE SET"
+    + search_index.UPSERT_SET
 )
-_ON_CONFLICT_UPDATE = """
-ON CONFLICT (entity_kind, version, entity_id, path, chunk) DO UPDATE SET
-    value = excluded.value, value_type = excluded.value_type,
-    content_hash = excluded.content_hash, embedding = excluded.embedding,
-    truncation = excluded.truncation, chunk_start = excluded.chunk_start,
-    chunk_end = excluded.chunk_end, updated_at = now()
-"""
 _UPSERT_STAGED_SQL = (
     """
 INSERT INTO idxr.version_records AS r
@@ -547,7 +531,7 @@ class VersionRows:
             with conn.cursor() as cur:
                 cur.executemany(_UPSERT_ROW_SQL, [(r[0], self.version, *r[1:]) for r in rows])
             return len(rows)
-        staging.copy_into_stage(conn, _STAGE_TABLE, _STAGE_COLUMNS, rows)
+        staging.copy_into_stage(conn, _STAGE_TABLE, search_index.ROW_COLUMNS, rows)
         conn.execute(_UPSERT_STAGED_SQL, {"version": self.version})
         return len(rows)
 
