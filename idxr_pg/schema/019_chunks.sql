@@ -50,19 +50,17 @@ END
 $$;
 
 DO $$
+DECLARE
+    hit_type text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t
-                WHERE t.oid = to_regtype('idxr.search_hit')
-                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                                   WHERE a.attrelid = t.typrelid AND a.attname = 'chunk')) THEN
-        DROP TYPE idxr.search_hit CASCADE;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t
-                WHERE t.oid = to_regtype('idxr.hybrid_hit')
-                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                                   WHERE a.attrelid = t.typrelid AND a.attname = 'chunk')) THEN
-        DROP TYPE idxr.hybrid_hit CASCADE;
-    END IF;
+    FOREACH hit_type IN ARRAY ARRAY['idxr.search_hit', 'idxr.hybrid_hit'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_type t
+                    WHERE t.oid = to_regtype(hit_type)
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                       WHERE a.attrelid = t.typrelid AND a.attname = 'chunk')) THEN
+            EXECUTE format('DROP TYPE %s CASCADE', hit_type);
+        END IF;
+    END LOOP;
 END
 $$;
 
