@@ -128,6 +128,7 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "016_capture_locks.sql",
         "018_index_versions.sql",
         "019_chunks.sql",
+        "019b_index_storage.sql",
     )
     assert {
         "020_dimensions.sql",
