@@ -72,12 +72,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     max_dims := CASE storage WHEN 'vector' THEN 2000 ELSE 4000 END;
-    IF dims > max_dims THEN
+    IF dims > max_dims AND storage = 'vector' AND dims <= 4000 THEN
         RAISE EXCEPTION 'idxr: an HNSW index over % holds at most % dimensions, not %',
             storage, max_dims, dims
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = CASE WHEN storage = 'vector' AND dims <= 4000
-                              THEN 'Use index storage halfvec (up to 4000 dimensions).' END;
+                  HINT = 'Use index storage halfvec (up to 4000 dimensions).';
+    ELSIF dims > max_dims THEN
+        RAISE EXCEPTION 'idxr: an HNSW index over % holds at most % dimensions, not %',
+            storage, max_dims, dims
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF m < 2 OR m > 100 THEN
         RAISE EXCEPTION 'idxr: HNSW m must be between 2 and 100, got %', m
