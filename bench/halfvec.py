@@ -12,7 +12,7 @@ index exists at a time; for each, over the same ``--vectors`` rows:
   same ``--workers``) and index size;
 - recall@10 of ``--queries`` queries against an exact scan of the float32 vectors, and their
   p50, at ``hnsw.ef_search`` 40 (pgvector's default) and 100 (the search functions');
-- per-row insert cost: ``--inserts`` new rows written in 64-row INSERT statements into the
+- per-row insert cost: ``--inserts`` new rows written in 64-row binary COPYs into the
   table with that index, minus the same rows written with no index (timed before the first
   variant and after the last; the mean of the two), then deleted again.
 
@@ -130,15 +130,17 @@ def build(conn: psycopg.Connection, v: Variant, dims: int, memory: str, workers:
 
 
 def insert_seconds(conn: psycopg.Connection, rows: np.ndarray, first_id: int) -> float:
-    """Seconds to write ``rows`` in 64-row INSERTs (autocommit: one transaction each, as the
-    worker's write transactions are), then delete them again (not timed)."""
+    """Seconds to write ``rows`` in 64-row binary COPYs (autocommit: one transaction each, as
+    the worker's COPY writes are), then delete them again (not timed)."""
     started = time.perf_counter()
     for at in range(0, len(rows), INSERT_BATCH):
-        chunk = rows[at : at + INSERT_BATCH]
-        conn.execute(
-            "INSERT INTO t (id, embedding) SELECT * FROM unnest(%s::int[], %s::vector[])",
-            [list(range(first_id + at, first_id + at + len(chunk))), list(chunk)],
-        )
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY t (id, embedding) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(["int4", "vector"])
+            for i, vector in enumerate(rows[at : at + INSERT_BATCH]):
+                copy.write_row((first_id + at + i, vector))
     spent = time.perf_counter() - started
     conn.execute("DELETE FROM t WHERE id >= %s", [first_id])
     return spent
@@ -252,7 +254,7 @@ def main() -> None:
     print(
         f"index storage: {count} {args.source} vectors of {dims} dimensions"
         f"{f' ({args.clusters} clusters)' if args.source == 'deterministic' else ''}, "
-        f"{len(queries)} queries, {len(extra)} inserts in {INSERT_BATCH}-row statements, "
+        f"{len(queries)} queries, {len(extra)} inserts in {INSERT_BATCH}-row COPYs, "
         f"maintenance_work_mem {memory}, {args.workers} workers, {args.rounds} round(s); "
         f"table {table / 2**20:.0f} MiB; load average {started_load[0]:.2f} at start, "
         f"{ended_load[0]:.2f} at end"
