@@ -84,24 +84,34 @@ def deterministic_vectors(count: int, dims: int, clusters: int, seed: int = 7) -
 
 
 def model_vectors(count: int) -> np.ndarray:
-    """The real default model's vectors of up to ``count`` distinct demo texts."""
+    """The real default model's vectors of ``count`` distinct texts in the index's
+    ``"{path}: {value}"`` form: the demo's text values, under list-item paths
+    (``subscriptions.0``, ``subscriptions.1``, ...) once the demo's values run out, as a kind's
+    repeated fields give them (the demo holds ~10,000 distinct values)."""
     import dataclasses
 
     from idxr_pg.config import EmbeddingSettings
     from idxr_pg.demo import data as demo_data
     from idxr_pg.embedding import load_embedder
 
-    data = demo_data.generate(max(count // 2, 100), seed=11)
-    texts: dict[str, None] = {}
+    data = demo_data.generate(20_000, seed=11)
+    values: dict[tuple[str, str], None] = {}
     for part in dataclasses.fields(data):
         for row in getattr(data, part.name):
             for value in row if isinstance(row, tuple | list) else (row,):
                 if isinstance(value, str) and " " in value:
-                    texts[f"{field.name}: {value}"] = None
-    distinct = list(texts)[:count]
+                    values[(part.name, value)] = None
+    texts: list[str] = []
+    item = 0
+    while len(texts) < count:
+        suffix = "" if item == 0 else f".{item - 1}"
+        texts.extend(f"{name}{suffix}: {value}" for name, value in values)
+        item += 1
+    texts = texts[:count]
     embedder = load_embedder(EmbeddingSettings(model="all-MiniLM-L6-v2", backend="torch"))
-    out = [embedder.embed(distinct[i : i + 64]) for i in range(0, len(distinct), 64)]
-    return np.vstack(out).astype(np.float32)
+    out = [embedder.embed(texts[i : i + 256]) for i in range(0, len(texts), 256)]
+    vectors = np.vstack(out).astype(np.float32)
+    return vectors[np.random.default_rng(1).permutation(len(vectors))]
 
 
 def load(conn: psycopg.Connection, vectors: np.ndarray) -> None:
