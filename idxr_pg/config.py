@@ -361,14 +361,15 @@ class WorkerSettings(_Strict):
 class IndexSettings(_Strict):
     """How the HNSW index of the configured model's vector size is built. Applied by
     ``idxr-pg migrate`` (whose ``--index-storage``/``--hnsw-m``/``--hnsw-ef-construction``
-    override it); a key left out keeps what the database records (at first: vector, 16, 64).
-    A change rebuilds the index concurrently: search answers throughout."""
+    override it); a key left out keeps what the database records (at first: halfvec, 16, 64;
+    an index that predates the option: vector). A change rebuilds the index concurrently:
+    search answers throughout."""
 
     storage: Literal["vector", "halfvec"] | None = Field(
         None,
-        description="vector: the index holds float32 (4 bytes a dimension); halfvec: float16, "
-        "about 0.57x the size, recall@10 within 0.01 (docs/benchmarks.md). The column and the "
-        "distances returned stay float32 either way",
+        description="halfvec (the default): the index holds float16, about 0.57x the size of "
+        "vector (float32) and cheaper to insert into, recall@10 within 0.01 (docs/benchmarks.md)"
+        ". The column and the distances returned stay float32 either way",
     )
     m: Annotated[int, Field(ge=2, le=100)] | None = Field(
         None, description="HNSW m: neighbours per node (pgvector's default 16)"

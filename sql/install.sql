@@ -648,12 +648,14 @@ $$;
 -- statement is idempotent.
 --
 -- idxr.embedding_index_settings: one row per vector size whose index is not built the default
--- way (no row: storage 'vector', m 16, ef_construction 64, pgvector's defaults).
+-- way (no row: storage 'halfvec', m 16, ef_construction 64; see idxr.embedding_index_options).
 --   storage          'vector'  HNSW over (embedding::vector(N))  vector_cosine_ops, 4 bytes a
 --                              dimension (pgvector indexes up to 2,000 dimensions)
 --                    'halfvec' HNSW over (embedding::halfvec(N)) halfvec_cosine_ops, 2 bytes a
 --                              dimension (up to 4,000). The column keeps float32 either way:
 --                              the search returns exact distances (docs/architecture.md).
+--                              The default since this revision (docs/benchmarks.md, "Index
+--                              storage and build parameters").
 --   m, ef_construction: pgvector's HNSW build parameters (WITH (m = .., ef_construction = ..)).
 -- Set with `idxr-pg migrate --index-storage/--hnsw-m/--hnsw-ef-construction` or the config's
 -- `index:` section; an existing index whose definition differs is rebuilt concurrently
@@ -661,12 +663,22 @@ $$;
 
 CREATE TABLE IF NOT EXISTS idxr.embedding_index_settings (
     dimensions      integer PRIMARY KEY CHECK (dimensions BETWEEN 1 AND 16000),
-    storage         text NOT NULL DEFAULT 'vector' CHECK (storage IN ('vector', 'halfvec')),
+    storage         text NOT NULL DEFAULT 'halfvec' CHECK (storage IN ('vector', 'halfvec')),
     m               integer NOT NULL DEFAULT 16 CHECK (m BETWEEN 2 AND 100),
     ef_construction integer NOT NULL DEFAULT 64 CHECK (ef_construction BETWEEN 4 AND 1000),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CHECK (ef_construction >= 2 * m)
 );
+
+-- An upgraded database keeps the indexes it has: each existing size is recorded as built
+-- (vector, pgvector's defaults), so no `migrate` rebuilds it unasked; sizes indexed later
+-- get the default. (A fresh install has no index yet here: 020_dimensions.sql runs after.)
+INSERT INTO idxr.embedding_index_settings (dimensions, storage, m, ef_construction)
+SELECT substring(c.relname FROM '(\d+)$')::integer, 'vector', 16, 64
+  FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = 'idxr'::regnamespace AND c.relkind = 'i'
+   AND c.relname ~ '^search_index_embedding_hnsw_\d+$'
+ON CONFLICT (dimensions) DO NOTHING;
 
 -- ==== 020_dimensions.sql ====
 -- Vector sizes and the HNSW indexes are handled here and only here.
@@ -678,9 +690,10 @@ CREATE TABLE IF NOT EXISTS idxr.embedding_index_settings (
 --     search_index_embedding_hnsw_N ON idxr.search_index
 --         USING hnsw ((embedding::STORAGE(N)) STORAGE_cosine_ops) WITH (m = M, ef_construction = EF)
 --         WHERE vector_dims(embedding) = N
--- where STORAGE is `vector` (float32, the default) or `halfvec` (float16: half the size), and
--- STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0011;
--- defaults vector / 16 / 64). idxr.embedding_index_ddl is the one owner of that definition.
+-- where STORAGE is `halfvec` (float16, the default since revision 0011) or `vector` (float32),
+-- and STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0011;
+-- defaults halfvec / 16 / 64, idxr.embedding_index_options; an upgraded database's existing
+-- sizes are recorded as vector). idxr.embedding_index_ddl is the one owner of the definition.
 -- The search functions (040_search.sql) write their ORDER BY and WHERE in exactly that form,
 -- with N spliced in as an integer literal and STORAGE read from the index that serves now
 -- (idxr.embedding_index_storage), so the planner matches the index.
@@ -706,13 +719,15 @@ IMMUTABLE PARALLEL SAFE
 AS $$ SELECT idxr.embedding_index_name(dims) || '_next' $$;
 
 -- How the index of `dims`-dimensional vectors is to be built: its settings row, else the
--- defaults (vector, m 16, ef_construction 64: pgvector's).
+-- defaults, owned here: halfvec (measured: 0.57x the size, 0.5-0.7x the per-row insert cost,
+-- recall@10 within 0.01 of vector at the search functions' ef_search; docs/benchmarks.md,
+-- "Index storage and build parameters"), m 16 and ef_construction 64 (pgvector's).
 CREATE OR REPLACE FUNCTION idxr.embedding_index_options(dims integer)
 RETURNS TABLE (storage text, m integer, ef_construction integer)
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT coalesce(s.storage, 'vector'), coalesce(s.m, 16), coalesce(s.ef_construction, 64)
+    SELECT coalesce(s.storage, 'halfvec'), coalesce(s.m, 16), coalesce(s.ef_construction, 64)
       FROM (SELECT dims AS d) q
       LEFT JOIN idxr.embedding_index_settings s ON s.dimensions = q.d
 $$;

@@ -44,9 +44,10 @@ def configured_dimensions(app: AppContext) -> int:
     "--index-storage",
     type=click.Choice(STORAGES),
     default=None,
-    help="What the HNSW index of that size holds: vector (float32) or halfvec (float16, about "
-    "half the size; the column and returned distances stay float32) [default: the config's "
-    "index.storage, else what the database records: vector at first].",
+    help="What the HNSW index of that size holds: halfvec (float16, about half the size) or "
+    "vector (float32); the column and returned distances stay float32 [default: the config's "
+    "index.storage, else what the database records: halfvec for a new size, vector for an "
+    "index that predates the option].",
 )
 @click.option(
     "--hnsw-m",

@@ -131,13 +131,15 @@ STORAGES = ("vector", "halfvec")
 class IndexOptions:
     """How one vector size's HNSW index is built (``idxr.embedding_index_settings``)."""
 
-    storage: str = "vector"
+    storage: str = "halfvec"
     m: int = 16
     ef_construction: int = 64
 
 
 DEFAULT_OPTIONS = IndexOptions()
-"""pgvector's defaults, kept as the default: see docs/benchmarks.md ("Index storage")."""
+"""What a size without a settings row gets (mirrors ``idxr.embedding_index_options``, the
+owner): halfvec, pgvector's m and ef_construction; docs/benchmarks.md, "Index storage and
+build parameters"."""
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@
 --     search_index_embedding_hnsw_N ON idxr.search_index
 --         USING hnsw ((embedding::STORAGE(N)) STORAGE_cosine_ops) WITH (m = M, ef_construction = EF)
 --         WHERE vector_dims(embedding) = N
--- where STORAGE is `vector` (float32, the default) or `halfvec` (float16: half the size), and
--- STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0011;
--- defaults vector / 16 / 64). idxr.embedding_index_ddl is the one owner of that definition.
+-- where STORAGE is `halfvec` (float16, the default since revision 0011) or `vector` (float32),
+-- and STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0011;
+-- defaults halfvec / 16 / 64, idxr.embedding_index_options; an upgraded database's existing
+-- sizes are recorded as vector). idxr.embedding_index_ddl is the one owner of the definition.
 -- The search functions (040_search.sql) write their ORDER BY and WHERE in exactly that form,
 -- with N spliced in as an integer literal and STORAGE read from the index that serves now
 -- (idxr.embedding_index_storage), so the planner matches the index.
@@ -35,13 +36,15 @@ IMMUTABLE PARALLEL SAFE
 AS $$ SELECT idxr.embedding_index_name(dims) || '_next' $$;
 
 -- How the index of `dims`-dimensional vectors is to be built: its settings row, else the
--- defaults (vector, m 16, ef_construction 64: pgvector's).
+-- defaults, owned here: halfvec (measured: 0.57x the size, 0.5-0.7x the per-row insert cost,
+-- recall@10 within 0.01 of vector at the search functions' ef_search; docs/benchmarks.md,
+-- "Index storage and build parameters"), m 16 and ef_construction 64 (pgvector's).
 CREATE OR REPLACE FUNCTION idxr.embedding_index_options(dims integer)
 RETURNS TABLE (storage text, m integer, ef_construction integer)
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT coalesce(s.storage, 'vector'), coalesce(s.m, 16), coalesce(s.ef_construction, 64)
+    SELECT coalesce(s.storage, 'halfvec'), coalesce(s.m, 16), coalesce(s.ef_construction, 64)
       FROM (SELECT dims AS d) q
       LEFT JOIN idxr.embedding_index_settings s ON s.dimensions = q.d
 $$;

@@ -150,7 +150,7 @@ def test_switching_storage_keeps_search_answering(isolated_database_url):
         fill(conn, vectors)
         conn.execute(f"REINDEX INDEX idxr.{INDEX}")
         assert hnsw.index_options(conn, DIMS) == hnsw.DEFAULT_OPTIONS
-        assert hnsw.index_state(conn, DIMS)[0].storage == "vector"
+        assert hnsw.index_state(conn, DIMS)[0].options == hnsw.IndexOptions("halfvec", 16, 64)
 
     stop = threading.Event()
     answers: list[int] = []
@@ -174,14 +174,14 @@ def test_switching_storage_keeps_search_answering(isolated_database_url):
     try:
         time.sleep(0.2)
         before = len(answers)
-        options, rebuilt = migrations.set_index_options(url, DIMS, storage="halfvec")
-        assert rebuilt and options == hnsw.IndexOptions("halfvec", 16, 64)
+        options, rebuilt = migrations.set_index_options(url, DIMS, storage="vector")
+        assert rebuilt and options == hnsw.IndexOptions("vector", 16, 64)
         during_first = len(answers) - before
         # And back, with other build parameters.
         options, rebuilt = migrations.set_index_options(
-            url, DIMS, storage="vector", m=8, ef_construction=32
+            url, DIMS, storage="halfvec", m=8, ef_construction=32
         )
-        assert rebuilt and options == hnsw.IndexOptions("vector", 8, 32)
+        assert rebuilt and options == hnsw.IndexOptions("halfvec", 8, 32)
         time.sleep(0.2)
     finally:
         stop.set()
@@ -191,13 +191,13 @@ def test_switching_storage_keeps_search_answering(isolated_database_url):
     assert answers and set(answers) == {10}
     with connect(url, autocommit=True) as conn:
         [state] = hnsw.index_state(conn, DIMS)  # the _next index is gone
-        assert state.options == hnsw.IndexOptions("vector", 8, 32) and state.name == INDEX
+        assert state.options == hnsw.IndexOptions("halfvec", 8, 32) and state.name == INDEX
         _, plans = plans_of_search(conn, vectors[1])
         assert f"Index Scan using {INDEX}" in plans[-1]
-        assert "(s.embedding::vector(384)) <=> $1" in plans[-1]
+        assert "(s.embedding::halfvec(384)) <=> $1::halfvec(384)" in plans[-1]
     # The same options again: nothing to rebuild.
-    assert migrations.set_index_options(url, DIMS, storage="vector") == (
-        hnsw.IndexOptions("vector", 8, 32),
+    assert migrations.set_index_options(url, DIMS, storage="halfvec") == (
+        hnsw.IndexOptions("halfvec", 8, 32),
         False,
     )
 
@@ -209,7 +209,7 @@ def test_a_switch_stopped_after_the_old_index_was_dropped_is_finished(isolated_d
     vectors = clustered(1500, seed=3)
     with connect(url, autocommit=True) as conn:
         fill(conn, vectors)
-        hnsw.set_index_options(conn, DIMS, storage="halfvec")
+        hnsw.set_index_options(conn, DIMS, storage="vector")
         ddl = conn.execute(
             "SELECT idxr.embedding_index_ddl(384, idxr.embedding_index_next_name(384), true)"
         ).fetchone()[0]
@@ -220,7 +220,7 @@ def test_a_switch_stopped_after_the_old_index_was_dropped_is_finished(isolated_d
         assert f"Index Scan using {INDEX}_next" in plans[-1]
         assert conn.execute("SELECT idxr.ensure_embedding_index(384)").fetchone()[0] is False
         [state] = hnsw.index_state(conn, DIMS)
-        assert (state.name, state.storage) == (INDEX, "halfvec")
+        assert (state.name, state.storage) == (INDEX, "vector")
 
 
 def test_bulk_build_uses_the_recorded_options(isolated_database_url):
@@ -246,10 +246,11 @@ def test_bulk_build_uses_the_recorded_options(isolated_database_url):
             "HNSW ef_construction (64) must be at least twice m (40)",
         ),
         (
-            ["--dimensions", "3000"],
+            ["--index-storage", "vector", "--dimensions", "3000"],
             "an HNSW index over vector holds at most 2000 dimensions, not 3000. Use index "
             "storage halfvec",
         ),
+        (["--dimensions", "5000"], "an HNSW index over halfvec holds at most 4000 dimensions"),
     ],
 )
 def test_bad_options_get_a_clear_error(isolated_database_url, args, message):
@@ -269,8 +270,10 @@ def test_bad_options_in_sql_and_python(isolated_database_url):
             hnsw.set_index_options(conn, DIMS, m=0)
         with pytest.raises(IdxrError, match="halfvec holds at most 4000 dimensions, not 5000"):
             hnsw.set_index_options(conn, 5000, storage="halfvec")
-        hnsw.set_index_options(conn, 3000, storage="halfvec")  # halfvec goes to 4000
-        assert hnsw.index_options(conn, 3000).storage == "halfvec"
+        with pytest.raises(IdxrError, match="over vector holds at most 2000 dimensions"):
+            hnsw.set_index_options(conn, 3000, storage="vector")
+        hnsw.set_index_options(conn, 3000, m=24)  # halfvec (the default) goes to 4000
+        assert hnsw.index_options(conn, 3000) == hnsw.IndexOptions("halfvec", 24, 64)
 
 
 def test_config_index_section(tmp_path, isolated_database_url):
@@ -284,15 +287,40 @@ def test_config_index_section(tmp_path, isolated_database_url):
     ):
         load_config(bad)
     good = tmp_path / "idxr.yaml"
-    good.write_text("index:\n  storage: halfvec\n  ef_construction: 32\n")
-    assert load_config(good).index.storage == "halfvec"
+    good.write_text("index:\n  storage: vector\n  ef_construction: 32\n")
+    assert load_config(good).index.storage == "vector"
     result = CliRunner().invoke(
         main, ["--database-url", isolated_database_url, "--config", str(good), "migrate"]
     )
     assert result.exit_code == 0, result.output
     with connect(isolated_database_url, autocommit=True) as conn:
-        assert hnsw.index_state(conn, DIMS)[0].options == hnsw.IndexOptions("halfvec", 16, 32)
+        assert hnsw.index_state(conn, DIMS)[0].options == hnsw.IndexOptions("vector", 16, 32)
     # A later migrate without the section keeps what the database records.
     assert cli(isolated_database_url, "migrate").exit_code == 0
     with connect(isolated_database_url, autocommit=True) as conn:
-        assert hnsw.index_state(conn, DIMS)[0].storage == "halfvec"
+        assert hnsw.index_state(conn, DIMS)[0].storage == "vector"
+
+
+def test_an_upgraded_database_keeps_its_vector_index(empty_database_url):
+    """Revision 0011 records the indexes there are as built (vector, 16, 64): the new default
+    (halfvec) reaches sizes indexed later, and `migrate` rebuilds nothing unasked."""
+    url = empty_database_url
+    migrations.upgrade(url, "0009")
+    with connect(url, autocommit=True) as conn:
+        conn.execute(  # as 020_dimensions.sql built it before revision 0011
+            f"CREATE INDEX {INDEX} ON idxr.search_index USING hnsw"
+            " ((embedding::vector(384)) vector_cosine_ops) WHERE vector_dims(embedding) = 384"
+        )
+        fill(conn, clustered(300))
+        oid = conn.execute(f"SELECT 'idxr.{INDEX}'::regclass::oid").fetchone()[0]
+    result = cli(url, "migrate")
+    assert result.exit_code == 0, result.output
+    assert "rebuilt" not in result.output
+    with connect(url, autocommit=True) as conn:
+        assert conn.execute(f"SELECT 'idxr.{INDEX}'::regclass::oid").fetchone()[0] == oid
+        [state] = hnsw.index_state(conn, DIMS)
+        assert state.options == hnsw.IndexOptions("vector", 16, 64)  # no WITH: the defaults
+        assert conn.execute("SELECT idxr.embedding_index_storage(384)").fetchone()[0] == "vector"
+        ids, plans = plans_of_search(conn, clustered(300)[12])
+        assert ids[0] == "12" and f"Index Scan using {INDEX}" in plans[-1]
+        assert hnsw.index_options(conn, 768) == hnsw.DEFAULT_OPTIONS  # a new size: halfvec

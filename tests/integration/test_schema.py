@@ -88,7 +88,7 @@ def test_search_index_has_the_contract_columns_and_indexes(database_url):
     assert "USING gist (path)" in indexes["search_index_path_gist"]
     assert "btree (entity_kind, entity_id)" in indexes["search_index_entity"]
     assert (
-        "hnsw (((embedding)::vector(384)) vector_cosine_ops) WITH (m='16', ef_construction='64')"
+        "hnsw (((embedding)::halfvec(384)) halfvec_cosine_ops) WITH (m='16', ef_construction='64')"
         " WHERE (vector_dims(embedding) = 384)" in indexes["search_index_embedding_hnsw_384"]
     )
     assert labels == "{string,integer,float,boolean,uuid,datetime,date,time,decimal}"
