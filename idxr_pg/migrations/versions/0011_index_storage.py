@@ -24,8 +24,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # The previous head's 020_dimensions.sql creates vector indexes only: a halfvec index goes
-    # (the next `ensure_embedding_indexes` builds the vector one); the functions reading the
-    # table go with it and are re-applied by the previous head's files.
+    # (the next `ensure_embedding_indexes` builds the vector one). Functions are re-applied at
+    # head only: the ones this revision's files added go with the table; the previous head's
+    # files create their own versions of the others again (as 0009's downgrade does).
     op.execute(
         """
         DO $$
@@ -43,6 +44,12 @@ def downgrade() -> None:
             END LOOP;
         END
         $$;
+        DROP FUNCTION IF EXISTS idxr.embedding_index_storage(integer);
+        DROP FUNCTION IF EXISTS idxr.embedding_index_state(integer);
+        DROP FUNCTION IF EXISTS idxr.embedding_index_ddl(integer, text, boolean);
+        DROP FUNCTION IF EXISTS idxr.set_embedding_index_options(integer, text, integer, integer);
+        DROP FUNCTION IF EXISTS idxr.embedding_index_options(integer);
+        DROP FUNCTION IF EXISTS idxr.embedding_index_next_name(integer);
         DROP TABLE IF EXISTS idxr.embedding_index_settings CASCADE;
         """
     )
