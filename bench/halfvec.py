@@ -1,20 +1,32 @@
-"""halfvec against vector for the HNSW index (issue 14): recall@10, size, build time.
+"""Index storage and HNSW build parameters (issue 14): vector vs halfvec, ef_construction 64
+vs 32 (m 16): build time, size, per-row insert cost into the built index, query p50, recall@10.
 
-Measures, on a table of its own in a fresh database (not the idxr schema, which stays as it
-is), an HNSW index on ``embedding`` (``vector_cosine_ops``, 4 bytes a dimension) and one on
-the expression ``embedding::halfvec(N)`` (``halfvec_cosine_ops``, 2 bytes a dimension) over
-the same ``--vectors`` rows: build time (same ``maintenance_work_mem``, sized to the graph
-like the bulk backfill's ``auto``, and the same parallel workers), index size, and for
-``--queries`` queries recall@10 against an exact scan of the float32 vectors, with query
-latency, at ``hnsw.ef_search`` 40 (pgvector's default) and 100. The builds run one after the
-other, the order alternating with ``--rounds``; the figure is each one's fastest.
+Measures, on a table of its own in a fresh database (not the idxr schema), the index exactly
+as ``idxr.embedding_index_ddl`` defines it (020_dimensions.sql): a bare ``vector`` column and
+the partial expression index ``USING hnsw ((embedding::STORAGE(N)) STORAGE_cosine_ops) WITH
+(m = M, ef_construction = EF) WHERE vector_dims(embedding) = N``, queried as the search
+functions query it (``ORDER BY (embedding::STORAGE(N)) <=> q::STORAGE(N)``). One variant's
+index exists at a time; for each, over the same ``--vectors`` rows:
+
+- build time (same ``maintenance_work_mem``, sized like the bulk backfill's ``auto``, and the
+  same ``--workers``) and index size;
+- recall@10 of ``--queries`` queries against an exact scan of the float32 vectors, and their
+  p50, at ``hnsw.ef_search`` 40 (pgvector's default) and 100 (the search functions');
+- per-row insert cost: ``--inserts`` new rows written in 64-row binary COPYs into the
+  table with that index, minus the same rows written with no index (timed before the first
+  variant and after the last; the mean of the two), then deleted again.
+
+Variants run in the order given, reversed in the next ``--rounds`` round; each figure is the
+fastest round's (recall: the last round's).
 
 Vectors: ``deterministic`` (default) draws unit vectors around ``--clusters`` random centres
 (seeded), so that near neighbours exist as they do among real embeddings; ``model`` embeds
-the demo's distinct texts with the real default model (slow on a CPU: a few thousand only).
-Queries are stored vectors nudged by noise (each has its own row among its neighbours).
+the demo's distinct texts with the real default model (its own precision choice: bf16 where
+the CPU has it). Queries are stored vectors nudged by noise.
 
-    .venv/bin/python bench/halfvec.py [--vectors 100000] [--queries 200] [--source deterministic]
+    flock /tmp/idxr-bench.lock .venv/bin/python bench/halfvec.py [--vectors 100000] \
+        [--queries 100] [--inserts 1000] [--source deterministic|model] \
+        [--variants vector:64,halfvec:64,vector:32,halfvec:32]
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import os
 import statistics
 import time
 import uuid
+from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,14 +48,23 @@ from psycopg import sql  # noqa: E402
 
 from idxr_pg.db.hnsw_memory import graph_megabytes  # noqa: E402
 
-INDEXES = {
-    "vector": ("embedding", "vector_cosine_ops", "embedding <=> %(q)s::vector"),
-    "halfvec": (
-        "(embedding::halfvec({dims}))",
-        "halfvec_cosine_ops",
-        "embedding::halfvec({dims}) <=> %(q)s::vector::halfvec({dims})",
-    ),
-}
+INSERT_BATCH = 64
+
+
+@dataclass
+class Variant:
+    storage: str
+    ef_construction: int
+    m: int = 16
+    builds: list[float] = field(default_factory=list)
+    inserts: list[float] = field(default_factory=list)
+    size: int = 0
+    recall: dict[int, float] = field(default_factory=dict)
+    p50: dict[int, list[float]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.storage} m{self.m} ef{self.ef_construction}"
 
 
 def with_dbname(url: str, name: str) -> str:
@@ -62,29 +84,38 @@ def deterministic_vectors(count: int, dims: int, clusters: int, seed: int = 7) -
 
 
 def model_vectors(count: int) -> np.ndarray:
-    """The real default model's vectors of up to ``count`` distinct demo texts."""
+    """The real default model's vectors of ``count`` distinct texts in the index's
+    ``"{path}: {value}"`` form: the demo's text values, under list-item paths
+    (``subscriptions.0``, ``subscriptions.1``, ...) once the demo's values run out, as a kind's
+    repeated fields give them (the demo holds ~10,000 distinct values)."""
     import dataclasses
 
     from idxr_pg.config import EmbeddingSettings
     from idxr_pg.demo import data as demo_data
     from idxr_pg.embedding import load_embedder
 
-    data = demo_data.generate(max(count // 2, 100), seed=11)
-    texts: dict[str, None] = {}
-    for field in dataclasses.fields(data):
-        for row in getattr(data, field.name):
+    data = demo_data.generate(20_000, seed=11)
+    values: dict[tuple[str, str], None] = {}
+    for part in dataclasses.fields(data):
+        for row in getattr(data, part.name):
             for value in row if isinstance(row, tuple | list) else (row,):
                 if isinstance(value, str) and " " in value:
-                    texts[f"{field.name}: {value}"] = None
-    distinct = list(texts)[:count]
+                    values[(part.name, value)] = None
+    texts: list[str] = []
+    item = 0
+    while len(texts) < count:
+        suffix = "" if item == 0 else f".{item - 1}"
+        texts.extend(f"{name}{suffix}: {value}" for name, value in values)
+        item += 1
+    texts = texts[:count]
     embedder = load_embedder(EmbeddingSettings(model="all-MiniLM-L6-v2", backend="torch"))
-    out = [embedder.embed(distinct[i : i + 64]) for i in range(0, len(distinct), 64)]
-    return np.vstack(out).astype(np.float32)
+    out = [embedder.embed(texts[i : i + 256]) for i in range(0, len(texts), 256)]
+    vectors = np.vstack(out).astype(np.float32)
+    return vectors[np.random.default_rng(1).permutation(len(vectors))]
 
 
 def load(conn: psycopg.Connection, vectors: np.ndarray) -> None:
-    dims = vectors.shape[1]
-    conn.execute(f"CREATE TABLE t (id int PRIMARY KEY, embedding vector({dims}))")
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, embedding vector)")
     with (
         conn.cursor() as cur,
         cur.copy("COPY t (id, embedding) FROM STDIN (FORMAT BINARY)") as copy,
@@ -95,46 +126,79 @@ def load(conn: psycopg.Connection, vectors: np.ndarray) -> None:
     conn.execute("VACUUM ANALYZE t")
 
 
-def build(conn: psycopg.Connection, kind: str, dims: int, memory: str, workers: int) -> float:
-    expression, ops, _ = INDEXES[kind]
-    conn.execute(f"DROP INDEX IF EXISTS t_{kind}")
+def build(conn: psycopg.Connection, v: Variant, dims: int, memory: str, workers: int) -> float:
+    conn.execute("DROP INDEX IF EXISTS t_hnsw")
     conn.execute(f"SET maintenance_work_mem = '{memory}'")
     conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
     started = time.perf_counter()
-    conn.execute(f"CREATE INDEX t_{kind} ON t USING hnsw ({expression.format(dims=dims)} {ops})")
+    conn.execute(
+        f"CREATE INDEX t_hnsw ON t USING hnsw ((embedding::{v.storage}({dims}))"
+        f" {v.storage}_cosine_ops) WITH (m = {v.m}, ef_construction = {v.ef_construction})"
+        f" WHERE vector_dims(embedding) = {dims}"
+    )
     return time.perf_counter() - started
 
 
+def insert_seconds(conn: psycopg.Connection, rows: np.ndarray, first_id: int) -> float:
+    """Seconds to write ``rows`` in 64-row binary COPYs (autocommit: one transaction each, as
+    the worker's COPY writes are), then delete them again (not timed)."""
+    started = time.perf_counter()
+    for at in range(0, len(rows), INSERT_BATCH):
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY t (id, embedding) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(["int4", "vector"])
+            for i, vector in enumerate(rows[at : at + INSERT_BATCH]):
+                copy.write_row((first_id + at + i, vector))
+    spent = time.perf_counter() - started
+    conn.execute("DELETE FROM t WHERE id >= %s", [first_id])
+    return spent
+
+
 def exact_top(conn: psycopg.Connection, query: np.ndarray) -> list[int]:
-    conn.execute("SET enable_indexscan = off")
     rows = conn.execute(
-        "SELECT id FROM t ORDER BY embedding <=> %(q)s::vector LIMIT 10", {"q": query}
+        "SELECT id FROM t ORDER BY (embedding <=> %(q)s::vector) + 0 LIMIT 10", {"q": query}
     ).fetchall()
-    conn.execute("RESET enable_indexscan")
     return [r[0] for r in rows]
 
 
 def index_top(
-    conn: psycopg.Connection, kind: str, dims: int, query: np.ndarray
+    conn: psycopg.Connection, v: Variant, dims: int, query: np.ndarray
 ) -> tuple[list[int], float, bool]:
-    order = INDEXES[kind][2].format(dims=dims)
-    statement = f"SELECT id FROM t ORDER BY {order} LIMIT 10"
+    cast = f"{v.storage}({dims})"
+    statement = (
+        f"SELECT id FROM t WHERE vector_dims(embedding) = {dims}"
+        f" ORDER BY (embedding::{cast}) <=> %(q)s::vector::{cast} LIMIT 10"
+    )
     started = time.perf_counter()
     rows = conn.execute(statement, {"q": query}).fetchall()
     spent = time.perf_counter() - started
     plan = conn.execute("EXPLAIN " + statement, {"q": query}).fetchall()
-    used = any(f"t_{kind}" in line[0] for line in plan)
+    used = any("t_hnsw" in line[0] for line in plan)
     return [r[0] for r in rows], spent, used
+
+
+def parse_variants(text: str) -> list[Variant]:
+    variants = []
+    for item in text.split(","):
+        storage, _, ef = item.strip().partition(":")
+        if storage not in ("vector", "halfvec") or not ef.isdigit():
+            raise SystemExit(f"--variants: {item!r} is not STORAGE:EF_CONSTRUCTION")
+        variants.append(Variant(storage, int(ef)))
+    return variants
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vectors", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--inserts", type=int, default=1_000)
     parser.add_argument("--clusters", type=int, default=2_000)
     parser.add_argument("--source", choices=("deterministic", "model"), default="deterministic")
-    parser.add_argument("--rounds", type=int, default=1, help="builds of each; fastest kept")
-    parser.add_argument("--workers", type=int, default=4, help="parallel maintenance workers")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every variant")
+    parser.add_argument("--workers", type=int, default=1, help="parallel maintenance workers")
+    parser.add_argument("--variants", default="vector:64,halfvec:64,vector:32,halfvec:32")
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -142,11 +206,13 @@ def main() -> None:
         ),
     )
     args = parser.parse_args()
+    variants = parse_variants(args.variants)
     started_load = os.getloadavg()
     if args.source == "model":
-        vectors = model_vectors(args.vectors)
+        vectors = model_vectors(args.vectors + args.inserts)
     else:
-        vectors = deterministic_vectors(args.vectors, 384, args.clusters)
+        vectors = deterministic_vectors(args.vectors + args.inserts, 384, args.clusters)
+    extra, vectors = vectors[-args.inserts :], vectors[: -args.inserts]
     count, dims = vectors.shape
     rng = np.random.default_rng(3)
     picks = rng.choice(count, size=min(args.queries, count), replace=False)
@@ -160,39 +226,35 @@ def main() -> None:
     with psycopg.connect(args.database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = with_dbname(args.database_url, name)
+    bare: list[float] = []
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION vector")
             register_vector(conn)
             load(conn, vectors)
-            builds: dict[str, list[float]] = {kind: [] for kind in INDEXES}
-            for round_ in range(args.rounds):
-                kinds = list(INDEXES) if round_ % 2 == 0 else list(INDEXES)[::-1]
-                for kind in kinds:
-                    builds[kind].append(build(conn, kind, dims, memory, args.workers))
-            sizes = {
-                kind: conn.execute(
-                    "SELECT pg_relation_size(%s::regclass)", [f"t_{kind}"]
-                ).fetchone()[0]  # type: ignore[index]
-                for kind in INDEXES
-            }
-            table = conn.execute("SELECT pg_table_size('t')").fetchone()[0]  # type: ignore[index]
             truth = [exact_top(conn, q) for q in queries]
-            conn.execute("SET enable_seqscan = off")  # small tables: the index, not a sort
-            results: dict[tuple[str, int], tuple[float, float]] = {}
-            for ef in (40, 100):
-                conn.execute(f"SET hnsw.ef_search = {ef}")
-                for kind in INDEXES:
-                    recalls, times = [], []
-                    for query, exact in zip(queries, truth, strict=True):
-                        found, spent, used = index_top(conn, kind, dims, query)
-                        assert used, f"the {kind} query did not use its index"
-                        recalls.append(len(set(found) & set(exact)) / 10)
-                        times.append(spent)
-                    results[(kind, ef)] = (
-                        statistics.mean(recalls),
-                        1000 * statistics.median(times),
-                    )
+            for round_ in range(args.rounds):
+                bare.append(insert_seconds(conn, extra, count))
+                order = variants if round_ % 2 == 0 else variants[::-1]
+                for v in order:
+                    v.builds.append(build(conn, v, dims, memory, args.workers))
+                    v.size = conn.execute("SELECT pg_relation_size('t_hnsw')").fetchone()[0]  # type: ignore[index]
+                    conn.execute("SET enable_seqscan = off")
+                    for ef in (40, 100):
+                        conn.execute(f"SET hnsw.ef_search = {ef}")
+                        recalls, times = [], []
+                        for query, exact in zip(queries, truth, strict=True):
+                            found, spent, used = index_top(conn, v, dims, query)
+                            assert used, f"the {v.name} query did not use its index"
+                            recalls.append(len(set(found) & set(exact)) / 10)
+                            times.append(spent)
+                        v.recall[ef] = statistics.mean(recalls)
+                        v.p50.setdefault(ef, []).append(1000 * statistics.median(times))
+                    conn.execute("RESET enable_seqscan")
+                    v.inserts.append(insert_seconds(conn, extra, count))
+                bare.append(insert_seconds(conn, extra, count))
+            conn.execute("DROP INDEX IF EXISTS t_hnsw")
+            table = conn.execute("SELECT pg_table_size('t')").fetchone()[0]  # type: ignore[index]
     finally:
         with psycopg.connect(args.database_url, autocommit=True) as admin:
             admin.execute(
@@ -200,29 +262,39 @@ def main() -> None:
             )
     ended_load = os.getloadavg()
     print(
-        f"halfvec vs vector: {count} {args.source} vectors of {dims} dimensions"
+        f"index storage: {count} {args.source} vectors of {dims} dimensions"
         f"{f' ({args.clusters} clusters)' if args.source == 'deterministic' else ''}, "
-        f"{len(queries)} queries, maintenance_work_mem {memory}, {args.workers} workers; "
+        f"{len(queries)} queries, {len(extra)} inserts in {INSERT_BATCH}-row COPYs, "
+        f"maintenance_work_mem {memory}, {args.workers} workers, {args.rounds} round(s); "
         f"table {table / 2**20:.0f} MiB; load average {started_load[0]:.2f} at start, "
         f"{ended_load[0]:.2f} at end"
     )
+    no_index = statistics.mean(bare) / len(extra) * 1e6
+    print(f"insert with no HNSW index: {no_index:.0f} us/row (mean of {len(bare)})")
     header = (
-        f"{'index':8} {'build s':>8} {'size MiB':>9} {'recall@10 ef40':>15} {'p50 ms':>7} "
-        f"{'recall@10 ef100':>16} {'p50 ms':>7}"
+        f"{'index':20} {'build s':>8} {'size MiB':>9} {'insert us/row':>14} "
+        f"{'recall ef40':>12} {'p50 ms':>7} {'recall ef100':>13} {'p50 ms':>7}"
     )
     print(header)
     print("-" * len(header))
-    for kind in INDEXES:
-        r40, t40 = results[(kind, 40)]
-        r100, t100 = results[(kind, 100)]
+    for v in variants:
+        per_row = min(v.inserts) / len(extra) * 1e6 - no_index
         print(
-            f"{kind:8} {min(builds[kind]):8.1f} {sizes[kind] / 2**20:9.1f} {r40:15.3f} "
-            f"{t40:7.2f} {r100:16.3f} {t100:7.2f}"
+            f"{v.name:20} {min(v.builds):8.1f} {v.size / 2**20:9.1f} {per_row:14.0f} "
+            f"{v.recall[40]:12.3f} {min(v.p50[40]):7.2f} {v.recall[100]:13.3f} "
+            f"{min(v.p50[100]):7.2f}"
         )
-    print(
-        f"halfvec / vector: build {min(builds['halfvec']) / min(builds['vector']):.2f}x, "
-        f"size {sizes['halfvec'] / sizes['vector']:.2f}x"
-    )
+    base = variants[0]
+    base_insert = min(base.inserts) / len(extra) * 1e6 - no_index
+    for v in variants[1:]:
+        per_row = min(v.inserts) / len(extra) * 1e6 - no_index
+        print(
+            f"{v.name} / {base.name}: build {min(v.builds) / min(base.builds):.2f}x, "
+            f"size {v.size / base.size:.2f}x, insert {per_row / base_insert:.2f}x, "
+            f"recall@10 ef40 {v.recall[40] - base.recall[40]:+.3f}, "
+            f"ef100 {v.recall[100] - base.recall[100]:+.3f}, "
+            f"p50 ef100 {min(v.p50[100]) / min(base.p50[100]):.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -131,8 +131,13 @@ EXACT = (
 # Written as the per-size partial expression index is defined (schema/020_dimensions.sql).
 HNSW = (
     "SELECT {cols} FROM idxr.search_index s WHERE vector_dims(s.embedding) = 384 {where}"
-    " ORDER BY (s.embedding::vector(384)) <=> %(q)s LIMIT %(k)s"
+    " ORDER BY {order} LIMIT %(k)s"
 )
+# The ORDER BY of each index storage, as knn_search (040_search.sql) writes it.
+ORDER = {
+    "vector": "(s.embedding::vector(384)) <=> %(q)s",
+    "halfvec": "(s.embedding::halfvec(384)) <=> %(q)s::halfvec(384)",
+}
 FUNCTION = "SELECT entity_kind, entity_id, path FROM idxr.search(%(q)s, %(f)s, NULL, %(k)s)"
 ENTITIES = "SELECT entity_kind, entity_id FROM idxr.search_entities(%(q)s, %(f)s, NULL, %(k)s)"
 EXACT_ENTITIES = (
@@ -277,27 +282,23 @@ def load_and_build(conn: psycopg.Connection, args: argparse.Namespace, params: d
     conn.execute(
         sql.SQL("SET max_parallel_maintenance_workers = {}").format(sql.Literal(args.workers))
     )
-    start = time.perf_counter()
+    # Built as the schema defines it (idxr.embedding_index_ddl), with these options.
     conn.execute(
-        sql.SQL(
-            "CREATE INDEX {} ON idxr.search_index USING hnsw "
-            "((embedding::vector({})) vector_cosine_ops) WITH (m = {}, ef_construction = {}) "
-            "WHERE vector_dims(embedding) = {}"
-        ).format(
-            sql.Identifier(f"search_index_embedding_hnsw_{DIMS}"),
-            sql.Literal(DIMS),
-            sql.Literal(args.m),
-            sql.Literal(args.ef_construction),
-            sql.Literal(DIMS),
-        )
+        "SELECT idxr.set_embedding_index_options(%s, %s, %s, %s)",
+        [DIMS, args.index_storage, args.m, args.ef_construction],
     )
+    ddl = conn.execute(
+        "SELECT idxr.embedding_index_ddl(%s, idxr.embedding_index_name(%s))", [DIMS, DIMS]
+    ).fetchone()[0]
+    start = time.perf_counter()
+    conn.execute(ddl)
     build = time.perf_counter() - start
     size = conn.execute(
         f"SELECT pg_size_pretty(pg_relation_size('idxr.search_index_embedding_hnsw_{DIMS}')),"
         " pg_size_pretty(pg_table_size('idxr.search_index'))"
     ).fetchone()
     print(
-        f"  HNSW build (m={args.m}, ef_construction={args.ef_construction}, "
+        f"  HNSW build ({args.index_storage}, m={args.m}, ef_construction={args.ef_construction}, "
         f"{args.workers} parallel workers, maintenance_work_mem={args.maintenance_work_mem}): "
         f"{build:.1f} s; index {size[0]}, table {size[1]}",
         flush=True,
@@ -335,7 +336,7 @@ def measure_size(conn: psycopg.Connection, args: argparse.Namespace, rows: int, 
 
     n_exact = len(exact_vectors)
     print(f"  -- unfiltered top-{k} ({len(vectors)} queries; exact and recall: first {n_exact}) --")
-    hnsw = HNSW.format(cols=COLS, where="")
+    hnsw = HNSW.format(cols=COLS, where="", order=ORDER[args.index_storage])
     variants = [
         Variant("exact (seq scan, sort)", EXACT.format(cols=COLS, where=""), exact_only=True)
     ]
@@ -350,7 +351,11 @@ def measure_size(conn: psycopg.Connection, args: argparse.Namespace, rows: int, 
     for name, (lquery, _share) in FILTERS.items():
         print(f"  -- path-filtered top-{k}: {name} ({lquery}) --")
         where = "AND s.path ~ %(f)s::lquery"
-        hnsw = HNSW.format(cols=COLS, where="AND (s.path ~ %(f)s::lquery) IS TRUE")
+        hnsw = HNSW.format(
+            cols=COLS,
+            where="AND (s.path ~ %(f)s::lquery) IS TRUE",
+            order=ORDER[args.index_storage],
+        )
         variants = [
             Variant(
                 "exact (GiST/seq scan, sort)", EXACT.format(cols=COLS, where=where), exact_only=True
@@ -412,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--ef-search", default="40,100", help="ef_search values for the unfiltered HNSW query"
+    )
+    parser.add_argument(
+        "--index-storage", choices=("vector", "halfvec"), default="vector", help="HNSW storage"
     )
     parser.add_argument("--maintenance-work-mem", default="4GB")
     parser.add_argument("--workers", type=int, default=2, help="max_parallel_maintenance_workers")

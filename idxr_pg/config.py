@@ -358,11 +358,43 @@ class WorkerSettings(_Strict):
     stall_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
 
 
+class IndexSettings(_Strict):
+    """How the HNSW index of the configured model's vector size is built. Applied by
+    ``idxr-pg migrate`` (whose ``--index-storage``/``--hnsw-m``/``--hnsw-ef-construction``
+    override it); a key left out keeps what the database records (at first: halfvec, 16, 64;
+    an index that predates the option: vector). A change rebuilds the index concurrently:
+    search answers throughout."""
+
+    storage: Literal["vector", "halfvec"] | None = Field(
+        None,
+        description="halfvec (the default): the index holds float16, about 0.57x the size of "
+        "vector (float32) and cheaper to insert into, recall@10 within 0.01 (docs/benchmarks.md)"
+        ". The column and the distances returned stay float32 either way",
+    )
+    m: Annotated[int, Field(ge=2, le=100)] | None = Field(
+        None, description="HNSW m: neighbours per node (pgvector's default 16)"
+    )
+    ef_construction: Annotated[int, Field(ge=4, le=1000)] | None = Field(
+        None,
+        description="HNSW ef_construction: candidates kept while inserting (pgvector's default "
+        "64; at least twice m)",
+    )
+
+    @field_validator("ef_construction")
+    @classmethod
+    def _ef_construction_of_m(cls, value: int | None, info: ValidationInfo) -> int | None:
+        m = info.data.get("m")
+        if value is not None and m is not None and value < 2 * m:
+            raise ValueError(f"ef_construction ({value}) must be at least twice m ({m})")
+        return value
+
+
 class IdxrConfig(_Strict):
     """The whole YAML config file."""
 
     entities: list[EntityConfig] = Field(default_factory=list)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @field_validator("entities")

@@ -642,6 +642,44 @@ BEGIN
 END
 $$;
 
+-- ==== 019b_index_storage.sql ====
+-- idxr-pg revision 0011: how each vector size's HNSW index is stored and built (issue 14).
+-- Revisioned: Alembic revision 0011 runs this file once; sql/install.sql runs it too, so every
+-- statement is idempotent.
+--
+-- idxr.embedding_index_settings: one row per vector size whose index is not built the default
+-- way (no row: storage 'halfvec', m 16, ef_construction 64; see idxr.embedding_index_options).
+--   storage          'vector'  HNSW over (embedding::vector(N))  vector_cosine_ops, 4 bytes a
+--                              dimension (pgvector indexes up to 2,000 dimensions)
+--                    'halfvec' HNSW over (embedding::halfvec(N)) halfvec_cosine_ops, 2 bytes a
+--                              dimension (up to 4,000). The column keeps float32 either way:
+--                              the search returns exact distances (docs/architecture.md).
+--                              The default since this revision (docs/benchmarks.md, "Index
+--                              storage and build parameters").
+--   m, ef_construction: pgvector's HNSW build parameters (WITH (m = .., ef_construction = ..)).
+-- Set with `idxr-pg migrate --index-storage/--hnsw-m/--hnsw-ef-construction` or the config's
+-- `index:` section; an existing index whose definition differs is rebuilt concurrently
+-- (idxr_pg/db/hnsw.py). 020_dimensions.sql creates the indexes from these rows.
+
+CREATE TABLE IF NOT EXISTS idxr.embedding_index_settings (
+    dimensions      integer PRIMARY KEY CHECK (dimensions BETWEEN 1 AND 16000),
+    storage         text NOT NULL DEFAULT 'halfvec' CHECK (storage IN ('vector', 'halfvec')),
+    m               integer NOT NULL DEFAULT 16 CHECK (m BETWEEN 2 AND 100),
+    ef_construction integer NOT NULL DEFAULT 64 CHECK (ef_construction BETWEEN 4 AND 1000),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (ef_construction >= 2 * m)
+);
+
+-- An upgraded database keeps the indexes it has: each existing size is recorded as built
+-- (vector, pgvector's defaults), so no `migrate` rebuilds it unasked; sizes indexed later
+-- get the default. (A fresh install has no index yet here: 020_dimensions.sql runs after.)
+INSERT INTO idxr.embedding_index_settings (dimensions, storage, m, ef_construction)
+SELECT substring(c.relname FROM '(\d+)$')::integer, 'vector', 16, 64
+  FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = 'idxr'::regnamespace AND c.relkind = 'i'
+   AND c.relname ~ '^search_index_embedding_hnsw_\d+$'
+ON CONFLICT (dimensions) DO NOTHING;
+
 -- ==== 020_dimensions.sql ====
 -- Vector sizes and the HNSW indexes are handled here and only here.
 --
@@ -650,9 +688,18 @@ $$;
 -- vectors of different sizes side by side. An HNSW index needs a fixed size, so there is one
 -- partial expression index per size N in use:
 --     search_index_embedding_hnsw_N ON idxr.search_index
---         USING hnsw ((embedding::vector(N)) vector_cosine_ops) WHERE vector_dims(embedding) = N
+--         USING hnsw ((embedding::STORAGE(N)) STORAGE_cosine_ops) WITH (m = M, ef_construction = EF)
+--         WHERE vector_dims(embedding) = N
+-- where STORAGE is `halfvec` (float16, the default since revision 0011) or `vector` (float32),
+-- and STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0011;
+-- defaults halfvec / 16 / 64, idxr.embedding_index_options; an upgraded database's existing
+-- sizes are recorded as vector). idxr.embedding_index_ddl is the one owner of the definition.
 -- The search functions (040_search.sql) write their ORDER BY and WHERE in exactly that form,
--- with N spliced in as an integer literal, so the planner matches the index.
+-- with N spliced in as an integer literal and STORAGE read from the index that serves now
+-- (idxr.embedding_index_storage), so the planner matches the index.
+-- Switching an index's storage or parameters (`idxr-pg migrate --index-storage ...`,
+-- idxr_pg/db/hnsw.py) builds the new definition CONCURRENTLY as search_index_embedding_hnsw_N_next,
+-- drops the old one CONCURRENTLY and renames the new one: search answers throughout.
 -- Re-applied after every upgrade: the functions are CREATE OR REPLACE, and the call at the end
 -- creates a missing index for every size in use (384, the default model's, on a fresh install).
 
@@ -663,8 +710,153 @@ LANGUAGE sql
 IMMUTABLE PARALLEL SAFE
 AS $$ SELECT 'search_index_embedding_hnsw_' || dims $$;
 
+-- The name an index of `dims`-dimensional vectors is built under while it replaces the one of
+-- embedding_index_name (a storage or parameter switch; renamed when the old one is dropped).
+CREATE OR REPLACE FUNCTION idxr.embedding_index_next_name(dims integer)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$ SELECT idxr.embedding_index_name(dims) || '_next' $$;
+
+-- How the index of `dims`-dimensional vectors is to be built: its settings row, else the
+-- defaults, owned here: halfvec (measured: 0.57x the size, 0.5-0.7x the per-row insert cost,
+-- recall@10 within 0.01 of vector at the search functions' ef_search; docs/benchmarks.md,
+-- "Index storage and build parameters"), m 16 and ef_construction 64 (pgvector's).
+CREATE OR REPLACE FUNCTION idxr.embedding_index_options(dims integer)
+RETURNS TABLE (storage text, m integer, ef_construction integer)
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT coalesce(s.storage, 'halfvec'), coalesce(s.m, 16), coalesce(s.ef_construction, 64)
+      FROM (SELECT dims AS d) q
+      LEFT JOIN idxr.embedding_index_settings s ON s.dimensions = q.d
+$$;
+
+-- Record how the index of `dims`-dimensional vectors is to be built (NULL: keep the current
+-- setting). Raises a clear error for a value pgvector would refuse. Does not build anything:
+-- `idxr-pg migrate` rebuilds the index concurrently when its definition differs.
+CREATE OR REPLACE FUNCTION idxr.set_embedding_index_options(
+    dims integer, storage text DEFAULT NULL, m integer DEFAULT NULL,
+    ef_construction integer DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    current record;
+    max_dims integer;
+BEGIN
+    IF dims IS NULL OR dims < 1 OR dims > 16000 THEN
+        RAISE EXCEPTION 'idxr: embedding dimensions must be between 1 and 16000, got %', dims
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO current FROM idxr.embedding_index_options(dims);
+    storage := coalesce(storage, current.storage);
+    m := coalesce(m, current.m);
+    ef_construction := coalesce(ef_construction, current.ef_construction);
+    IF storage NOT IN ('vector', 'halfvec') THEN
+        RAISE EXCEPTION 'idxr: index storage must be vector or halfvec, got %', quote_literal(storage)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    max_dims := CASE storage WHEN 'vector' THEN 2000 ELSE 4000 END;
+    IF dims > max_dims AND storage = 'vector' AND dims <= 4000 THEN
+        RAISE EXCEPTION 'idxr: an HNSW index over % holds at most % dimensions, not %',
+            storage, max_dims, dims
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use index storage halfvec (up to 4000 dimensions).';
+    ELSIF dims > max_dims THEN
+        RAISE EXCEPTION 'idxr: an HNSW index over % holds at most % dimensions, not %',
+            storage, max_dims, dims
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF m < 2 OR m > 100 THEN
+        RAISE EXCEPTION 'idxr: HNSW m must be between 2 and 100, got %', m
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF ef_construction < 4 OR ef_construction > 1000 THEN
+        RAISE EXCEPTION 'idxr: HNSW ef_construction must be between 4 and 1000, got %', ef_construction
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF ef_construction < 2 * m THEN
+        RAISE EXCEPTION 'idxr: HNSW ef_construction (%) must be at least twice m (%)', ef_construction, m
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO idxr.embedding_index_settings AS s (dimensions, storage, m, ef_construction)
+    VALUES (dims, storage, m, ef_construction)
+    ON CONFLICT (dimensions) DO UPDATE
+       SET storage = EXCLUDED.storage, m = EXCLUDED.m, ef_construction = EXCLUDED.ef_construction,
+           updated_at = now()
+     WHERE (s.storage, s.m, s.ef_construction)
+           IS DISTINCT FROM (EXCLUDED.storage, EXCLUDED.m, EXCLUDED.ef_construction);
+END
+$$;
+
+-- The statement that builds the index of `dims`-dimensional vectors as `index_name` (the one
+-- owner of the index definition; CONCURRENTLY for a switch, which cannot run in a function).
+CREATE OR REPLACE FUNCTION idxr.embedding_index_ddl(
+    dims integer, index_name text, build_concurrently boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+AS $$
+DECLARE
+    o record;
+BEGIN
+    IF dims IS NULL OR dims < 1 OR dims > 16000 THEN
+        RAISE EXCEPTION 'idxr: embedding dimensions must be between 1 and 16000, got %', dims;
+    END IF;
+    SELECT * INTO o FROM idxr.embedding_index_options(dims);
+    RETURN format(
+        'CREATE INDEX %s IF NOT EXISTS %I ON idxr.search_index USING hnsw '
+        '((embedding::%s(%s)) %s_cosine_ops) WITH (m = %s, ef_construction = %s) '
+        'WHERE vector_dims(embedding) = %s',
+        CASE WHEN build_concurrently THEN 'CONCURRENTLY' ELSE '' END,
+        index_name, o.storage, dims, o.storage, o.m, o.ef_construction, dims);
+END
+$$;
+
+-- The HNSW indexes of `dims`-dimensional vectors there are (the serving one and one being
+-- switched to), with the definition each was built with (from the catalog: an index built
+-- before revision 0011 has no WITH options and pgvector's defaults) and whether it is valid
+-- (a CONCURRENTLY build that failed, or a drop under way, leaves it invalid: never used).
+CREATE OR REPLACE FUNCTION idxr.embedding_index_state(dims integer)
+RETURNS TABLE (index_name text, storage text, m integer, ef_construction integer,
+               valid boolean)
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT c.relname::text,
+           CASE WHEN oc.opcname LIKE 'halfvec%' THEN 'halfvec' ELSE 'vector' END,
+           coalesce((SELECT substr(o, 3)::integer FROM unnest(c.reloptions) o
+                      WHERE o LIKE 'm=%'), 16),
+           coalesce((SELECT substr(o, 17)::integer FROM unnest(c.reloptions) o
+                      WHERE o LIKE 'ef_construction=%'), 64),
+           i.indisvalid AND i.indisready
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid
+      JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[0]
+     WHERE c.relnamespace = 'idxr'::regnamespace
+       AND c.relname IN (idxr.embedding_index_name(dims), idxr.embedding_index_next_name(dims))
+     ORDER BY c.relname = idxr.embedding_index_name(dims) DESC
+$$;
+
+-- The storage (vector or halfvec) the search functions cast `dims`-dimensional vectors to, so
+-- that their ORDER BY matches the index that serves now: the valid one (the current index,
+-- else the one being switched to once the current one is being dropped); with no valid index
+-- the configured storage (an exact scan either way).
+CREATE OR REPLACE FUNCTION idxr.embedding_index_storage(dims integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT coalesce(
+        (SELECT st.storage FROM idxr.embedding_index_state(dims) st WHERE st.valid LIMIT 1),
+        (SELECT o.storage FROM idxr.embedding_index_options(dims) o))
+$$;
+
 -- Create the HNSW index for `dims`-dimensional vectors if it is missing (instant while no row
--- has that size: `idxr-pg versions create` calls it before a build of a new size).
+-- has that size: `idxr-pg versions create` calls it before a build of a new size), as
+-- idxr.embedding_index_options says. Not CONCURRENTLY (a function cannot): over rows of that
+-- size it blocks writes for the build; idxr_pg/db/hnsw.py builds concurrently instead.
 CREATE OR REPLACE FUNCTION idxr.ensure_embedding_index(dims integer)
 RETURNS boolean  -- true when it was created now
 LANGUAGE plpgsql
@@ -676,10 +868,16 @@ BEGIN
     IF to_regclass('idxr.' || idxr.embedding_index_name(dims)) IS NOT NULL THEN
         RETURN false;
     END IF;
-    EXECUTE format(
-        'CREATE INDEX IF NOT EXISTS %I ON idxr.search_index USING hnsw '
-        '((embedding::vector(%s)) vector_cosine_ops) WHERE vector_dims(embedding) = %s',
-        idxr.embedding_index_name(dims), dims, dims);
+    -- A switch stopped between dropping the old index and renaming the new one: the new one
+    -- is the index (when its build completed; a failed one is dropped and built again).
+    IF EXISTS (SELECT 1 FROM idxr.embedding_index_state(dims) st
+                WHERE st.index_name = idxr.embedding_index_next_name(dims) AND st.valid) THEN
+        EXECUTE format('ALTER INDEX idxr.%I RENAME TO %I',
+                       idxr.embedding_index_next_name(dims), idxr.embedding_index_name(dims));
+        RETURN false;
+    END IF;
+    EXECUTE format('DROP INDEX IF EXISTS idxr.%I', idxr.embedding_index_next_name(dims));
+    EXECUTE idxr.embedding_index_ddl(dims, idxr.embedding_index_name(dims));
     RETURN true;
 END
 $$;
@@ -741,6 +939,7 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM idxr.search_index s WHERE vector_dims(s.embedding) = d)
     LOOP
         EXECUTE format('DROP INDEX idxr.%I', idxr.embedding_index_name(unused));
+        EXECUTE format('DROP INDEX IF EXISTS idxr.%I', idxr.embedding_index_next_name(unused));
     END LOOP;
 END
 $$;
@@ -802,8 +1001,9 @@ SELECT idxr.ensure_embedding_indexes();
 --
 -- How a filtered KNN query is run (measured in bench/search.py, see docs/benchmarks.md):
 --   * No filter: the HNSW index of the query's vector size (search_index_embedding_hnsw_N, see
---     020_dimensions.sql), ORDER BY (embedding::vector(N)) <=> query; rows of other sizes
---     (kinds embedded by another model) are never compared.
+--     020_dimensions.sql), ORDER BY (embedding::vector(N)) <=> query, or with a halfvec index
+--     (embedding::halfvec(N)) <=> query::halfvec(N); rows of other sizes (kinds embedded by
+--     another model) are never compared. Distances returned are exact (float32) either way.
 --   * A filter (path lquery, kind, structured filters, an excluded example entity): the
 --     planner's estimate of the rows the filter admits (EXPLAIN; ltree and btree statistics
 --     make it close, and it costs a plan, where counting the rows cost ~1 us per row) is
@@ -1215,10 +1415,16 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     -- Rows of the query's vector size only. The HNSW walk is written as the partial index
-    -- of that size is defined (020_dimensions.sql), with the size as a literal, so the planner
-    -- matches it. The exact search needs the size condition only when kinds of another size
-    -- exist (each costs ~0.3 us per row read: 15% of an exact search over 5,000 rows).
-    vec        constant text := format('(s.embedding::vector(%s))', vector_dims(query));
+    -- of that size is defined (020_dimensions.sql), with the size as a literal and the storage
+    -- (vector or halfvec) of the index serving now, so the planner matches it. The distances
+    -- returned (cols) are exact float32 ones either way: a halfvec walk only picks the rows,
+    -- which are then re-sorted by exact distance. The exact search needs the size condition
+    -- only when kinds of another size exist (each costs ~0.3 us per row read: 15% of an exact
+    -- search over 5,000 rows).
+    storage    constant text := idxr.embedding_index_storage(vector_dims(query));
+    order_sql  constant text := CASE storage
+        WHEN 'halfvec' THEN format('(s.embedding::halfvec(%1$s)) <=> $1::halfvec(%1$s)', vector_dims(query))
+        ELSE format('(s.embedding::vector(%s)) <=> $1', vector_dims(query)) END;
     where_sql  text := CASE WHEN idxr.embedding_dimensions() IS NOT DISTINCT FROM vector_dims(query)
                             THEN 's.embedding IS NOT NULL'
                             ELSE format('vector_dims(s.embedding) = %s', vector_dims(query)) END;
@@ -1304,8 +1510,8 @@ BEGIN
             -- field is chunked, keeping each field's nearest chunk, without the slack: k
             -- distinct fields end the walk, as LIMIT k does where no field has chunks.
             FOR hit IN EXECUTE format(
-                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s <=> $1 LIMIT $8',
-                cols, hnsw_where, vec)
+                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s LIMIT $8',
+                cols, hnsw_where, order_sql)
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch
             LOOP
                 entity_key := hit.entity_kind || E'\x1f' || hit.entity_id
@@ -1327,7 +1533,7 @@ BEGIN
                 'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale,'
                 '                     c.chunk, c.chunk_text)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
-                '       ORDER BY %s <=> $1 LIMIT $4) c', cols, hnsw_where, vec)
+                '       ORDER BY %s LIMIT $4) c', cols, hnsw_where, order_sql)
                 INTO hits
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
         END IF;
@@ -2274,8 +2480,9 @@ COMMENT ON VIEW idxr.stale IS
 --   idxr_worker: idxr_reader, plus SELECT/INSERT/UPDATE/DELETE on the idxr tables and USAGE on
 --     their sequences. It gets no right on application tables: grant SELECT on the watched
 --     tables to the worker's login role yourself.
--- Never granted to either: set_embedding_dimensions and ensure_embedding_index(es) (they create
--- HNSW indexes: the owner's, via `idxr-pg migrate` and `idxr-pg versions create`),
+-- Never granted to either: set_embedding_dimensions, ensure_embedding_index(es) and
+-- set_embedding_index_options (they create HNSW indexes or say how: the owner's, via
+-- `idxr-pg migrate` and `idxr-pg versions create`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
 -- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
 -- of search results), idxr.text_term_stats to idxr_reader (the planner statistics of a kind's
@@ -2305,7 +2512,7 @@ BEGIN
         GRANT USAGE ON SCHEMA idxr TO idxr_reader;
         GRANT SELECT ON idxr.search_index, idxr.search_fields, idxr.entity_kinds,
                          idxr.embedding_models, idxr.status, idxr.stale, idxr.index_versions,
-                         idxr.versions
+                         idxr.versions, idxr.embedding_index_settings
                       TO idxr_reader;
         FOR fn IN
             SELECT p.oid::regprocedure
@@ -2314,7 +2521,7 @@ BEGIN
                AND NOT p.prosecdef
                AND p.prorettype <> 'pg_catalog.trigger'::regtype
                AND p.proname NOT IN ('set_embedding_dimensions', 'ensure_embedding_index',
-                                     'ensure_embedding_indexes')
+                                     'ensure_embedding_indexes', 'set_embedding_index_options')
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;
@@ -2350,6 +2557,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0009');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0011');
 
 COMMIT;

@@ -8,6 +8,7 @@ from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.config import DEFAULT_MODEL, DEFAULT_MODEL_DIMENSIONS
 from idxr_pg.db import migrations
 from idxr_pg.db.connection import redact
+from idxr_pg.db.hnsw import STORAGES
 from idxr_pg.extensions import ensure_extensions
 from idxr_pg.schema import install_script, uninstall_script
 
@@ -39,23 +40,66 @@ def configured_dimensions(app: AppContext) -> int:
     "of sizes nothing uses are dropped; kinds of other models keep theirs) [default: from the "
     "config's embedding model; 384 for the default].",
 )
+@click.option(
+    "--index-storage",
+    type=click.Choice(STORAGES),
+    default=None,
+    help="What the HNSW index of that size holds: halfvec (float16, about half the size) or "
+    "vector (float32); the column and returned distances stay float32 [default: the config's "
+    "index.storage, else what the database records: halfvec for a new size, vector for an "
+    "index that predates the option].",
+)
+@click.option(
+    "--hnsw-m",
+    type=click.IntRange(2, 100),
+    default=None,
+    help="HNSW m of that index [default: the config's index.m, else as recorded: 16 at first].",
+)
+@click.option(
+    "--hnsw-ef-construction",
+    type=click.IntRange(4, 1000),
+    default=None,
+    help="HNSW ef_construction of that index, at least twice m [default: the config's "
+    "index.ef_construction, else as recorded: 64 at first].",
+)
 @pass_app
-def migrate(app: AppContext, print_sql: bool, dimensions: int | None) -> None:
+def migrate(
+    app: AppContext,
+    print_sql: bool,
+    dimensions: int | None,
+    index_storage: str | None,
+    hnsw_m: int | None,
+    hnsw_ef_construction: int | None,
+) -> None:
     """Create or upgrade the idxr schema (Alembic upgrade head).
 
     Safe to run again: an up-to-date database is left as it is. Needs the vector and ltree
-    extensions to be available on the server (`idxr-pg doctor` checks).
+    extensions to be available on the server (`idxr-pg doctor` checks). When the HNSW index's
+    storage or parameters change, it is rebuilt concurrently (the old one serves until the new
+    one is built).
     """
     if print_sql:
         click.echo(install_script(), nl=False)
         return
     dims = dimensions or configured_dimensions(app)
+    configured = app.config.index
+    storage = index_storage or configured.storage
+    m = hnsw_m or configured.m
+    ef_construction = hnsw_ef_construction or configured.ef_construction
     before = migrations.current_revision(app.database_url)
     migrations.upgrade(app.database_url)
+    options, rebuilt = migrations.set_index_options(
+        app.database_url, dims, storage=storage, m=m, ef_construction=ef_construction
+    )
     migrations.set_embedding_dimensions(app.database_url, dims)
     after = migrations.current_revision(app.database_url)
     state = "already up to date" if before == after else f"migrated {before or 'base'} -> {after}"
     click.echo(f"idxr schema {state} in {redact(app.database_url)} ({dims}-dimensional embeddings)")
+    if rebuilt:
+        click.echo(
+            f"HNSW index of {dims}-dimensional vectors rebuilt concurrently: "
+            f"{options.storage}, m {options.m}, ef_construction {options.ef_construction}"
+        )
 
 
 @click.command()

@@ -10,23 +10,38 @@ index versions (``idxr.embedding_sizes``). While an index is absent the planner 
 use for that size and every search of it is an exact scan: correct, slower.
 
 The functions below act on the indexes of every size in use (a bulk backfill runs when the
-index holds no vector at all, so there is no other kind's search to slow down).
+index holds no vector at all, so there is no other kind's search to slow down), except the
+index options (``IndexOptions``: storage ``vector`` or ``halfvec``, HNSW ``m`` and
+``ef_construction``), which are per size (``idxr.embedding_index_settings``), and
+``switch_index``, which rebuilds one size's index concurrently when its options changed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import psycopg
 
+from idxr_pg.db import hnsw_memory
 from idxr_pg.db.advisory import HNSW_BUILD_KEY
+from idxr_pg.errors import IdxrError
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "INDEX_NAME",
+    "STORAGES",
+    "IndexOptions",
+    "IndexState",
     "build_embedding_index",
     "can_drop_embedding_index",
     "drop_embedding_index",
     "embedding_index_exists",
     "ensure_index",
     "has_embeddings",
+    "index_options",
+    "index_state",
+    "set_index_options",
+    "switch_index",
 ]
 
 INDEX_NAME = "idxr.search_index_embedding_hnsw_<dimensions>"
@@ -39,7 +54,7 @@ SELECT count(*) FROM idxr.embedding_sizes() d
 _INDEXES_SQL = """
 SELECT c.relname FROM pg_catalog.pg_class c
  WHERE c.relnamespace = 'idxr'::regnamespace AND c.relkind = 'i'
-   AND c.relname ~ '^search_index_embedding_hnsw_\\d+$'
+   AND c.relname ~ '^search_index_embedding_hnsw_\\d+(_next)?$'
 """
 _HAS_EMBEDDINGS_SQL = "SELECT EXISTS (SELECT 1 FROM idxr.search_index WHERE embedding IS NOT NULL)"
 # Dropping or building an index needs ownership of the table (or membership in its owner).
@@ -105,3 +120,137 @@ def build_embedding_index(
         )
         conn.execute(_BUILD_SQL)
     return True
+
+
+STORAGES = ("vector", "halfvec")
+"""What an HNSW index may hold: float32 (``vector``, 4 bytes a dimension) or float16
+(``halfvec``, 2 bytes). The column keeps float32 either way."""
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How one vector size's HNSW index is built (``idxr.embedding_index_settings``)."""
+
+    storage: str = "halfvec"
+    m: int = 16
+    ef_construction: int = 64
+
+
+DEFAULT_OPTIONS = IndexOptions()
+"""What a size without a settings row gets (mirrors ``idxr.embedding_index_options``, the
+owner): halfvec, pgvector's m and ef_construction; docs/benchmarks.md, "Index storage and
+build parameters"."""
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """One HNSW index of a vector size as the catalog has it."""
+
+    name: str
+    storage: str
+    m: int
+    ef_construction: int
+    valid: bool
+    bytes: int
+
+    @property
+    def options(self) -> IndexOptions:
+        return IndexOptions(self.storage, self.m, self.ef_construction)
+
+
+_OPTIONS_SQL = "SELECT storage, m, ef_construction FROM idxr.embedding_index_options(%s)"
+_SET_OPTIONS_SQL = "SELECT idxr.set_embedding_index_options(%s, %s, %s, %s)"
+_STATE_SQL = (
+    "SELECT index_name, storage, m, ef_construction, valid,"
+    " pg_catalog.pg_relation_size(('idxr.' || quote_ident(index_name))::regclass)"
+    " FROM idxr.embedding_index_state(%s)"
+)
+_NAMES_SQL = "SELECT idxr.embedding_index_name(%s), idxr.embedding_index_next_name(%s)"
+_DDL_SQL = "SELECT idxr.embedding_index_ddl(%s, %s, true)"
+_SESSION_LOCK_SQL = "SELECT pg_catalog.pg_advisory_lock(%s, %s)"
+_SESSION_UNLOCK_SQL = "SELECT pg_catalog.pg_advisory_unlock(%s, %s)"
+
+
+def index_options(conn: psycopg.Connection, dimensions: int) -> IndexOptions:
+    """How the index of ``dimensions``-sized vectors is to be built (defaults when unset)."""
+    row = conn.execute(_OPTIONS_SQL, [dimensions]).fetchone()
+    return IndexOptions(*row) if row else DEFAULT_OPTIONS
+
+
+def index_state(conn: psycopg.Connection, dimensions: int) -> list[IndexState]:
+    """The index of ``dimensions``-sized vectors (first) and one being switched to, if any."""
+    return [IndexState(*row) for row in conn.execute(_STATE_SQL, [dimensions]).fetchall()]
+
+
+def set_index_options(
+    conn: psycopg.Connection,
+    dimensions: int,
+    *,
+    storage: str | None = None,
+    m: int | None = None,
+    ef_construction: int | None = None,
+) -> IndexOptions:
+    """Record how the index of ``dimensions``-sized vectors is built (None: keep); builds
+    nothing (``switch_index`` does). Raises IdxrError naming the option pgvector would refuse."""
+    try:
+        with conn.transaction():
+            conn.execute(_SET_OPTIONS_SQL, [dimensions, storage, m, ef_construction])
+    except (psycopg.errors.RaiseException, psycopg.errors.InvalidParameterValue) as exc:
+        hint = exc.diag.message_hint
+        raise IdxrError(f"{exc.diag.message_primary}. {hint or ''}".strip()) from None
+    return index_options(conn, dimensions)
+
+
+def switch_index(
+    conn: psycopg.Connection,
+    dimensions: int,
+    *,
+    maintenance_work_mem: str = "auto",
+    parallel_workers: int = 1,
+) -> bool:
+    """Make the index of ``dimensions``-sized vectors match its options, without a moment
+    where search has no index: build the new definition ``CONCURRENTLY`` beside the old one
+    (``..._next``), drop the old one ``CONCURRENTLY``, rename the new one. Writes go on
+    meanwhile (a concurrent build does not block them). True when an index was built.
+
+    Needs an autocommit connection owning ``idxr.search_index``. Interrupted at any step, the
+    old index or the new one keeps serving (the search functions use whichever is valid,
+    ``idxr.embedding_index_storage``) and the next call (or ``ensure_embedding_index``)
+    finishes the switch. Holds the HNSW build lock for the session, so a bulk backfill's
+    build waits for it."""
+    if not conn.autocommit:
+        raise ValueError("switch_index needs an autocommit connection (CREATE INDEX CONCURRENTLY)")
+    conn.execute(_SESSION_LOCK_SQL, HNSW_BUILD_KEY)
+    try:
+        wanted = index_options(conn, dimensions)
+        name, next_name = conn.execute(_NAMES_SQL, [dimensions, dimensions]).fetchone()  # type: ignore[misc]
+        states = {state.name: state for state in index_state(conn, dimensions)}
+        current, pending = states.get(name), states.get(next_name)
+        if current and current.valid and current.options == wanted:
+            if pending:
+                conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS idxr."{next_name}"')
+            return False
+        built = False
+        if pending and not (pending.valid and pending.options == wanted):
+            conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS idxr."{next_name}"')
+            pending = None
+        if pending is None:
+            memory = hnsw_memory.build_memory(conn, maintenance_work_mem)
+            conn.execute(
+                "SELECT pg_catalog.set_config('maintenance_work_mem', %s, false), "
+                "pg_catalog.set_config('max_parallel_maintenance_workers', %s, false)",
+                [memory, str(parallel_workers)],
+            )
+            ddl = conn.execute(_DDL_SQL, [dimensions, next_name]).fetchone()[0]  # type: ignore[index]
+            try:
+                conn.execute(ddl)
+            finally:
+                conn.execute("RESET maintenance_work_mem")
+                conn.execute("RESET max_parallel_maintenance_workers")
+            built = True
+        if current:
+            conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS idxr."{name}"')
+        conn.execute(f'ALTER INDEX idxr."{next_name}" RENAME TO "{name}"')
+        return built
+    finally:
+        conn.execute(_SESSION_UNLOCK_SQL, HNSW_BUILD_KEY)

@@ -13,6 +13,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 
+from idxr_pg.db import hnsw
 from idxr_pg.db.connection import connect
 from idxr_pg.errors import IdxrError
 from idxr_pg.schema import HEAD_REVISION, SCHEMA, VERSION_TABLE, uninstall_script
@@ -66,13 +67,35 @@ def is_current(database_url: str) -> bool:
 
 
 def set_embedding_dimensions(database_url: str, dimensions: int) -> None:
-    """Type the embedding column vector(N) and (re)build its HNSW index; refuses if data exists."""
+    """Make sure the HNSW index of N-dimensional vectors exists; drop those of unused sizes."""
     with connect(database_url, vector=False) as conn:
         try:
             conn.execute("SELECT idxr.set_embedding_dimensions(%s)", [dimensions])
         except psycopg.errors.RaiseException as exc:
             hint = exc.diag.message_hint
             raise IdxrError(f"{exc.diag.message_primary}. {hint or ''}".strip()) from None
+
+
+def set_index_options(
+    database_url: str,
+    dimensions: int,
+    *,
+    storage: str | None = None,
+    m: int | None = None,
+    ef_construction: int | None = None,
+) -> tuple[hnsw.IndexOptions, bool]:
+    """Record how the HNSW index of ``dimensions``-sized vectors is built (None: keep) and,
+    if that index exists with another definition, rebuild it concurrently (a missing one is
+    left to ``set_embedding_dimensions``); returns the options and whether it was rebuilt.
+    Raises IdxrError for a value pgvector would refuse."""
+    with connect(database_url, autocommit=True, vector=False) as conn:
+        options = hnsw.set_index_options(
+            conn, dimensions, storage=storage, m=m, ef_construction=ef_construction
+        )
+        states = hnsw.index_state(conn, dimensions)
+        if not states or (len(states) == 1 and states[0].valid and states[0].options == options):
+            return options, False
+        return options, hnsw.switch_index(conn, dimensions)
 
 
 def uninstall(database_url: str) -> None:

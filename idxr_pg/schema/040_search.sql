@@ -16,8 +16,9 @@
 --
 -- How a filtered KNN query is run (measured in bench/search.py, see docs/benchmarks.md):
 --   * No filter: the HNSW index of the query's vector size (search_index_embedding_hnsw_N, see
---     020_dimensions.sql), ORDER BY (embedding::vector(N)) <=> query; rows of other sizes
---     (kinds embedded by another model) are never compared.
+--     020_dimensions.sql), ORDER BY (embedding::vector(N)) <=> query, or with a halfvec index
+--     (embedding::halfvec(N)) <=> query::halfvec(N); rows of other sizes (kinds embedded by
+--     another model) are never compared. Distances returned are exact (float32) either way.
 --   * A filter (path lquery, kind, structured filters, an excluded example entity): the
 --     planner's estimate of the rows the filter admits (EXPLAIN; ltree and btree statistics
 --     make it close, and it costs a plan, where counting the rows cost ~1 us per row) is
@@ -429,10 +430,16 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     -- Rows of the query's vector size only. The HNSW walk is written as the partial index
-    -- of that size is defined (020_dimensions.sql), with the size as a literal, so the planner
-    -- matches it. The exact search needs the size condition only when kinds of another size
-    -- exist (each costs ~0.3 us per row read: 15% of an exact search over 5,000 rows).
-    vec        constant text := format('(s.embedding::vector(%s))', vector_dims(query));
+    -- of that size is defined (020_dimensions.sql), with the size as a literal and the storage
+    -- (vector or halfvec) of the index serving now, so the planner matches it. The distances
+    -- returned (cols) are exact float32 ones either way: a halfvec walk only picks the rows,
+    -- which are then re-sorted by exact distance. The exact search needs the size condition
+    -- only when kinds of another size exist (each costs ~0.3 us per row read: 15% of an exact
+    -- search over 5,000 rows).
+    storage    constant text := idxr.embedding_index_storage(vector_dims(query));
+    order_sql  constant text := CASE storage
+        WHEN 'halfvec' THEN format('(s.embedding::halfvec(%1$s)) <=> $1::halfvec(%1$s)', vector_dims(query))
+        ELSE format('(s.embedding::vector(%s)) <=> $1', vector_dims(query)) END;
     where_sql  text := CASE WHEN idxr.embedding_dimensions() IS NOT DISTINCT FROM vector_dims(query)
                             THEN 's.embedding IS NOT NULL'
                             ELSE format('vector_dims(s.embedding) = %s', vector_dims(query)) END;
@@ -518,8 +525,8 @@ BEGIN
             -- field is chunked, keeping each field's nearest chunk, without the slack: k
             -- distinct fields end the walk, as LIMIT k does where no field has chunks.
             FOR hit IN EXECUTE format(
-                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s <=> $1 LIMIT $8',
-                cols, hnsw_where, vec)
+                'SELECT %s FROM idxr.search_index s WHERE %s ORDER BY %s LIMIT $8',
+                cols, hnsw_where, order_sql)
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id, max_fetch
             LOOP
                 entity_key := hit.entity_kind || E'\x1f' || hit.entity_id
@@ -541,7 +548,7 @@ BEGIN
                 'SELECT array_agg(ROW(c.entity_kind, c.entity_id, c.path, c.value, c.distance, c.stale,'
                 '                     c.chunk, c.chunk_text)::idxr.search_hit)'
                 ' FROM (SELECT %s FROM idxr.search_index s WHERE %s'
-                '       ORDER BY %s <=> $1 LIMIT $4) c', cols, hnsw_where, vec)
+                '       ORDER BY %s LIMIT $4) c', cols, hnsw_where, order_sql)
                 INTO hits
                 USING query, path_filter, entity_kind, k, filters, exclude_kind, exclude_id;
         END IF;

@@ -130,8 +130,9 @@ COMMENT ON VIEW idxr.stale IS
 --   idxr_worker: idxr_reader, plus SELECT/INSERT/UPDATE/DELETE on the idxr tables and USAGE on
 --     their sequences. It gets no right on application tables: grant SELECT on the watched
 --     tables to the worker's login role yourself.
--- Never granted to either: set_embedding_dimensions and ensure_embedding_index(es) (they create
--- HNSW indexes: the owner's, via `idxr-pg migrate` and `idxr-pg versions create`),
+-- Never granted to either: set_embedding_dimensions, ensure_embedding_index(es) and
+-- set_embedding_index_options (they create HNSW indexes or say how: the owner's, via
+-- `idxr-pg migrate` and `idxr-pg versions create`),
 -- the SECURITY DEFINER capture functions (they run only as triggers), CREATE on the schema.
 -- SECURITY DEFINER functions granted by name: idxr.is_stale to idxr_reader (the `stale` flag
 -- of search results), idxr.text_term_stats to idxr_reader (the planner statistics of a kind's
@@ -161,7 +162,7 @@ BEGIN
         GRANT USAGE ON SCHEMA idxr TO idxr_reader;
         GRANT SELECT ON idxr.search_index, idxr.search_fields, idxr.entity_kinds,
                          idxr.embedding_models, idxr.status, idxr.stale, idxr.index_versions,
-                         idxr.versions
+                         idxr.versions, idxr.embedding_index_settings
                       TO idxr_reader;
         FOR fn IN
             SELECT p.oid::regprocedure
@@ -170,7 +171,7 @@ BEGIN
                AND NOT p.prosecdef
                AND p.prorettype <> 'pg_catalog.trigger'::regtype
                AND p.proname NOT IN ('set_embedding_dimensions', 'ensure_embedding_index',
-                                     'ensure_embedding_indexes')
+                                     'ensure_embedding_indexes', 'set_embedding_index_options')
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO idxr_reader', fn);
         END LOOP;

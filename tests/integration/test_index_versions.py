@@ -373,7 +373,8 @@ def test_upgrade_puts_existing_rows_into_version_1(empty_database_url):
     plan = _rows(
         url,
         "/* the index, not a scan of 20 rows */ SET enable_seqscan = off; EXPLAIN SELECT entity_id FROM idxr.search_index s WHERE vector_dims(s.embedding) = 384"
-        " ORDER BY (s.embedding::vector(384)) <=> array_fill(1, ARRAY[384])::vector LIMIT 3",
+        " ORDER BY (s.embedding::halfvec(384)) <=> array_fill(1, ARRAY[384])::halfvec(384)"
+        " LIMIT 3",  # built at this upgrade (0008 dropped the old one): halfvec, the default
     )
     assert "search_index_embedding_hnsw_384" in "\n".join(r[0] for r in plan)
     old_index = _rows(url, "SELECT to_regclass('idxr.search_index_embedding_hnsw')")
@@ -420,7 +421,7 @@ def test_kinds_of_two_sizes_side_by_side(isolated_database_url, tmp_path):
             conn.execute("SET enable_seqscan = off")
             plan = conn.execute(
                 f"EXPLAIN SELECT 1 FROM idxr.search_index s WHERE vector_dims(s.embedding) = {dims}"
-                f" ORDER BY (s.embedding::vector({dims})) <=> %s LIMIT 3",
+                f" ORDER BY (s.embedding::halfvec({dims})) <=> %s::halfvec({dims}) LIMIT 3",
                 [query],
             ).fetchall()
             conn.execute("RESET enable_seqscan")

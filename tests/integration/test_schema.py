@@ -88,8 +88,8 @@ def test_search_index_has_the_contract_columns_and_indexes(database_url):
     assert "USING gist (path)" in indexes["search_index_path_gist"]
     assert "btree (entity_kind, entity_id)" in indexes["search_index_entity"]
     assert (
-        "hnsw (((embedding)::vector(384)) vector_cosine_ops) WHERE (vector_dims(embedding) = 384)"
-        in indexes["search_index_embedding_hnsw_384"]
+        "hnsw (((embedding)::halfvec(384)) halfvec_cosine_ops) WITH (m='16', ef_construction='64')"
+        " WHERE (vector_dims(embedding) = 384)" in indexes["search_index_embedding_hnsw_384"]
     )
     assert labels == "{string,integer,float,boolean,uuid,datetime,date,time,decimal}"
 
@@ -128,6 +128,7 @@ def test_tables_are_revisioned_and_the_rest_is_reapplied():
         "016_capture_locks.sql",
         "018_index_versions.sql",
         "019_chunks.sql",
+        "019b_index_storage.sql",
     )
     assert {
         "020_dimensions.sql",

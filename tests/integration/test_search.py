@@ -486,7 +486,7 @@ def test_selective_path_filter_still_returns_k_rows(isolated_database_url):
         conn.execute("SET enable_seqscan = off")  # a table this small would be sorted whole
         naive = conn.execute(
             "SELECT path FROM idxr.search_index WHERE vector_dims(embedding) = 384 AND (path ~ 'bulk.rare.*') IS TRUE"
-            " ORDER BY (embedding::vector(384)) <=> %s LIMIT 10",
+            " ORDER BY (embedding::halfvec(384)) <=> %s::halfvec(384) LIMIT 10",
             [query],
         ).fetchall()
         assert len(naive) < 10
@@ -531,7 +531,7 @@ def test_filter_whose_rows_are_far_from_the_query_falls_back_to_exact(isolated_d
         conn.execute("SET hnsw.ef_search = 100")
         short = conn.execute(
             "SELECT path FROM idxr.search_index WHERE vector_dims(embedding) = 384 AND (path ~ 'bulk.far.*') IS TRUE"
-            " ORDER BY (embedding::vector(384)) <=> %s LIMIT 10",
+            " ORDER BY (embedding::halfvec(384)) <=> %s::halfvec(384) LIMIT 10",
             [query],
         ).fetchall()
         assert len(short) < 10  # the HNSW walk alone comes back short
