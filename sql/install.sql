@@ -643,8 +643,8 @@ END
 $$;
 
 -- ==== 019b_index_storage.sql ====
--- idxr-pg revision 0011: how each vector size's HNSW index is stored and built (issue 14).
--- Revisioned: Alembic revision 0011 runs this file once; sql/install.sql runs it too, so every
+-- idxr-pg revision 0010: how each vector size's HNSW index is stored and built (issue 14).
+-- Revisioned: Alembic revision 0010 runs this file once; sql/install.sql runs it too, so every
 -- statement is idempotent.
 --
 -- idxr.embedding_index_settings: one row per vector size whose index is not built the default
@@ -690,8 +690,8 @@ ON CONFLICT (dimensions) DO NOTHING;
 --     search_index_embedding_hnsw_N ON idxr.search_index
 --         USING hnsw ((embedding::STORAGE(N)) STORAGE_cosine_ops) WITH (m = M, ef_construction = EF)
 --         WHERE vector_dims(embedding) = N
--- where STORAGE is `halfvec` (float16, the default since revision 0011) or `vector` (float32),
--- and STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0011;
+-- where STORAGE is `halfvec` (float16, the default since revision 0010) or `vector` (float32),
+-- and STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0010;
 -- defaults halfvec / 16 / 64, idxr.embedding_index_options; an upgraded database's existing
 -- sizes are recorded as vector). idxr.embedding_index_ddl is the one owner of the definition.
 -- The search functions (040_search.sql) write their ORDER BY and WHERE in exactly that form,
@@ -816,7 +816,7 @@ $$;
 
 -- The HNSW indexes of `dims`-dimensional vectors there are (the serving one and one being
 -- switched to), with the definition each was built with (from the catalog: an index built
--- before revision 0011 has no WITH options and pgvector's defaults) and whether it is valid
+-- before revision 0010 has no WITH options and pgvector's defaults) and whether it is valid
 -- (a CONCURRENTLY build that failed, or a drop under way, leaves it invalid: never used).
 CREATE OR REPLACE FUNCTION idxr.embedding_index_state(dims integer)
 RETURNS TABLE (index_name text, storage text, m integer, ef_construction integer,
@@ -2557,6 +2557,6 @@ CREATE TABLE IF NOT EXISTS idxr.alembic_version (
     CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 DELETE FROM idxr.alembic_version;
-INSERT INTO idxr.alembic_version (version_num) VALUES ('0011');
+INSERT INTO idxr.alembic_version (version_num) VALUES ('0010');
 
 COMMIT;

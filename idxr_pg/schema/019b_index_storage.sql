@@ -1,5 +1,5 @@
--- idxr-pg revision 0011: how each vector size's HNSW index is stored and built (issue 14).
--- Revisioned: Alembic revision 0011 runs this file once; sql/install.sql runs it too, so every
+-- idxr-pg revision 0010: how each vector size's HNSW index is stored and built (issue 14).
+-- Revisioned: Alembic revision 0010 runs this file once; sql/install.sql runs it too, so every
 -- statement is idempotent.
 --
 -- idxr.embedding_index_settings: one row per vector size whose index is not built the default

@@ -7,8 +7,8 @@
 --     search_index_embedding_hnsw_N ON idxr.search_index
 --         USING hnsw ((embedding::STORAGE(N)) STORAGE_cosine_ops) WITH (m = M, ef_construction = EF)
 --         WHERE vector_dims(embedding) = N
--- where STORAGE is `halfvec` (float16, the default since revision 0011) or `vector` (float32),
--- and STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0011;
+-- where STORAGE is `halfvec` (float16, the default since revision 0010) or `vector` (float32),
+-- and STORAGE, M and EF are the size's row of idxr.embedding_index_settings (revision 0010;
 -- defaults halfvec / 16 / 64, idxr.embedding_index_options; an upgraded database's existing
 -- sizes are recorded as vector). idxr.embedding_index_ddl is the one owner of the definition.
 -- The search functions (040_search.sql) write their ORDER BY and WHERE in exactly that form,
@@ -133,7 +133,7 @@ $$;
 
 -- The HNSW indexes of `dims`-dimensional vectors there are (the serving one and one being
 -- switched to), with the definition each was built with (from the catalog: an index built
--- before revision 0011 has no WITH options and pgvector's defaults) and whether it is valid
+-- before revision 0010 has no WITH options and pgvector's defaults) and whether it is valid
 -- (a CONCURRENTLY build that failed, or a drop under way, leaves it invalid: never used).
 CREATE OR REPLACE FUNCTION idxr.embedding_index_state(dims integer)
 RETURNS TABLE (index_name text, storage text, m integer, ef_construction integer,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0010"
 VERSION_TABLE = "alembic_version"
 SCHEMA = "idxr"
 
@@ -47,7 +47,7 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
     SchemaFile("016_capture_locks.sql", revision="0007"),
     SchemaFile("018_index_versions.sql", revision="0008"),
     SchemaFile("019_chunks.sql", revision="0009"),
-    SchemaFile("019b_index_storage.sql", revision="0011"),
+    SchemaFile("019b_index_storage.sql", revision="0010"),
     SchemaFile("020_dimensions.sql"),
     SchemaFile("040_search.sql"),
     SchemaFile("041_chunks.sql"),

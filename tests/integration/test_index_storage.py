@@ -302,12 +302,12 @@ def test_config_index_section(tmp_path, isolated_database_url):
 
 
 def test_an_upgraded_database_keeps_its_vector_index(empty_database_url):
-    """Revision 0011 records the indexes there are as built (vector, 16, 64): the new default
+    """Revision 0010 records the indexes there are as built (vector, 16, 64): the new default
     (halfvec) reaches sizes indexed later, and `migrate` rebuilds nothing unasked."""
     url = empty_database_url
     migrations.upgrade(url, "0009")
     with connect(url, autocommit=True) as conn:
-        conn.execute(  # as 020_dimensions.sql built it before revision 0011
+        conn.execute(  # as 020_dimensions.sql built it before revision 0010
             f"CREATE INDEX {INDEX} ON idxr.search_index USING hnsw"
             " ((embedding::vector(384)) vector_cosine_ops) WHERE vector_dims(embedding) = 384"
         )

@@ -4,7 +4,7 @@ Runs idxr_pg/schema/019b_index_storage.sql: ``idxr.embedding_index_settings`` (o
 vector size built otherwise than the default vector / m 16 / ef_construction 64). Existing
 indexes stay as they are: they are the default.
 
-Revision ID: 0011
+Revision ID: 0010
 Revises: 0009
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 from idxr_pg.schema import revision_sql
 
-revision = "0011"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
