@@ -151,3 +151,12 @@ def capture_language(
                 )
     monkeypatch.setenv(LANGUAGE_ENV, "auto" if request.param == "c" else "plpgsql")
     return request.param
+
+
+@pytest.fixture
+def plpgsql_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the plpgsql capture functions (for tests of what only they have: a plan, the
+    table guard); name it before the fixtures that install triggers."""
+    from idxr_pg.capture.triggers import LANGUAGE_ENV
+
+    monkeypatch.setenv(LANGUAGE_ENV, "plpgsql")
