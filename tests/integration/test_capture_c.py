@@ -111,6 +111,11 @@ def test_reinstall_moves_plpgsql_tables_to_the_c_trigger_and_back_and_uninstall_
         assert "\tidxr.capture_subscription__app__tags (plpgsql)\tok" in listed.output
         as_json = cli(app_url, config_file, "triggers", "list", "--json")
         assert '"language": "c"' in as_json.output
+        status = cli(app_url, config_file, "status")
+        assert (
+            "  capture:        c on app.product_blocks, c on app.subscriptions, plpgsql on app.tags"
+            in status.output
+        ), status.output
 
         back = cli(app_url, config_file, "triggers", "install", "--language", "plpgsql")
         assert back.exit_code == 0, back.output
