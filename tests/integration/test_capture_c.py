@@ -6,6 +6,7 @@ the ``capture_language`` fixture); the C function's privileges are in test_privi
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from idxr_pg.capture import library
 from idxr_pg.capture import triggers as capture
 from idxr_pg.cli import main
 from idxr_pg.db import capture as bookkeeping
+from idxr_pg.db import queue
 from tests.integration.test_capture import (
     APP_SCHEMA,
     BLOCK,
@@ -204,3 +206,12 @@ def test_doctor_says_whether_capture_uses_the_c_trigger(app_url, config_file):
     result = cli(app_url, config_file, "doctor")
     assert result.exit_code == 0, result.output
     assert "idxr_capture (C capture trigger) available: capture uses it" in result.output
+
+
+def test_the_c_trigger_copies_the_python_constants_it_shares():
+    """idxr_capture.c repeats three facts owned in Python: they must not drift apart."""
+    text = (library.source_dir() / "idxr_capture.c").read_text()
+    defines = dict(re.findall(r"^#define (\w+) (\S+)", text, re.MULTILINE))
+    assert int(defines["BATCH_THRESHOLD"]) == capture.BATCH_THRESHOLD
+    assert int(defines["WAKE_NAMESPACE"], 16) == queue.WAKE_NAMESPACE
+    assert defines["QUEUE_CHANNEL"] == f'"{queue.CHANNEL}"'
