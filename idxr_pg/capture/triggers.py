@@ -538,6 +538,17 @@ def _c_extension_problem(conn: psycopg.Connection) -> str | None:
     extension), or None."""
     schema, available = bookkeeping.c_extension_schema(conn)
     if schema == IDXR_SCHEMA:
+        if not available:  # e.g. restored onto a server without the library
+            return (
+                f"extension {bookkeeping.C_EXTENSION} exists but the server has no library for "
+                "it (build it with `idxr-pg doctor --install-missing`, as root on the server's "
+                "machine)"
+            )
+        if not bookkeeping.may_execute_c_function(conn):
+            return (
+                f"only the role that created extension {bookkeeping.C_EXTENSION} may use "
+                f"idxr.{bookkeeping.C_FUNCTION}() (run `triggers install` as that role)"
+            )
         return None
     if schema is not None:
         return (
@@ -552,7 +563,7 @@ def _c_extension_problem(conn: psycopg.Connection) -> str | None:
     error = bookkeeping.create_c_extension(conn)
     if error is not None:
         return f"CREATE EXTENSION {bookkeeping.C_EXTENSION} failed: {error}"
-    return None
+    return _c_extension_problem(conn)
 
 
 def _with_language(

@@ -20,6 +20,7 @@ __all__ = [
     "INSTALL_LOCK_KEY",
     "c_extension_schema",
     "create_c_extension",
+    "may_execute_c_function",
     "forget_statement",
     "installed_readers",
     "installed_rows",
@@ -36,6 +37,12 @@ SELECT (SELECT n.nspname FROM pg_catalog.pg_extension e
           JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
          WHERE e.extname = %(name)s),
        EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = %(name)s)
+"""
+_C_EXECUTE_SQL = """
+SELECT COALESCE((SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
+                   FROM pg_catalog.pg_proc p
+                  WHERE p.pronamespace = 'idxr'::regnamespace AND p.proname = %(name)s
+                    AND p.pronargs = 0), false)
 """
 
 _LOCK_SQL = "SELECT pg_catalog.pg_advisory_xact_lock(%s)"
@@ -117,6 +124,12 @@ def c_extension_schema(conn: psycopg.Connection) -> tuple[str | None, bool]:
     """(schema the C capture extension is created in, or None; whether the server has it)."""
     schema, available = conn.execute(_C_STATE_SQL, {"name": C_EXTENSION}).fetchone()
     return schema, bool(available)
+
+
+def may_execute_c_function(conn: psycopg.Connection) -> bool:
+    """Whether the current role may attach idxr.idxr_capture() to a trigger (EXECUTE: granted
+    to the role that created the extension only)."""
+    return bool(conn.execute(_C_EXECUTE_SQL, {"name": C_FUNCTION}).fetchone()[0])
 
 
 def create_c_extension(conn: psycopg.Connection) -> str | None:

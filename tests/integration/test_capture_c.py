@@ -215,3 +215,22 @@ def test_the_c_trigger_copies_the_python_constants_it_shares():
     assert int(defines["BATCH_THRESHOLD"]) == capture.BATCH_THRESHOLD
     assert int(defines["WAKE_NAMESPACE"], 16) == queue.WAKE_NAMESPACE
     assert defines["QUEUE_CHANNEL"] == f'"{queue.CHANNEL}"'
+
+
+def test_an_installer_who_may_not_execute_the_c_function_gets_plpgsql_with_the_reason(
+    app_url, monkeypatch
+):
+    """The extension exists (created by another role): CREATE TRIGGER would be refused, so
+    ``auto`` installs plpgsql and names the reason instead of failing the install."""
+    monkeypatch.delenv(capture.LANGUAGE_ENV, raising=False)
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION idxr_capture")
+        monkeypatch.setattr(bookkeeping, "may_execute_c_function", lambda conn: False)
+        plan = capture.install_triggers(conn, entities(BLOCK))
+        (planned,) = plan.captures
+        assert planned.language == "plpgsql"
+        assert planned.plpgsql_reason == (
+            "only the role that created extension idxr_capture may use idxr.idxr_capture() "
+            "(run `triggers install` as that role)"
+        )
+        assert set(languages(conn).values()) == {"plpgsql"}
