@@ -210,6 +210,25 @@ def c_function(table: str) -> list[str]:
     ]
 
 
+def c_rowdel(table: str) -> list[str]:
+    """PROTOTYPE (bench/c_delete_rows, built and installed by hand as root): ``c`` with DELETE
+    captured by a BEFORE ROW trigger collecting the keys in the backend and an AFTER STATEMENT
+    trigger without a transition table queuing them."""
+    args = f"'{table}', 'bench.{table}', 'nu', 'id', 'id,title,body,status,n'"
+    lib = "'$libdir/idxr_capture_rows'"
+    return [
+        *(s for s in c_function(table) if "AFTER DELETE" not in s),
+        "CREATE OR REPLACE FUNCTION idxr.idxr_capture_collect() RETURNS trigger"
+        f" LANGUAGE c AS {lib}, 'idxr_capture_collect'",
+        "CREATE OR REPLACE FUNCTION idxr.idxr_capture_flush() RETURNS trigger"
+        f" LANGUAGE c AS {lib}, 'idxr_capture_flush'",
+        f"CREATE TRIGGER ab_delete_rows BEFORE DELETE ON bench.{table} FOR EACH ROW"
+        f" EXECUTE FUNCTION idxr.idxr_capture_collect({args})",
+        f"CREATE TRIGGER ab_delete AFTER DELETE ON bench.{table} FOR EACH STATEMENT"
+        f" EXECUTE FUNCTION idxr.idxr_capture_flush({args})",
+    ]
+
+
 VARIANTS = {
     "plain": lambda t: [],
     "installed": None,  # idxr-pg's own install, plpgsql
@@ -226,6 +245,7 @@ VARIANTS = {
     "fold": fold,
     "fold_join": lambda t: fold(t, JOINED),
     "c": c_function,
+    "c_rowdel": c_rowdel,
 }
 
 
@@ -320,6 +340,7 @@ def cpu(url: str, args: argparse.Namespace, variants: list[str]) -> None:
     statements = {
         "insert": "INSERT INTO bench.{t} (title, body, status) VALUES ('new', 'a new line', 'new')",
         "update": "UPDATE bench.{t} SET n = n + 1 WHERE id = %s",
+        "delete": "DELETE FROM bench.{t} WHERE id = %s",  # ids never repeat across rounds
     }
     for operation in args.operations.split(","):
         us: dict[str, list[float]] = {v: [] for v in variants}
@@ -329,7 +350,11 @@ def cpu(url: str, args: argparse.Namespace, variants: list[str]) -> None:
                 statement = statements[operation].format(t=name)
                 with psycopg.connect(url, autocommit=True) as conn:
                     pid = conn.info.backend_pid
-                    ids = [(i * 7919) % cap.TABLE_ROWS + 1 for i in range(args.cpu + 200)]
+                    first = round_no * (args.cpu + 200)
+                    ids = [
+                        (i * 7919) % cap.TABLE_ROWS + 1
+                        for i in range(first, first + args.cpu + 200)
+                    ]
                     for i in ids[:200]:  # warm: plans, caches
                         conn.execute(statement, [i] if "%s" in statement else None)
                     started = backend_cpu_ns(pid)
