@@ -186,6 +186,9 @@ class PlannedCapture:
     drop_replica: bool = False  # not always, but a replica function was installed: drop it
     language: Language = "plpgsql"  # what the triggers call (`LANGUAGES`)
     plpgsql_reason: str | None = None  # why plpgsql although C was allowed (``auto``)
+    # (schema, table, trigger) of an earlier C install on tables no longer in the tree (a
+    # detached partition): dropped by the install, whichever path it takes now
+    leftover_c_triggers: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def unique_keys(self) -> bool:
@@ -473,9 +476,9 @@ def plan_install(
 
     ``always``: True installs for a logical-replication subscriber (ENABLE ALWAYS plus the
     row-level replica triggers), False removes that, None keeps what each target has now.
-    ``language``: see `LANGUAGES` (None: `default_language`); ``auto`` and ``c`` create the ``idxr_capture`` extension
-    in schema idxr if the server has it and it is not there yet (rolled back with the
-    transaction when only planning).
+    ``language``: see `LANGUAGES` (None: `default_language`); ``auto`` and ``c`` create the
+    ``idxr_capture`` extension in schema idxr if the server has it and it is not there yet
+    (rolled back with the transaction when only planning).
     """
     language = language or default_language()
     if language not in LANGUAGES:
@@ -513,8 +516,17 @@ def _with_firing(
     was_always = installed is not None and installed.sticky_always
     chosen = was_always if always is None else always
     had_replica = installed is not None and bool(installed.replica)
+    tree = set(plan.table.tree)
+    leftover = tuple(
+        t for t in (installed.c_triggers if installed else ()) if (t[0], t[1]) not in tree
+    )
     return PlannedCapture(
-        plan.target, plan.table, plan.function_name, chosen, not chosen and had_replica
+        plan.target,
+        plan.table,
+        plan.function_name,
+        chosen,
+        not chosen and had_replica,
+        leftover_c_triggers=leftover,
     )
 
 
@@ -972,17 +984,21 @@ def _record_ddl(plan: PlannedCapture) -> sql.Composed:
     )
 
 
+def _drop_c_triggers_ddl(triggers: Iterable[tuple[str, str, str]]) -> list[sql.Composed]:
+    return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+            sql.Identifier(trigger), sql.Identifier(schema, table)
+        )
+        for schema, table, trigger in triggers
+    ]
+
+
 def drop_ddl(captures: Iterable[InstalledCapture]) -> list[sql.Composed]:
     """Drop each target's triggers calling the C function, its functions with CASCADE (their
     triggers only), and forget it."""
     statements = []
     for capture in captures:
-        statements.extend(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(trigger), sql.Identifier(schema, table)
-            )
-            for schema, table, trigger in capture.c_triggers
-        )
+        statements.extend(_drop_c_triggers_ddl(capture.c_triggers))
         if capture.replica:
             statements.append(_drop_replica_ddl(capture.function_name))
         statements.append(
@@ -1025,6 +1041,7 @@ def _install_steps(plan: InstallPlan) -> list[tuple[str, list[sql.Composed]]]:
         if capture.language == "c":
             # The triggers first: then no trigger calls an earlier install's plpgsql function.
             statements = c_trigger_ddl(capture)
+            statements.extend(_drop_c_triggers_ddl(capture.leftover_c_triggers))
             statements.append(
                 sql.SQL("DROP FUNCTION IF EXISTS idxr.{}() CASCADE").format(
                     sql.Identifier(capture.function_name)
@@ -1044,6 +1061,7 @@ def _install_steps(plan: InstallPlan) -> list[tuple[str, list[sql.Composed]]]:
             )
         )
         statements.extend(trigger_ddl(capture))  # CREATE OR REPLACE resets them to ORIGIN
+        statements.extend(_drop_c_triggers_ddl(capture.leftover_c_triggers))
         if capture.always:
             statements.append(replica_function_ddl(capture))
             statements.append(

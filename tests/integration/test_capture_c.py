@@ -234,3 +234,29 @@ def test_an_installer_who_may_not_execute_the_c_function_gets_plpgsql_with_the_r
             "(run `triggers install` as that role)"
         )
         assert set(languages(conn).values()) == {"plpgsql"}
+
+
+def test_a_detached_partition_loses_its_c_triggers_at_the_next_install(app_url):
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        conn.execute(
+            """CREATE TABLE app.events (id int, region text, PRIMARY KEY (id, region))
+                   PARTITION BY LIST (region);
+               CREATE TABLE app.events_eu PARTITION OF app.events FOR VALUES IN ('eu');
+               CREATE TABLE app.events_us PARTITION OF app.events FOR VALUES IN ('us')"""
+        )
+        events = {
+            "name": "event",
+            "model": "tests.models:Event",
+            "table": "app.events",
+            "key": "id",
+        }
+        capture.install_triggers(conn, entities(events))
+        (installed,) = capture.installed_captures(conn)
+        assert installed.language == "c" and len(installed.c_triggers) == 12
+        conn.execute("ALTER TABLE app.events DETACH PARTITION app.events_us")
+        capture.install_triggers(conn, entities(events), language="plpgsql")
+        (installed,) = capture.installed_captures(conn)
+        assert installed.language == "plpgsql" and installed.c_triggers == ()
+        conn.execute("INSERT INTO app.events_us VALUES (7, 'us')")  # no longer the kind's
+        conn.execute("INSERT INTO app.events VALUES (8, 'eu')")
+        assert keys(drain(conn), "event") == ["8"]
