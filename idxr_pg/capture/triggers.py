@@ -53,7 +53,20 @@ kind (``pg_try_advisory_xact_lock``): NOTIFY holds a cluster-wide lock through c
   sticky: a later install keeps ALWAYS while any trigger of the target is ALWAYS or its replica
   function exists, until ``--no-always``.
 
-Installed functions are recorded in ``idxr.capture_triggers``; dropping removes exactly those.
+- **Two paths** (`LANGUAGES`). Where the server has the ``idxr_capture`` library
+  (`idxr_pg.capture.library`, built by ``doctor --install-missing``), ``triggers install``
+  creates that trusted extension in schema idxr and points the four triggers of every target it
+  covers at its one C function, ``idxr.idxr_capture(kind, source, flags, key, columns, ...)``
+  (`c_trigger_ddl`): the same queue rules, a third of the plpgsql body's cost per write. Key
+  expressions and ``--always`` targets keep their plpgsql function (`c_unsupported`), as does
+  every target where the extension is missing or cannot be created (``auto``: the reason is
+  reported, ``--language c``: an error). Re-installing moves a target from one path to the other
+  in one transaction; moving to C drops its plpgsql function.
+
+Installed targets are recorded in ``idxr.capture_triggers`` (keyed by the plpgsql function's
+name, whichever path is in use); a target's triggers are those calling its plpgsql function, or
+the C function with its kind and source table as first arguments (`idxr_pg.db.capture`);
+dropping removes exactly those.
 The catalog look-ups live in `idxr_pg.db.catalog` and that bookkeeping in `idxr_pg.db.capture`;
 this module builds the DDL (pure: `function_ddl`, `trigger_ddl`, `install_ddl`, `drop_ddl`
 need no connection) and runs it.

@@ -49,7 +49,8 @@ def triggers() -> None:
     """Capture triggers: writes to watched tables enqueue the changed entity keys.
 
     For every configured entity kind, its main table and each `watch` table get four
-    statement-level AFTER triggers (INSERT, UPDATE, DELETE, TRUNCATE) calling one SECURITY DEFINER
+    statement-level AFTER triggers (INSERT, UPDATE, DELETE, TRUNCATE) calling the C capture
+    trigger idxr.idxr_capture() where the server has it, else one SECURITY DEFINER plpgsql
     function in the idxr schema. `idxr-pg uninstall` removes them all with the idxr schema.
     """
 
