@@ -16,7 +16,7 @@ INSTALL_STAMP := $(VENV)/.idxr-installed
 
 help:
 	@echo "make setup   - virtualenv, package + test extras, ONNX export of the default model,"
-	@echo "               PostgreSQL extensions (vector, ltree)"
+	@echo "               PostgreSQL extensions (vector, ltree; the C capture trigger where it can)"
 	@echo "make test    - set-up, then lint and the whole test suite"
 	@echo "make demo    - set-up, then the main job end to end on sample data"
 	@echo "make bench   - set-up, then every benchmark in bench/"

@@ -62,8 +62,12 @@ PGBENCH_CANDIDATES = ("pgbench", "/usr/lib/postgresql/15/bin/pgbench")
 TABLE_ROWS = 100_000
 BULK_ROWS = 10_000
 LAG_ROWS = 200
-# unwatched baseline; watched (default: NOTIFY per statement); watched with `notify: false`
+# unwatched baseline; watched (default: NOTIFY per statement, the default capture path: the C
+# trigger where the server has it); watched with `notify: false`; with --compare-plpgsql,
+# watched_plpgsql instead of watched_quiet: the default settings with the plpgsql functions
 SINGLE_ROW_TABLES = ("plain", "watched", "watched_quiet")
+COMPARE_TABLES = ("plain", "watched", "watched_plpgsql")
+LABELS = {"watched_quiet": "notify: false", "watched_plpgsql": "plpgsql"}
 
 
 class BenchItem(BaseModel):
@@ -140,11 +144,16 @@ def prepare(url: str) -> None:
             conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('bench.{name}', 'id'), {TABLE_ROWS})"
             )
-        kinds = [
-            entity("bench_item", "watched"),
-            entity("quiet_item", "watched_quiet", notify=False),
-        ]
+        kinds = [entity("bench_item", "watched")]
+        if "watched_quiet" in SINGLE_ROW_TABLES:
+            kinds.append(entity("quiet_item", "watched_quiet", notify=False))
         capture.install_triggers(conn, parse_config({"entities": kinds}, "bench").entities)
+        if "watched_plpgsql" in SINGLE_ROW_TABLES:
+            plpgsql = [entity("plpgsql_item", "watched_plpgsql")]
+            config = parse_config({"entities": plpgsql}, "bench").entities
+            capture.install_triggers(conn, config, language="plpgsql")
+        for c in capture.installed_captures(conn):
+            print(f"capture of {c.source_table}: {c.language}")
         for name in SINGLE_ROW_TABLES:
             conn.execute(f"VACUUM ANALYZE bench.{name}")
 
@@ -279,10 +288,11 @@ def single_row(url: str, args: argparse.Namespace) -> None:
                             value = loop_tps(url, script, clients, args.seconds, sync)
                         tps[table].append(value)
                 label = f"1-row {operation:<6} c={clients} synchronous_commit={sync}"
-                plain, watched, quiet = (statistics.median(tps[t]) for t in SINGLE_ROW_TABLES)
+                plain, watched, other = (statistics.median(tps[t]) for t in SINGLE_ROW_TABLES)
+                third = SINGLE_ROW_TABLES[2]
                 print(f"  {label:<42} unwatched {plain:7.0f} tps  watched {watched:7.0f} tps"
-                      f" ({ratio(tps, 'watched'):.2f})  notify: false {quiet:7.0f} tps"
-                      f" ({ratio(tps, 'watched_quiet'):.2f})")  # fmt: skip
+                      f" ({ratio(tps, 'watched'):.2f})  {LABELS[third]} {other:7.0f} tps"
+                      f" ({ratio(tps, third):.2f})")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ bulk statements
@@ -304,12 +314,13 @@ def bulk(url: str, args: argparse.Namespace) -> None:
         "update": f"UPDATE bench.{{name}} SET body = body || '.' WHERE id BETWEEN {first} AND {last}",
         "delete": f"DELETE FROM bench.{{name}} WHERE id BETWEEN {first} AND {last}",
     }
-    rates: dict[str, dict[str, list[float]]] = {
-        op: {"plain": [], "watched": []} for op in statements
-    }
+    tables = ("plain", "watched") + (
+        ("watched_plpgsql",) if "watched_plpgsql" in SINGLE_ROW_TABLES else ()
+    )
+    rates: dict[str, dict[str, list[float]]] = {op: {t: [] for t in tables} for op in statements}
     with psycopg.connect(url, autocommit=True) as conn:
         for round_no in range(args.rounds):
-            for table in rotated(("plain", "watched"), round_no):
+            for table in rotated(tables, round_no):
                 reset(url)
                 for operation, statement in statements.items():
                     elapsed = timed(conn, statement.format(name=table))
@@ -317,8 +328,12 @@ def bulk(url: str, args: argparse.Namespace) -> None:
     for operation, values in rates.items():
         plain, watched = statistics.median(values["plain"]), statistics.median(values["watched"])
         label = f"{BULK_ROWS}-row {operation}"
+        extra = ""
+        if "watched_plpgsql" in values:
+            other = statistics.median(values["watched_plpgsql"])
+            extra = f"  plpgsql {other:7.0f} rows/s ({ratio(values, 'watched_plpgsql'):.2f})"
         print(f"  {label:<42} unwatched {plain:7.0f} rows/s  watched {watched:7.0f} rows/s"
-              f" ({ratio(values, 'watched'):.2f})")  # fmt: skip
+              f" ({ratio(values, 'watched'):.2f}){extra}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ lag
@@ -527,6 +542,12 @@ def main() -> None:
         default=0.2,
         help="worker --poll-interval for the `notify: false` lag run",
     )
+    parser.add_argument(
+        "--compare-plpgsql",
+        action="store_true",
+        help="a table captured by the plpgsql functions in the same rounds, instead of the "
+        "`notify: false` one (the C trigger is the default where the server has it)",
+    )
     parser.add_argument("--skip-lag", action="store_true", help="throughput only (no model)")
     parser.add_argument("--lag-only", action="store_true", help="lag only (no throughput runs)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
@@ -536,8 +557,10 @@ def main() -> None:
         help="VACUUM ANALYZE the emptied queue before every run (as autovacuum leaves it)",
     )
     args = parser.parse_args()
-    global ANALYSE_QUEUE
+    global ANALYSE_QUEUE, SINGLE_ROW_TABLES
     ANALYSE_QUEUE = args.analyse_queue
+    if args.compare_plpgsql:
+        SINGLE_ROW_TABLES = COMPARE_TABLES
 
     with bench_database(args.database_url, args.keep) as url, psycopg.connect(url) as conn:
         facts = conn.execute(

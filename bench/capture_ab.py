@@ -8,7 +8,9 @@ the order rotated per round, and every ratio is taken against ``plain`` within t
 
 The variants are the decomposition the issue asks for (which part of the trigger costs what):
 
-- ``installed``: the body ``idxr-pg triggers install`` writes today (bench/capture.py's kind);
+- ``installed``: the plpgsql body ``idxr-pg triggers install --language plpgsql`` writes;
+- ``default``: what ``idxr-pg triggers install`` does by default (the C trigger where the
+  server has the ``idxr_capture`` library, else the same plpgsql body);
 - ``noop_tt`` / ``noop``: a statement trigger doing nothing, with / without transition tables,
   SECURITY DEFINER + SET search_path like the real one (the floor of the trigger machinery);
 - ``noop_plain``: ``noop`` without SECURITY DEFINER and SET search_path;
@@ -16,9 +18,9 @@ The variants are the decomposition the issue asks for (which part of the trigger
 - ``lean``: a one-statement body per event (INSERT ... SELECT from the transition table
   ``ON CONFLICT``), FOUND for the wake-up: the floor of a queue write;
 - ``row``: a row-level trigger inserting NEW's key (what a row trigger would cost);
-- ``c``: the C trigger function of ext/idxr_capture (same statement triggers, no plpgsql, a
-  direct index probe and heap/index inserts); needs the extension built and installed
-  (``make -C ext/idxr_capture install``, as root).
+- ``c``: the C trigger function of idxr_pg/capture/c by hand (same statement triggers, no
+  plpgsql, a direct index probe and heap/index inserts); needs the library built and
+  installed (``idxr-pg doctor --install-missing``, as root).
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/capture_ab.py [--rounds 5] [--seconds 2]
         [--clients 1,4] [--variants installed,noop,...] [--bulk] [--drop-ready]
@@ -200,7 +202,7 @@ def c_function(table: str) -> list[str]:
     (kind, source, flags 'n' notify + 'u' unique key, key column, read columns)."""
     args = f"'{table}', 'bench.{table}', 'nu', 'id', 'id,title,body,status,n'"
     return [
-        "CREATE EXTENSION IF NOT EXISTS idxr_capture SCHEMA idxr",
+        "CREATE EXTENSION IF NOT EXISTS idxr_capture",
         *(
             statement.replace(f"bench.{table}_fn()", f"idxr.idxr_capture({args})")
             for statement in statement_triggers(table, f"{table}_fn")
@@ -208,9 +210,29 @@ def c_function(table: str) -> list[str]:
     ]
 
 
+def c_rowdel(table: str) -> list[str]:
+    """PROTOTYPE (bench/c_delete_rows, built and installed by hand as root): ``c`` with DELETE
+    captured by a BEFORE ROW trigger collecting the keys in the backend and an AFTER STATEMENT
+    trigger without a transition table queuing them."""
+    args = f"'{table}', 'bench.{table}', 'nu', 'id', 'id,title,body,status,n'"
+    lib = "'$libdir/idxr_capture_rows'"
+    return [
+        *(s for s in c_function(table) if "AFTER DELETE" not in s),
+        "CREATE OR REPLACE FUNCTION idxr.idxr_capture_collect() RETURNS trigger"
+        f" LANGUAGE c AS {lib}, 'idxr_capture_collect'",
+        "CREATE OR REPLACE FUNCTION idxr.idxr_capture_flush() RETURNS trigger"
+        f" LANGUAGE c AS {lib}, 'idxr_capture_flush'",
+        f"CREATE TRIGGER ab_delete_rows BEFORE DELETE ON bench.{table} FOR EACH ROW"
+        f" EXECUTE FUNCTION idxr.idxr_capture_collect({args})",
+        f"CREATE TRIGGER ab_delete AFTER DELETE ON bench.{table} FOR EACH STATEMENT"
+        f" EXECUTE FUNCTION idxr.idxr_capture_flush({args})",
+    ]
+
+
 VARIANTS = {
     "plain": lambda t: [],
-    "installed": None,  # idxr-pg's own install
+    "installed": None,  # idxr-pg's own install, plpgsql
+    "default": None,  # idxr-pg's own install, default path (C where the server has it)
     "noop_tt": lambda t: noop(t, True),
     "noop": lambda t: noop(t, False),
     "noop_plain": lambda t: noop(t, True, secdef=False),
@@ -223,6 +245,7 @@ VARIANTS = {
     "fold": fold,
     "fold_join": lambda t: fold(t, JOINED),
     "c": c_function,
+    "c_rowdel": c_rowdel,
 }
 
 
@@ -234,9 +257,13 @@ def prepare(url: str, variants: list[str]) -> None:
             conn.execute(cap.ITEMS_DDL.format(name=name))
             conn.execute(cap.FILL.format(name=name), {"first": 1, "last": cap.TABLE_ROWS})
             conn.execute(f"SELECT setval(pg_get_serial_sequence('bench.{name}', 'id'), 100000)")
-            if name == "installed":
-                kinds = [cap.entity("installed", "installed")]
-                capture.install_triggers(conn, parse_config({"entities": kinds}, "ab").entities)
+            if name in ("installed", "default"):
+                kinds = [cap.entity(name, name)]
+                capture.install_triggers(
+                    conn,
+                    parse_config({"entities": kinds}, "ab").entities,
+                    language="plpgsql" if name == "installed" else "auto",
+                )
             else:
                 for statement in VARIANTS[name](name):
                     conn.execute(statement)
@@ -313,6 +340,7 @@ def cpu(url: str, args: argparse.Namespace, variants: list[str]) -> None:
     statements = {
         "insert": "INSERT INTO bench.{t} (title, body, status) VALUES ('new', 'a new line', 'new')",
         "update": "UPDATE bench.{t} SET n = n + 1 WHERE id = %s",
+        "delete": "DELETE FROM bench.{t} WHERE id = %s",  # ids never repeat across rounds
     }
     for operation in args.operations.split(","):
         us: dict[str, list[float]] = {v: [] for v in variants}
@@ -322,7 +350,11 @@ def cpu(url: str, args: argparse.Namespace, variants: list[str]) -> None:
                 statement = statements[operation].format(t=name)
                 with psycopg.connect(url, autocommit=True) as conn:
                     pid = conn.info.backend_pid
-                    ids = [(i * 7919) % cap.TABLE_ROWS + 1 for i in range(args.cpu + 200)]
+                    first = round_no * (args.cpu + 200)
+                    ids = [
+                        (i * 7919) % cap.TABLE_ROWS + 1
+                        for i in range(first, first + args.cpu + 200)
+                    ]
                     for i in ids[:200]:  # warm: plans, caches
                         conn.execute(statement, [i] if "%s" in statement else None)
                     started = backend_cpu_ns(pid)

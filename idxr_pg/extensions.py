@@ -1,8 +1,11 @@
-"""Make sure the target PostgreSQL can provide the `vector` and `ltree` extensions.
+"""Make sure the target PostgreSQL can provide the `vector` and `ltree` extensions, and, where
+it can, the C capture trigger (`idxr_capture`, optional).
 
 `make setup` runs `idxr-pg doctor --install-missing`. On a local Debian server a missing
 pgvector is built from Debian's own source package (the `trixie` suite carries pgvector
-0.8); a remote or non-Debian server gets one clear message saying what to install.
+0.8); a remote or non-Debian server gets one clear message saying what to install. The C
+capture trigger is built from the package's own sources (`idxr_pg.capture.library`); where
+that is impossible capture uses its plpgsql functions and doctor says why.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from idxr_pg.capture import library
 from idxr_pg.db import catalog
+from idxr_pg.db.capture import C_EXTENSION
 from idxr_pg.db.connection import connect
 from idxr_pg.errors import IdxrError
 
 REQUIRED_EXTENSIONS = ("vector", "ltree")
+OPTIONAL_EXTENSIONS = (C_EXTENSION,)  # capture falls back to plpgsql without it
 MIN_SERVER_VERSION = 150000
 LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 TRIXIE_SOURCES = Path("/etc/apt/sources.list.d/idxr-pg-trixie-src.sources")
@@ -58,7 +64,7 @@ class ServerFacts:
 def inspect_server(database_url: str) -> ServerFacts:
     with connect(database_url, vector=False) as conn:  # vector may be what is missing
         version_num, version = catalog.server_version(conn)
-        available = catalog.available_extensions(conn, REQUIRED_EXTENSIONS)
+        available = catalog.available_extensions(conn, REQUIRED_EXTENSIONS + OPTIONAL_EXTENSIONS)
         host = conn.info.host or ""
     return ServerFacts(version_num, version, host, available)
 
@@ -138,3 +144,35 @@ def ensure_extensions(database_url: str, *, install_missing: bool) -> ServerFact
             f"pgvector was built but PostgreSQL still lacks: {', '.join(facts.missing)}"
         )
     return facts
+
+
+def ensure_capture_library(
+    database_url: str, facts: ServerFacts, *, install_missing: bool
+) -> library.LibraryStatus:
+    """Check that the server has the C capture trigger's library; build and install it on a
+    local Debian server when allowed (root). Never raises: without it capture uses plpgsql,
+    and the status says why."""
+    if facts.available.get(C_EXTENSION) is not None:
+        return library.LibraryStatus(True)
+    by_hand = (
+        f"build {library.source_dir()} with PGXS as root on the server's machine: "
+        "make PG_CONFIG=<its pg_config> install"
+    )
+    if not facts.is_local:
+        return library.LibraryStatus(False, f"the server at {facts.host} is not local: {by_hand}")
+    if not install_missing:
+        return library.LibraryStatus(
+            False, "not built: run `idxr-pg doctor --install-missing` (root) or `make setup`"
+        )
+    if not _is_debian():
+        return library.LibraryStatus(False, f"not a Debian machine: {by_hand}")
+    if os.geteuid() != 0:
+        return library.LibraryStatus(False, "building it needs root: run `sudo make setup`")
+    print(f"{C_EXTENSION} (the C capture trigger) is missing; building it with PGXS")
+    try:
+        library.build_and_install(facts.major)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return library.LibraryStatus(False, f"the build failed: {exc}")
+    if inspect_server(database_url).available.get(C_EXTENSION) is None:
+        return library.LibraryStatus(False, "built and installed, but the server does not list it")
+    return library.LibraryStatus(True)

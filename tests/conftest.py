@@ -126,3 +126,37 @@ def db_conn(database_url: str) -> Iterator[psycopg.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+CAPTURE_PATHS = ("c", "plpgsql")
+
+
+@pytest.fixture(params=CAPTURE_PATHS)
+def capture_language(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, pg_server_url: str
+) -> str:
+    """Run a test over both capture paths: ``c`` installs with ``auto`` (the C trigger for every
+    target it covers; skipped where the server lacks the idxr_capture library), ``plpgsql``
+    forces the plpgsql functions. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("capture_language")``."""
+    from idxr_pg.capture.triggers import LANGUAGE_ENV
+
+    if request.param == "c":
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            if not admin.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'idxr_capture'"
+            ).fetchone():
+                pytest.skip(
+                    "the server has no idxr_capture library: idxr-pg doctor --install-missing"
+                )
+    monkeypatch.setenv(LANGUAGE_ENV, "auto" if request.param == "c" else "plpgsql")
+    return request.param
+
+
+@pytest.fixture
+def plpgsql_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the plpgsql capture functions (for tests of what only they have: a plan, the
+    table guard); name it before the fixtures that install triggers."""
+    from idxr_pg.capture.triggers import LANGUAGE_ENV
+
+    monkeypatch.setenv(LANGUAGE_ENV, "plpgsql")

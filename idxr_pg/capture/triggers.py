@@ -53,7 +53,20 @@ kind (``pg_try_advisory_xact_lock``): NOTIFY holds a cluster-wide lock through c
   sticky: a later install keeps ALWAYS while any trigger of the target is ALWAYS or its replica
   function exists, until ``--no-always``.
 
-Installed functions are recorded in ``idxr.capture_triggers``; dropping removes exactly those.
+- **Two paths** (`LANGUAGES`). Where the server has the ``idxr_capture`` library
+  (`idxr_pg.capture.library`, built by ``doctor --install-missing``), ``triggers install``
+  creates that trusted extension in schema idxr and points the four triggers of every target it
+  covers at its one C function, ``idxr.idxr_capture(kind, source, flags, key, columns, ...)``
+  (`c_trigger_ddl`): the same queue rules, a third of the plpgsql body's cost per write. Key
+  expressions and ``--always`` targets keep their plpgsql function (`c_unsupported`), as does
+  every target where the extension is missing or cannot be created (``auto``: the reason is
+  reported, ``--language c``: an error). Re-installing moves a target from one path to the other
+  in one transaction; moving to C drops its plpgsql function.
+
+Installed targets are recorded in ``idxr.capture_triggers`` (keyed by the plpgsql function's
+name, whichever path is in use); a target's triggers are those calling its plpgsql function, or
+the C function with its kind and source table as first arguments (`idxr_pg.db.capture`);
+dropping removes exactly those.
 The catalog look-ups live in `idxr_pg.db.catalog` and that bookkeeping in `idxr_pg.db.capture`;
 this module builds the DDL (pure: `function_ddl`, `trigger_ddl`, `install_ddl`, `drop_ddl`
 need no connection) and runs it.
@@ -62,10 +75,12 @@ need no connection) and runs it.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import psycopg
 from psycopg import sql
@@ -77,10 +92,13 @@ from idxr_pg.db.capture import INSTALL_LOCK_KEY
 from idxr_pg.db.queue import CAPTURE_SETTINGS, WAKE_NAMESPACE, coalesce_one
 from idxr_pg.db.queue import CHANNEL as QUEUE_CHANNEL
 from idxr_pg.errors import IdxrError
+from idxr_pg.schema import SCHEMA as IDXR_SCHEMA
 
 __all__ = [
     "BATCH_THRESHOLD",
     "EVENTS",
+    "LANGUAGES",
+    "LANGUAGE_ENV",
     "INSTALL_LOCK_KEY",
     "QUEUE_CHANNEL",
     "CaptureError",
@@ -90,7 +108,10 @@ __all__ = [
     "PlannedCapture",
     "Reader",
     "ResolvedTable",
+    "c_trigger_ddl",
+    "c_unsupported",
     "capture_targets",
+    "default_language",
     "drop_ddl",
     "drop_triggers",
     "function_ddl",
@@ -113,6 +134,20 @@ BATCH_THRESHOLD = 8
 """A statement changing more keys than this writes one idxr.queue_batches row with all of them
 (the worker expands it) instead of a queue row per key."""
 MAX_IDENTIFIER = 63
+LANGUAGES = ("auto", "c", "plpgsql")
+"""What `install_triggers` may point triggers at: ``c``, the shared C function of the
+``idxr_capture`` extension (`idxr_pg.capture.library`); ``plpgsql``, a function per target;
+``auto`` (the default), C for every target it covers when the server has the library, else
+plpgsql."""
+Language = Literal["c", "plpgsql"]
+LANGUAGE_ENV = "IDXR_CAPTURE_LANGUAGE"
+"""Environment variable giving the default of `LANGUAGES` (``auto`` when unset); the CLI's
+``triggers install --language`` reads it too."""
+
+
+def default_language() -> str:
+    return os.environ.get(LANGUAGE_ENV, "").strip().lower() or "auto"
+
 
 _BODY_TAG = "$idxr_capture$"
 _RUNS_SQL = re.compile(r"_to_xml|_to_xmlschema")  # table_to_xml, query_to_xml, ...
@@ -162,6 +197,11 @@ class PlannedCapture:
     function_name: str
     always: bool = False  # ENABLE ALWAYS + row-level replica triggers (subscribers)
     drop_replica: bool = False  # not always, but a replica function was installed: drop it
+    language: Language = "plpgsql"  # what the triggers call (`LANGUAGES`)
+    plpgsql_reason: str | None = None  # why plpgsql although C was allowed (``auto``)
+    # (schema, table, trigger) of an earlier C install on tables no longer in the tree (a
+    # detached partition): dropped by the install, whichever path it takes now
+    leftover_c_triggers: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def unique_keys(self) -> bool:
@@ -185,6 +225,16 @@ class InstalledCapture:
     uncovered: tuple[str, ...]  # tables of its partition tree missing some of the 4 triggers
     firing: tuple[str, ...] = ()  # distinct pg_trigger.tgenabled of its statement triggers
     replica: tuple[str, ...] = ()  # row-level triggers calling its replica function
+    c_triggers: tuple[tuple[str, str, str], ...] = ()  # (schema, table, trigger) calling C
+
+    @property
+    def language(self) -> str:
+        """``c`` (its triggers call idxr.idxr_capture()), ``plpgsql`` (its own function), or
+        ``mixed`` (some of each on its source table: run `triggers install`)."""
+        source = {t for s, n, t in self.c_triggers if f"{s}.{n}" == self.source_table}
+        if not source:
+            return "plpgsql"
+        return "c" if source == set(self.triggers) else "mixed"
 
     @property
     def complete(self) -> bool:
@@ -399,9 +449,16 @@ def installed_captures(
     )
     return [
         InstalledCapture(
-            function, kind, table, tuple(triggers), tuple(uncovered), tuple(firing), tuple(replica)
+            function,
+            kind,
+            table,
+            tuple(triggers),
+            tuple(uncovered),
+            tuple(firing),
+            tuple(replica),
+            tuple(c_triggers),
         )
-        for function, kind, table, triggers, uncovered, firing, replica in rows
+        for function, kind, table, triggers, uncovered, firing, replica, c_triggers in rows
     ]
 
 
@@ -423,13 +480,22 @@ def _refuse_row_security(conn: psycopg.Connection, kind: str, table: ResolvedTab
 
 
 def plan_install(
-    conn: psycopg.Connection, entities: Sequence[EntityConfig], always: bool | None = None
+    conn: psycopg.Connection,
+    entities: Sequence[EntityConfig],
+    always: bool | None = None,
+    language: str | None = None,
 ) -> InstallPlan:
     """Resolve and check every target of ``entities``; errors name kind, table and column.
 
     ``always``: True installs for a logical-replication subscriber (ENABLE ALWAYS plus the
     row-level replica triggers), False removes that, None keeps what each target has now.
+    ``language``: see `LANGUAGES` (None: `default_language`); ``auto`` and ``c`` create the
+    ``idxr_capture`` extension in schema idxr if the server has it and it is not there yet
+    (rolled back with the transaction when only planning).
     """
+    language = language or default_language()
+    if language not in LANGUAGES:
+        raise CaptureError(f"capture language {language!r}: choose one of {', '.join(LANGUAGES)}")
     _require_schema(conn)
     merged: dict[tuple[str, int], PlannedCapture] = {}
     allow_row_security = {e.name for e in entities if e.allow_row_security}
@@ -450,6 +516,7 @@ def plan_install(
     kinds = {entity.name for entity in entities}
     installed = {c.function_name: c for c in installed_captures(conn, kinds)}
     planned = [_with_firing(p, installed.get(p.function_name), always) for p in merged.values()]
+    planned = _with_language(conn, planned, language)
     names = {p.function_name for p in planned}
     stale = [c for name, c in installed.items() if name not in names]
     return InstallPlan(tuple(planned), tuple(stale))
@@ -462,9 +529,89 @@ def _with_firing(
     was_always = installed is not None and installed.sticky_always
     chosen = was_always if always is None else always
     had_replica = installed is not None and bool(installed.replica)
-    return PlannedCapture(
-        plan.target, plan.table, plan.function_name, chosen, not chosen and had_replica
+    tree = set(plan.table.tree)
+    leftover = tuple(
+        t for t in (installed.c_triggers if installed else ()) if (t[0], t[1]) not in tree
     )
+    return PlannedCapture(
+        plan.target,
+        plan.table,
+        plan.function_name,
+        chosen,
+        not chosen and had_replica,
+        leftover_c_triggers=leftover,
+    )
+
+
+def c_unsupported(plan: PlannedCapture) -> str | None:
+    """Why the C function cannot capture this target (it stays plpgsql), or None."""
+    expressions = [r.key for r in plan.target.readers if not r.key_is_column]
+    if expressions:
+        return f"key expression {expressions[0]!r} (the C function reads key columns only)"
+    if plan.always:
+        return "--always (the replica row triggers are plpgsql)"
+    names = [r.key for r in plan.target.readers]
+    names += [c for r in plan.target.readers for c in r.columns or ()]
+    odd = [n for n in names if "," in n or "\x00" in n]
+    if odd:
+        return f"column name {odd[0]!r} (a comma cannot pass in the C trigger's arguments)"
+    return None
+
+
+def _c_extension_problem(conn: psycopg.Connection) -> str | None:
+    """Why the C function cannot be used in this database (after trying to create its
+    extension), or None."""
+    schema, available = bookkeeping.c_extension_schema(conn)
+    if schema == IDXR_SCHEMA:
+        if not available:  # e.g. restored onto a server without the library
+            return (
+                f"extension {bookkeeping.C_EXTENSION} exists but the server has no library for "
+                "it (build it with `idxr-pg doctor --install-missing`, as root on the server's "
+                "machine)"
+            )
+        if not bookkeeping.may_execute_c_function(conn):
+            return (
+                f"only the role that created extension {bookkeeping.C_EXTENSION} may use "
+                f"idxr.{bookkeeping.C_FUNCTION}() (run `triggers install` as that role)"
+            )
+        return None
+    if schema is not None:
+        return (
+            f"extension {bookkeeping.C_EXTENSION} is in schema {schema}, not idxr (drop it; "
+            "`triggers install` creates it in idxr)"
+        )
+    if not available:
+        return (
+            f"the server has no {bookkeeping.C_EXTENSION} library (build it with "
+            "`idxr-pg doctor --install-missing`, as root on the server's machine)"
+        )
+    error = bookkeeping.create_c_extension(conn)
+    if error is not None:
+        return f"CREATE EXTENSION {bookkeeping.C_EXTENSION} failed: {error}"
+    return _c_extension_problem(conn)
+
+
+def _with_language(
+    conn: psycopg.Connection, planned: list[PlannedCapture], language: str
+) -> list[PlannedCapture]:
+    """Point each target at the C function (`c_unsupported` allowing, the extension there or
+    created now) or at its plpgsql function; ``language`` ``c`` makes a refusal an error."""
+    if language == "plpgsql":
+        return planned
+    problem = _c_extension_problem(conn) if any(c_unsupported(p) is None for p in planned) else None
+    out = []
+    for plan in planned:
+        why = c_unsupported(plan) or problem
+        if why is None:
+            out.append(replace(plan, language="c"))
+        elif language == "c":
+            raise CaptureError(
+                f"entity {plan.target.kind!r}, table {plan.table.qualified}: the C capture "
+                f"trigger cannot be used: {why}"
+            )
+        else:
+            out.append(replace(plan, plpgsql_reason=why))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,6 +884,31 @@ def trigger_ddl(plan: PlannedCapture) -> list[sql.Composed]:
     ]
 
 
+def c_trigger_ddl(plan: PlannedCapture) -> list[sql.Composed]:
+    """CREATE OR REPLACE TRIGGER for the four events of one target, calling the C function.
+
+    Its arguments (idxr_pg/capture/c/idxr_capture.c): kind, source table as recorded, flags
+    (``n``: ring the wake-up, ``u``: the keys are unique in the table), then per reader its key
+    column and its read columns joined by commas ('' for the whole row).
+    """
+    flags = ("n" if plan.target.notify else "") + ("u" if plan.unique_keys else "")
+    args = [plan.target.kind, plan.table.qualified, flags]
+    for reader in plan.target.readers:
+        args += [reader.key, ",".join(reader.columns or ())]
+    arguments = sql.SQL(", ").join(sql.Literal(a) for a in args)
+    return [
+        sql.SQL("CREATE OR REPLACE TRIGGER {trigger}\n    " + _TRIGGER_CLAUSES[event]).format(
+            trigger=sql.Identifier(trigger_name(plan.target.kind, event)),
+            table=sql.Identifier(*table),
+        )
+        + sql.SQL("\n    FOR EACH STATEMENT EXECUTE FUNCTION idxr.{}({})").format(
+            sql.Identifier(bookkeeping.C_FUNCTION), arguments
+        )
+        for table in plan.table.tree
+        for event in EVENTS
+    ]
+
+
 _ROW_EVENTS = ("insert", "update", "delete")  # TRUNCATE: the ALWAYS statement trigger
 _ROW_CLAUSES = {
     "insert": "AFTER INSERT ON {table}",
@@ -825,10 +997,21 @@ def _record_ddl(plan: PlannedCapture) -> sql.Composed:
     )
 
 
+def _drop_c_triggers_ddl(triggers: Iterable[tuple[str, str, str]]) -> list[sql.Composed]:
+    return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+            sql.Identifier(trigger), sql.Identifier(schema, table)
+        )
+        for schema, table, trigger in triggers
+    ]
+
+
 def drop_ddl(captures: Iterable[InstalledCapture]) -> list[sql.Composed]:
-    """Drop each function with CASCADE (its triggers only) and forget it."""
+    """Drop each target's triggers calling the C function, its functions with CASCADE (their
+    triggers only), and forget it."""
     statements = []
     for capture in captures:
+        statements.extend(_drop_c_triggers_ddl(capture.c_triggers))
         if capture.replica:
             statements.append(_drop_replica_ddl(capture.function_name))
         statements.append(
@@ -855,7 +1038,35 @@ def _install_steps(plan: InstallPlan) -> list[tuple[str, list[sql.Composed]]]:
         )
         for stale in plan.stale
     ]
+    if any(capture.language == "c" for capture in plan.captures):
+        steps.append(
+            (
+                f"creating extension {bookkeeping.C_EXTENSION} (the C capture trigger)",
+                [
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(
+                        sql.Identifier(bookkeeping.C_EXTENSION)
+                    )
+                ],
+            )
+        )
     for capture in plan.captures:
+        where = f"entity {capture.target.kind!r}, table {capture.table.qualified}: installing"
+        if capture.language == "c":
+            # The triggers first: then no trigger calls an earlier install's plpgsql function.
+            statements = c_trigger_ddl(capture)
+            statements.extend(_drop_c_triggers_ddl(capture.leftover_c_triggers))
+            statements.append(
+                sql.SQL("DROP FUNCTION IF EXISTS idxr.{}() CASCADE").format(
+                    sql.Identifier(capture.function_name)
+                )
+            )
+            if capture.drop_replica:
+                statements.append(_drop_replica_ddl(capture.function_name))
+            statements.append(_record_ddl(capture))
+            steps.append(
+                (f"{where} the capture triggers (idxr.{bookkeeping.C_FUNCTION})", statements)
+            )
+            continue
         statements = [function_ddl(capture)]
         statements.append(
             sql.SQL("REVOKE ALL ON FUNCTION idxr.{}() FROM PUBLIC").format(
@@ -863,6 +1074,7 @@ def _install_steps(plan: InstallPlan) -> list[tuple[str, list[sql.Composed]]]:
             )
         )
         statements.extend(trigger_ddl(capture))  # CREATE OR REPLACE resets them to ORIGIN
+        statements.extend(_drop_c_triggers_ddl(capture.leftover_c_triggers))
         if capture.always:
             statements.append(replica_function_ddl(capture))
             statements.append(
@@ -874,7 +1086,6 @@ def _install_steps(plan: InstallPlan) -> list[tuple[str, list[sql.Composed]]]:
         elif capture.drop_replica:
             statements.append(_drop_replica_ddl(capture.function_name))
         statements.append(_record_ddl(capture))
-        where = f"entity {capture.target.kind!r}, table {capture.table.qualified}: installing"
         steps.append((f"{where} the capture triggers (idxr.{capture.function_name})", statements))
     return steps
 
@@ -891,16 +1102,20 @@ def render_script(conn: psycopg.Connection | None, statements: Sequence[sql.Comp
 
 
 def install_triggers(
-    conn: psycopg.Connection, entities: Sequence[EntityConfig], always: bool | None = None
+    conn: psycopg.Connection,
+    entities: Sequence[EntityConfig],
+    always: bool | None = None,
+    language: str | None = None,
 ) -> InstallPlan:
     """Create or replace the capture triggers of ``entities`` in one transaction.
 
     Idempotent. Triggers a kind installed earlier on a table it no longer reads are dropped;
     kinds not in ``entities`` are left alone. Nothing changes if any target fails its checks.
-    ``always``: see `plan_install` (None keeps each target's current choice).
+    ``always``, ``language``: see `plan_install` (None keeps each target's current choice;
+    ``auto`` takes the C function where it can).
     """
     with _locked_transaction(conn):
-        plan = plan_install(conn, entities, always)
+        plan = plan_install(conn, entities, always, language)
         for where, statements in _install_steps(plan):
             _execute(conn, statements, where)
     return plan

@@ -9,7 +9,7 @@ from idxr_pg.config import DEFAULT_MODEL, DEFAULT_MODEL_DIMENSIONS
 from idxr_pg.db import migrations
 from idxr_pg.db.connection import redact
 from idxr_pg.db.hnsw import STORAGES
-from idxr_pg.extensions import ensure_extensions
+from idxr_pg.extensions import REQUIRED_EXTENSIONS, ensure_capture_library, ensure_extensions
 from idxr_pg.schema import install_script, uninstall_script
 
 
@@ -128,14 +128,18 @@ def uninstall(app: AppContext, yes: bool, print_sql: bool) -> None:
 @click.option(
     "--install-missing",
     is_flag=True,
-    help="On a local Debian server, build a missing pgvector from Debian's source package.",
+    help="On a local Debian server (as root), build a missing pgvector from Debian's source "
+    "package and the C capture trigger (idxr_capture) from the package's sources.",
 )
 @pass_app
 def doctor(app: AppContext, install_missing: bool) -> None:
-    """Check that the server is PostgreSQL >= 15 with the vector and ltree extensions."""
+    """Check that the server is PostgreSQL >= 15 with the vector and ltree extensions, and
+    whether it has the C capture trigger (optional: capture uses plpgsql without it)."""
     facts = ensure_extensions(app.database_url, install_missing=install_missing)
-    versions = ", ".join(f"{name} {version}" for name, version in facts.available.items())
+    versions = ", ".join(f"{name} {facts.available[name]}" for name in REQUIRED_EXTENSIONS)
     click.echo(f"PostgreSQL {facts.version} at {redact(app.database_url)}: {versions} available")
+    capture = ensure_capture_library(app.database_url, facts, install_missing=install_missing)
+    click.echo(capture.describe())
 
 
 COMMANDS = [migrate, uninstall, doctor]

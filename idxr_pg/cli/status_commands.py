@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
+import psycopg
 
+from idxr_pg.capture import triggers as capture
 from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import (
     age,
@@ -69,8 +71,23 @@ def _echo_versions(versions: list[IndexVersion]) -> None:
             )
 
 
+def _capture_paths(conn: psycopg.Connection) -> dict[str, list[tuple[str, str]]]:
+    """Per kind: (source table, what its capture triggers call: c, plpgsql or mixed)."""
+    try:
+        captures = capture.installed_captures(conn)
+    except capture.CaptureError:  # no idxr schema
+        return {}
+    paths: dict[str, list[tuple[str, str]]] = {}
+    for c in captures:
+        paths.setdefault(c.entity_kind, []).append((c.source_table, c.language))
+    return paths
+
+
 def _echo_kind(
-    kind: KindStatus, check: KindCheck | None = None, versions: list[IndexVersion] | None = None
+    kind: KindStatus,
+    check: KindCheck | None = None,
+    versions: list[IndexVersion] | None = None,
+    paths: list[tuple[str, str]] | None = None,
 ) -> None:
     origin = "" if kind.in_database else "  [configured, not yet in the database]"
     if not kind.configured:
@@ -80,6 +97,8 @@ def _echo_kind(
     click.echo(f"  model:          {kind.model_name or '-'}")
     _echo_versions(versions or [])
     click.echo(f"  refresh:        {kind.refresh_policy}")
+    if paths:
+        click.echo("  capture:        " + ", ".join(f"{lang} on {table}" for table, lang in paths))
     _echo_checks(kind, check)
     if kind.window:
         click.echo(f"  window:         {kind.window} UTC (processed only inside it)")
@@ -162,6 +181,7 @@ def status(app: AppContext, as_json: bool) -> None:
         versions: dict[str, list[IndexVersion]] = {}
         for found in list_versions(conn):
             versions.setdefault(found.entity_kind, []).append(found)
+        paths = _capture_paths(conn)
     if as_json:
         data = result.as_dict()
         for kind in data["kinds"]:
@@ -169,12 +189,21 @@ def status(app: AppContext, as_json: bool) -> None:
             check = checks.get(kind["entity_kind"])
             kind["config_drift"] = [d.as_dict() for d in check.drift] if check else []
             kind["model_check_problem"] = check.problem if check else None
+            kind["capture"] = [
+                {"table": table, "language": lang}
+                for table, lang in paths.get(kind["entity_kind"], [])
+            ]
         print_json(data)
         return
     if not result.kinds:
         click.echo("no entity kinds configured or indexed yet")
     for kind in result.kinds:
-        _echo_kind(kind, checks.get(kind.entity_kind), versions.get(kind.entity_kind))
+        _echo_kind(
+            kind,
+            checks.get(kind.entity_kind),
+            versions.get(kind.entity_kind),
+            paths.get(kind.entity_kind),
+        )
     live = f"live within {format_duration(result.live_within_seconds)}"
     if not result.workers:
         click.echo(f"workers: none ({live})")

@@ -12,6 +12,7 @@ from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import print_json
 from idxr_pg.cli.options import allow_superuser_flag, json_flag, kinds_option
 from idxr_pg.config import EntityConfig
+from idxr_pg.db.capture import C_FUNCTION
 from idxr_pg.db.connection import redact
 from idxr_pg.runtime.superuser import refuse_superuser
 
@@ -27,6 +28,17 @@ ALWAYS_OPTION = click.option(
 )
 
 
+LANGUAGE_OPTION = click.option(
+    "--language",
+    type=click.Choice(capture.LANGUAGES),
+    default=None,
+    help="What the triggers call: c, the C capture trigger (extension idxr_capture, created "
+    "in schema idxr: built by `idxr-pg doctor --install-missing`); plpgsql, a function per "
+    "table; auto, c for every table it covers (not key expressions, not --always) when the "
+    f"server has it, else plpgsql [default: ${capture.LANGUAGE_ENV} or auto].",
+)
+
+
 def _entities(app: AppContext, kinds: Sequence[str]) -> list[EntityConfig]:
     config = app.config
     return [config.entity(k) for k in kinds] if kinds else list(config.entities)
@@ -37,7 +49,8 @@ def triggers() -> None:
     """Capture triggers: writes to watched tables enqueue the changed entity keys.
 
     For every configured entity kind, its main table and each `watch` table get four
-    statement-level AFTER triggers (INSERT, UPDATE, DELETE, TRUNCATE) calling one SECURITY DEFINER
+    statement-level AFTER triggers (INSERT, UPDATE, DELETE, TRUNCATE) calling the C capture
+    trigger idxr.idxr_capture() where the server has it, else one SECURITY DEFINER plpgsql
     function in the idxr schema. `idxr-pg uninstall` removes them all with the idxr schema.
     """
 
@@ -45,9 +58,12 @@ def triggers() -> None:
 @triggers.command()
 @KIND_OPTION
 @ALWAYS_OPTION
+@LANGUAGE_OPTION
 @allow_superuser_flag
 @pass_app
-def install(app: AppContext, kinds: tuple[str, ...], always: bool | None) -> None:
+def install(
+    app: AppContext, kinds: tuple[str, ...], always: bool | None, language: str | None
+) -> None:
     """Create or replace the capture triggers of the configured kinds (one transaction).
 
     Safe to run again. Tables, key columns, key expressions and `columns` are checked first;
@@ -57,6 +73,10 @@ def install(app: AppContext, kinds: tuple[str, ...], always: bool | None) -> Non
     On a logical-replication subscriber, install with --always: the subscription's apply
     worker runs with session_replication_role = replica, where ordinary triggers do not fire
     (and statement-level ones never do, but for TRUNCATE). The choice sticks until --no-always.
+
+    Each table is reported with what its triggers call: the C capture trigger where the
+    server has it (a third of the plpgsql function's cost per write), else plpgsql and why.
+    Running install again moves tables installed with plpgsql to the C trigger.
     """
     entities = _entities(app, kinds)
     if not entities:
@@ -64,7 +84,7 @@ def install(app: AppContext, kinds: tuple[str, ...], always: bool | None) -> Non
         return
     with app.db(autocommit=False, vector=False) as conn:
         refuse_superuser(conn, "install capture triggers")  # they run as their installer
-        plan = capture.install_triggers(conn, entities, always)
+        plan = capture.install_triggers(conn, entities, always, language)
         others = sorted(
             {c.entity_kind for c in capture.installed_captures(conn)}
             - {e.name for e in app.config.entities}
@@ -72,9 +92,13 @@ def install(app: AppContext, kinds: tuple[str, ...], always: bool | None) -> Non
     for stale in plan.stale:
         click.echo(f"dropped {stale.entity_kind} on {stale.source_table} (no longer watched)")
     for planned in plan.captures:
+        if planned.language == "c":
+            how = f"C: idxr.{C_FUNCTION}"
+        else:
+            why = f"; C not used: {planned.plpgsql_reason}" if planned.plpgsql_reason else ""
+            how = f"plpgsql: idxr.{planned.function_name}{why}"
         click.echo(
-            f"installed {planned.target.kind} on {planned.table.qualified} "
-            f"(idxr.{planned.function_name}"
+            f"installed {planned.target.kind} on {planned.table.qualified} ({how}"
             + (
                 ", ALWAYS: also captures rows applied by logical replication)"
                 if planned.always
@@ -109,10 +133,15 @@ def drop(app: AppContext, kinds: tuple[str, ...]) -> None:
 @triggers.command(name="sql")
 @KIND_OPTION
 @ALWAYS_OPTION
+@LANGUAGE_OPTION
 @click.option("--drop", "for_drop", is_flag=True, help="Print the DDL of `triggers drop` instead.")
 @pass_app
 def sql_command(
-    app: AppContext, kinds: tuple[str, ...], always: bool | None, for_drop: bool
+    app: AppContext,
+    kinds: tuple[str, ...],
+    always: bool | None,
+    language: str | None,
+    for_drop: bool,
 ) -> None:
     """Print the DDL `triggers install` would run (a psql script; nothing is changed).
 
@@ -122,7 +151,7 @@ def sql_command(
         if for_drop:
             statements = capture.drop_ddl(capture.installed_captures(conn, kinds or None))
         else:
-            plan = capture.plan_install(conn, _entities(app, kinds), always)
+            plan = capture.plan_install(conn, _entities(app, kinds), always, language)
             statements = capture.install_ddl(plan)
         script = capture.render_script(conn, statements)
         conn.rollback()
@@ -139,7 +168,9 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
     A partition created or attached after the install is reported as missing until
     `triggers install` runs again. The last column is how they fire: `origin` (ordinary
     writes only), `always` (installed with --always: rows applied by logical replication
-    too), or `mixed` (changed by hand, or partly installed: run `triggers install`).
+    too), or `mixed` (changed by hand, or partly installed: run `triggers install`). The
+    third column is what the triggers call: `idxr.idxr_capture (c)`, the C capture trigger,
+    or the table's `idxr.capture_... (plpgsql)` function.
 
     Then the config is compared with what the triggers were installed from: a table, key,
     watch entry or `columns` list that differs is named (`drift:` lines; in JSON, each
@@ -164,6 +195,7 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
                     "complete": c.complete,
                     "always": c.always,
                     "firing": _firing(c),
+                    "language": c.language,
                     "config_drift": [d.what for d in mine],
                 }
             )
@@ -179,8 +211,10 @@ def list_command(app: AppContext, kinds: tuple[str, ...], as_json: bool) -> None
             state = f"missing on {', '.join(c.uncovered)}: run `idxr-pg triggers install`"
         else:
             state = f"{len(c.triggers)}/4 triggers: run `idxr-pg triggers install`"
+        called = C_FUNCTION if c.language == "c" else c.function_name
         click.echo(
-            f"{c.entity_kind}\t{c.source_table}\tidxr.{c.function_name}\t{state}\t{_firing(c)}"
+            f"{c.entity_kind}\t{c.source_table}\tidxr.{called} ({c.language})\t{state}\t"
+            f"{_firing(c)}"
         )
     if not captures:
         click.echo("no capture triggers installed")

@@ -18,6 +18,8 @@ from idxr_pg.capture.triggers import CaptureError
 from idxr_pg.cli import main
 from idxr_pg.config import EntityConfig, WatchedTable, parse_config
 
+pytestmark = pytest.mark.usefixtures("capture_language")
+
 A = "00000000-0000-0000-0000-00000000000a"
 B = "00000000-0000-0000-0000-00000000000b"
 C = "00000000-0000-0000-0000-00000000000c"
@@ -225,11 +227,18 @@ def test_multi_row_update_and_delete_enqueue_one_row_per_key(installed, listener
     assert notifications(listener) == ["subscription", "subscription"]
 
 
-def test_notify_false_enqueues_without_a_notification(conn, listener):
+def test_notify_false_enqueues_without_a_notification(conn, listener, capture_language):
     capture.install_triggers(conn, entities({**ENTITY, "notify": False}))
     add_subscriptions(conn, A)
     assert keys(drain(conn)) == [A]
     assert notifications(listener, 0.5) == []
+    if capture_language == "c":  # flags: 'u' (unique key), no 'n' (ring)
+        (definition,) = conn.execute(
+            "SELECT pg_get_triggerdef(oid) FROM pg_trigger"
+            " WHERE tgname = 'idxr_subscription_insert' AND tgrelid = 'app.subscriptions'::regclass"
+        ).fetchone()
+        assert "idxr.idxr_capture('subscription', 'app.subscriptions', 'u', " in definition
+        return
     function = conn.execute(
         "SELECT prosrc FROM pg_proc WHERE proname = 'capture_subscription__app__subscriptions'"
     ).fetchone()[0]
@@ -471,7 +480,7 @@ def function_definitions(conn: psycopg.Connection) -> list[tuple[str, str]]:
     ).fetchall()
 
 
-def test_install_makes_four_triggers_per_table_and_kind(installed):
+def test_install_makes_four_triggers_per_table_and_kind(installed, capture_language):
     triggers = trigger_definitions(installed)
     by_table: dict[str, list[str]] = {}
     for table, name, _ in triggers:
@@ -506,7 +515,26 @@ def test_install_makes_four_triggers_per_table_and_kind(installed):
         """SELECT proname, prosecdef, proconfig FROM pg_proc
             WHERE pronamespace = 'idxr'::regnamespace AND proname LIKE 'capture%'"""
     ).fetchall()
-    assert len(functions) == 4
+    languages = {
+        (c.entity_kind, c.source_table): c.language for c in capture.installed_captures(installed)
+    }
+    if capture_language == "c":  # every target but the key expression's
+        assert languages == {
+            ("block", "app.product_blocks"): "c",
+            ("subscription", "app.product_blocks"): "c",
+            ("subscription", "app.subscriptions"): "c",
+            ("subscription", "app.tags"): "plpgsql",
+        }
+        assert [name for name, _, _ in functions] == ["capture_subscription__app__tags"]
+        calls_c = [d for _, _, d in triggers if "idxr.idxr_capture(" in d]
+        assert len(calls_c) == 12
+        assert (
+            "EXECUTE FUNCTION idxr.idxr_capture('subscription', 'app.product_blocks', 'n', "
+            "'subscription_id', 'subscription_id,name,position')" in " ".join(calls_c)
+        )
+    else:
+        assert set(languages.values()) == {"plpgsql"}
+        assert len(functions) == 4
     assert all(
         secdef and config == ["search_path=pg_catalog, pg_temp", "enable_seqscan=off"]
         for _, secdef, config in functions

@@ -11,7 +11,9 @@ import re
 import threading
 
 import psycopg
+import pytest
 
+from idxr_pg.capture.triggers import LANGUAGE_ENV
 from idxr_pg.db import migrations, queue
 from idxr_pg.embedding import DeterministicEmbedder
 from idxr_pg.runtime.worker import Worker
@@ -62,8 +64,10 @@ def assert_index_scan_on_both_key_columns(plan: str) -> None:
 
 
 def test_the_pending_row_look_up_is_an_index_scan_on_both_key_columns_on_an_empty_analysed_queue_and_with_a_backlog(
-    isolated_database_url, tmp_path
+    isolated_database_url, tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
+    """The plpgsql body's plan (the C trigger probes queue_pending itself: no plan)."""
+    monkeypatch.setenv(LANGUAGE_ENV, "plpgsql")
     url = isolated_database_url
     setup(url, tmp_path)
     execute(url, "INSERT INTO articles SELECT g, 'a' || g FROM generate_series(3, 40) g")
@@ -150,7 +154,7 @@ def test_a_claim_reads_the_queue_through_its_indexes_whatever_its_statistics_say
 
 
 def test_writers_of_the_same_articles_in_opposite_order_neither_wait_nor_deadlock(
-    isolated_database_url, tmp_path
+    isolated_database_url, tmp_path, capture_language
 ):
     url = isolated_database_url
     config = setup(url, tmp_path)
@@ -181,7 +185,7 @@ def test_writers_of_the_same_articles_in_opposite_order_neither_wait_nor_deadloc
 
 
 def test_concurrent_child_writers_with_a_worker_running_lose_no_change(
-    isolated_database_url, tmp_path
+    isolated_database_url, tmp_path, capture_language
 ):
     url = isolated_database_url
     config = setup(url, tmp_path)
@@ -246,8 +250,11 @@ def index_facts(conn: psycopg.Connection) -> tuple[bool, str]:
 
 
 def test_the_upgrade_and_the_downgrade_keep_queued_rows_and_installed_capture_functions_working(
-    empty_database_url, tmp_path
+    empty_database_url, tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
+    """plpgsql functions: the C trigger refuses a unique queue_pending (before revision 0007),
+    so a downgrade below 0007 needs `triggers install --language plpgsql` first (README)."""
+    monkeypatch.setenv(LANGUAGE_ENV, "plpgsql")
     url = empty_database_url
     migrations.upgrade(url, "0006")
     execute(url, OLD_STYLE_FUNCTION)  # the 0002..0006 body: coalesces with ON CONFLICT

@@ -181,8 +181,10 @@ def search_role(conn: psycopg.Connection, isolated_database_url: str) -> Iterato
     ],
 )
 def test_capture_function_attached_to_another_table_raises_and_queues_nothing(
-    conn, search_role, event, statement
+    plpgsql_capture, conn, search_role, event, statement
 ):
+    """The plpgsql functions' table guard (the C function's defence is EXECUTE for its owner
+    only and its schema check: test_privileges)."""
     function = capture.function_name("parent", "app", "parents")
     transition = "REFERENCING NEW TABLE AS idxr_new" if event == "INSERT" else ""
     with psycopg.connect(search_role, autocommit=True) as attacker:

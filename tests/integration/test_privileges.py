@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from idxr_pg.capture import triggers as capture
 from idxr_pg.config import parse_config
+from idxr_pg.db.capture import C_FUNCTION
 
 GROUP_ROLES = ("idxr_reader", "idxr_worker")
 
@@ -170,9 +171,21 @@ class Setup:
     reader_url: str
 
 
+def capture_call(admin: psycopg.Connection) -> tuple[str, str]:
+    """(the function app.notes' capture triggers call, as regprocedure; the call with its
+    arguments, as its INSERT trigger has it): the plpgsql function or idxr.idxr_capture()."""
+    return admin.execute(
+        "SELECT t.tgfoid::regprocedure::text,"
+        " substring(pg_get_triggerdef(t.oid) from 'EXECUTE FUNCTION (.*)$')"
+        " FROM pg_trigger t WHERE t.tgrelid = 'app.notes'::regclass"
+        " AND t.tgname = 'idxr_note_insert'"
+    ).fetchone()
+
+
 @pytest.fixture
-def setup(isolated_database_url: str) -> Iterator[Setup]:
-    """An application role owning app.notes (with capture triggers), a reader login role."""
+def setup(isolated_database_url: str, capture_language: str) -> Iterator[Setup]:
+    """An application role owning app.notes (with capture triggers, over both capture paths),
+    a reader login role."""
     roles: list[str] = []
     try:
         with psycopg.connect(isolated_database_url, autocommit=True) as admin:
@@ -218,12 +231,17 @@ def test_function_privilege_audit(setup: Setup) -> None:
     for f in functions:
         if f.name in KNOWN_FUNCTIONS:
             assert (f.security_definer, f.grantees) == KNOWN_FUNCTIONS[f.name][:2], f.name
+        elif f.name == C_FUNCTION:  # the C capture trigger: executable by its creator only
+            assert f.trigger and not f.security_definer, f.name
+            assert f.grantees == NOBODY, f.name  # created by the owner: no grant to others
         elif f.trigger:  # a capture function: SECURITY DEFINER, run only by its triggers
             assert f.security_definer, f.name
             assert f.grantees == NOBODY, f.name
         else:  # a helper added later: the same rule as the known ones
             assert not f.security_definer, f.name
-    assert any(f.trigger and f.security_definer for f in functions)  # the capture is audited
+    with psycopg.connect(setup.admin_url, autocommit=True) as admin:
+        called, _ = capture_call(admin)
+    assert called.removesuffix("()").removeprefix("idxr.") in names  # the capture is audited
 
 
 def test_application_role_cannot_reach_the_index(setup: Setup) -> None:
@@ -234,9 +252,7 @@ def test_application_role_cannot_reach_the_index(setup: Setup) -> None:
         admin.execute(
             sql.SQL("GRANT USAGE ON SCHEMA idxr TO {}").format(sql.Identifier(setup.app_role))
         )
-        capture_fn = admin.execute(
-            "SELECT function_name FROM idxr.capture_triggers WHERE entity_kind = 'note'"
-        ).fetchone()[0]
+        capture_fn, call = capture_call(admin)
         oids = [f.oid for f in audit(admin)]
     denied = psycopg.errors.InsufficientPrivilege
     attempts = [
@@ -252,8 +268,8 @@ def test_application_role_cannot_reach_the_index(setup: Setup) -> None:
         " VALUES ('note', '2', 'app.notes', 'INSERT')",
         "DELETE FROM idxr.queue",
         "CREATE TEMP TABLE hijack (id integer PRIMARY KEY, title text);"
-        f" CREATE TRIGGER t AFTER TRUNCATE ON hijack EXECUTE FUNCTION idxr.{capture_fn}()",
-        f"ALTER FUNCTION idxr.{capture_fn}() OWNER TO CURRENT_USER",
+        f" CREATE TRIGGER t AFTER TRUNCATE ON hijack EXECUTE FUNCTION {call}",
+        f"ALTER FUNCTION {capture_fn} OWNER TO CURRENT_USER",
     ]
     with psycopg.connect(setup.app_url, autocommit=True) as app:
         for attempt in attempts:
@@ -277,9 +293,7 @@ def test_application_role_cannot_reach_the_index(setup: Setup) -> None:
 def test_reader_role_searches_and_nothing_more(setup: Setup) -> None:
     """idxr_reader: search, the index table and status; no writes, no dimensions, no capture."""
     with psycopg.connect(setup.admin_url, autocommit=True) as admin:
-        capture_fn = admin.execute(
-            "SELECT function_name FROM idxr.capture_triggers WHERE entity_kind = 'note'"
-        ).fetchone()[0]
+        _, call = capture_call(admin)
     with psycopg.connect(setup.reader_url, autocommit=True) as reader:
         hits = reader.execute(
             "SELECT entity_id, path::text FROM idxr.search(array_fill(0.1, ARRAY[384])::vector,"
@@ -304,7 +318,7 @@ def test_reader_role_searches_and_nothing_more(setup: Setup) -> None:
             "SELECT * FROM idxr.embedding_cache",
             "SELECT * FROM app.notes",
             "CREATE TEMP TABLE hijack (id integer PRIMARY KEY, title text);"
-            f" CREATE TRIGGER t AFTER TRUNCATE ON hijack EXECUTE FUNCTION idxr.{capture_fn}()",
+            f" CREATE TRIGGER t AFTER TRUNCATE ON hijack EXECUTE FUNCTION {call}",
         ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 reader.execute(attempt)
@@ -678,3 +692,75 @@ def test_document_sql_is_checked_under_the_search_path_it_runs_with(setup: Setup
             table="public.pubnotes", document=document.replace("pubnotes", "public.pubnotes")
         )
         assert list(resolve_kinds(admin, qualified)) == ["note"]
+
+
+def test_c_capture_is_a_trusted_extension_executable_by_its_creator_and_useless_elsewhere(
+    isolated_database_url: str, capture_language: str
+) -> None:
+    """The schema owner (no superuser) creates the trusted extension; only it may EXECUTE the
+    function (CREATE TRIGGER checks that), and a copy of the C function outside schema idxr
+    (a superuser's mistake) refuses to run: it would write the queue with no permission check."""
+    if capture_language != "c":
+        pytest.skip("the C capture trigger only")
+    roles: list[str] = []
+    try:
+        with psycopg.connect(isolated_database_url, autocommit=True) as admin:
+            owner = _login_role(admin, "idxr_own")
+            roles.append(owner)
+            app = _login_role(admin, "idxr_app")
+            roles.append(app)
+            database = admin.info.dbname
+            admin.execute(
+                sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(owner)
+                )
+            )
+            admin.execute(sql.SQL("ALTER SCHEMA idxr OWNER TO {}").format(sql.Identifier(owner)))
+            admin.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(app)))
+            with pytest.raises(psycopg.Error, match='must be installed in schema "idxr"'):
+                admin.execute("CREATE EXTENSION idxr_capture SCHEMA public")
+        with psycopg.connect(as_role(isolated_database_url, owner), autocommit=True) as conn:
+            assert conn.info.parameter_status("is_superuser") == "off"
+            conn.execute("CREATE EXTENSION idxr_capture")  # trusted: no superuser needed
+            # a common over-grant: the app role may then name the function, not run it
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA idxr TO {}").format(sql.Identifier(app)))
+        with psycopg.connect(as_role(isolated_database_url, app), autocommit=True) as conn:
+            conn.execute("CREATE TABLE app.notes (id integer PRIMARY KEY, title text)")
+            assert not conn.execute(
+                "SELECT has_function_privilege('idxr.idxr_capture()', 'EXECUTE')"
+            ).fetchone()[0]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="for function"):
+                conn.execute(
+                    "CREATE TRIGGER forge AFTER INSERT ON app.notes REFERENCING NEW TABLE AS n"
+                    " FOR EACH STATEMENT EXECUTE FUNCTION"
+                    " idxr.idxr_capture('note', 'app.notes', 'n', 'id', '')"
+                )
+        with psycopg.connect(isolated_database_url, autocommit=True) as admin:
+            grantees = admin.execute(
+                "SELECT array_agg(a.grantee::regrole::text ORDER BY 1)"
+                " FROM pg_proc p, aclexplode(p.proacl) a"
+                " WHERE p.oid = 'idxr.idxr_capture()'::regprocedure"
+                " AND a.privilege_type = 'EXECUTE'"
+            ).fetchone()[0]
+            assert set(grantees) == {"postgres", owner}  # member owner (bootstrap), creator
+            admin.execute("CREATE SCHEMA elsewhere")
+            admin.execute(
+                "CREATE FUNCTION elsewhere.idxr_capture() RETURNS trigger"
+                " LANGUAGE c AS '$libdir/idxr_capture', 'idxr_capture'"
+            )
+            admin.execute(
+                "CREATE TRIGGER copy AFTER INSERT ON app.notes REFERENCING NEW TABLE AS n"
+                " FOR EACH STATEMENT EXECUTE FUNCTION"
+                " elsewhere.idxr_capture('note', 'app.notes', 'n', 'id', '')"
+            )
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+                admin.execute("INSERT INTO app.notes VALUES (1, 'x')")
+            assert "elsewhere.idxr_capture runs only in schema idxr" in str(refused.value)
+            assert admin.execute("SELECT count(*) FROM idxr.queue").fetchone() == (0,)
+            assert admin.execute("SELECT count(*) FROM app.notes").fetchone() == (0,)
+    finally:
+        with psycopg.connect(isolated_database_url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA IF EXISTS elsewhere CASCADE")
+            admin.execute("DROP SCHEMA IF EXISTS app CASCADE")
+            admin.execute("DROP SCHEMA IF EXISTS idxr CASCADE")
+        _drop_roles(isolated_database_url, roles)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import psycopg
+import pytest
 
 from idxr_pg.capture.triggers import BATCH_THRESHOLD
 from idxr_pg.db import migrations, queue
@@ -30,6 +31,8 @@ from tests.integration.worker_support import (
 )
 
 ALL_ITEMS = "SELECT id, to_jsonb(i) FROM items i"
+
+pytestmark = pytest.mark.usefixtures("capture_language")  # the C trigger and plpgsql
 
 
 class CountingEmbedder(DeterministicEmbedder):

@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from idxr_pg.capture.library import SOURCE_FILES
 from idxr_pg.db import migrations
 from idxr_pg.schema import HEAD_REVISION, SCHEMA_FILES
 
@@ -30,6 +31,7 @@ SHIPPED = (
     "idxr_pg/migrations/script.py.mako",
     "idxr_pg/migrations/versions/0001_initial.py",
     *(f"idxr_pg/schema/{f.name}" for f in SCHEMA_FILES),
+    *(f"idxr_pg/capture/c/{name}" for name in SOURCE_FILES),  # built by doctor (PGXS)
 )
 
 

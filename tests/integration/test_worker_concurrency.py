@@ -33,7 +33,8 @@ from tests.integration.worker_support import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+# the C capture trigger and plpgsql (tests/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("capture_language")]
 
 WORKERS = 3
 WRITERS = 3

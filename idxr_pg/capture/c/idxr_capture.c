@@ -1,8 +1,10 @@
 /*
- * idxr_capture: the capture trigger of idxr-pg as a C function. A PROTOTYPE, kept as the
- * evidence of issue 13's measurement (docs/benchmarks.md, "A C capture trigger"); idxr-pg does
- * not install or use it. Build and install (root): make -C ext/idxr_capture install; then, as
- * a superuser in the database: CREATE EXTENSION idxr_capture SCHEMA idxr.
+ * idxr_capture: the capture trigger of idxr-pg as a C function, the default capture path where
+ * the server has the library (idxr_pg/capture/library.py builds and installs it with PGXS;
+ * `idxr-pg triggers install` creates the trusted extension in schema idxr as the schema's
+ * owner and points the triggers of a target at idxr.idxr_capture() with the target's
+ * arguments). Targets it does not cover keep the plpgsql functions of
+ * idxr_pg/capture/triggers.py, whose queue rules this file follows.
  *
  * One statement-level AFTER trigger function for INSERT / UPDATE / DELETE / TRUNCATE, the same
  * shape and the same queue rules as the plpgsql functions idxr_pg/capture/triggers.py writes
@@ -920,6 +922,30 @@ wake(Capture *c)
 		Async_Notify(QUEUE_CHANNEL, c->kind);
 }
 
+/*
+ * Run only as the function in schema idxr, beside the queue it writes. The function writes the
+ * queue with no permission check, and EXECUTE on it is what keeps other roles from choosing
+ * what it queues: a copy created elsewhere (another schema, with other grants) must be useless.
+ */
+static void
+refuse_outside_idxr(FunctionCallInfo fcinfo)
+{
+	Oid			ns = get_func_namespace(fcinfo->flinfo->fn_oid);
+	Oid			queue_ns = get_rel_namespace(idxr_relation("queue"));
+
+	if (ns != queue_ns)
+	{
+		char	   *where = get_namespace_name(ns);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("idxr_capture: function %s.%s runs only in schema idxr, the schema of "
+						"idxr.queue",
+						where ? where : "?", get_func_name(fcinfo->flinfo->fn_oid)),
+				 errhint("Let idxr-pg triggers install create the extension idxr_capture.")));
+	}
+}
+
 Datum
 idxr_capture(PG_FUNCTION_ARGS)
 {
@@ -940,6 +966,7 @@ idxr_capture(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("idxr_capture: trigger \"%s\" must be AFTER ... FOR EACH STATEMENT",
 						td->tg_trigger->tgname)));
+	refuse_outside_idxr(fcinfo);
 	c = capture_for(td);
 	desc = RelationGetDescr(td->tg_relation);
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
