@@ -356,6 +356,9 @@ class WorkerSettings(_Strict):
     # A batch running longer than this stops having its leases extended: they expire and
     # another worker takes the entities over (the stalled one's late write is refused).
     stall_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
+    # Prepare (load … embed) the next claimed batch in a helper thread while this one is
+    # written (issue 14); see docs/benchmarks.md "Third pass" for when it pays.
+    overlap: bool = False
 
 
 class IdxrConfig(_Strict):
