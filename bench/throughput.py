@@ -250,6 +250,7 @@ def interleaved(
             if not texts:
                 texts, rows = distinct_texts(url), vector_rows(url)
             raw.append(raw_encode(embedder, texts, settings.max_batch_size))
+            print(f"  raw encode of {len(texts)} texts: {raw[-1]:.1f} s", flush=True)
     raw_rate = len(texts) / min(raw)
     print(
         f"raw encode of {len(texts)} texts ({rows} vector rows, {rows / len(texts):.2f} per "
@@ -272,7 +273,9 @@ def print_ratios(raw_rate: float, rows: list[tuple[str, float, Counts]]) -> None
         rate = embedded / seconds
         print(f"{label:36} {seconds:8.1f} {embedded:8d} {rate:8.1f} {rate / raw_rate:6.2f}")
     if len(rows) == 2:
-        print(f"after / before: {rows[0][1] / rows[1][1]:.2f}x")
+        before = next(seconds for label, seconds, _ in rows if label.startswith("before"))
+        after = next(seconds for label, seconds, _ in rows if label.startswith("after"))
+        print(f"speed-up, before seconds / after seconds: {before / after:.2f}x")
     print(f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
 

@@ -23,6 +23,10 @@ helper thread, then writes batch N on its own connection::
   running is waited for, and each is handed to ``discard(tag, prepared)`` (``prepared`` is
   None when its preparation failed or never started), which gives its leases back; the helper
   is joined before the exception goes on, so no preparation outlives the block.
+- A stop-now exit (`KeyboardInterrupt`: a second stop signal; `SystemExit`) first calls
+  ``stop_now`` so that the running preparation ends at once instead of being waited for (the
+  worker ends the helper connection's server session: a slow document query would otherwise
+  hold the exit up).
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ class PrepareAhead(Generic[Tag, Prepared]):
         self,
         discard: Callable[[Tag, Prepared | None], None],
         *,
+        stop_now: Callable[[], None] | None = None,
         thread_name: str = "idxr-prepare",
     ) -> None:
         self._discard = discard
+        self._stop_now = stop_now
         self._thread_name = thread_name
         self._pending: deque[tuple[Tag, Future[Prepared]]] = deque()
         self._helper: ThreadPoolExecutor | None = None
@@ -67,6 +73,8 @@ class PrepareAhead(Generic[Tag, Prepared]):
         traceback: TracebackType | None,
     ) -> None:
         try:
+            if exc is not None and not isinstance(exc, Exception) and self._stop_now is not None:
+                self._stop_now()
             if exc is not None:
                 self.discard_all()
         finally:

@@ -57,6 +57,7 @@ from idxr_pg.db.connection import (
     RECONNECT_BASE_SECONDS,
     connect,
     conninfo,
+    end_session,
     is_connection_lost,
     retry_with_backoff,
 )
@@ -557,7 +558,9 @@ class Worker:
             claimed.pipeline.release_leases(conn, claimed.claim.leases)
             self._unlock(conn, claimed.name)
 
-        with PrepareAhead[_Claimed, PreparedBatch](give_back) as ahead:
+        with PrepareAhead[_Claimed, PreparedBatch](
+            give_back, stop_now=lambda: end_session(conn, prepare_conn)
+        ) as ahead:
             for _ in range(OVERLAP_ROUNDS):
                 found = False
                 for name in kinds:
