@@ -55,6 +55,7 @@ from idxr_pg.db.connection import (
     commit_asynchronously,
     connect,
     conninfo,
+    end_session,
     is_connection_lost,
     one_line,
 )
@@ -603,21 +604,27 @@ class Backfill:
         embeds batch N+1 on ``prepare_conn`` (`PrepareAhead`). Batches are written (and
         checkpointed) in key order by this thread alone; no transaction is open while the
         helper embeds. A stop request starts no new batch: the one being prepared is still
-        written, then True."""
+        written, then True. A stop-now request (second signal) ends the helper connection's
+        session, so a slow query there does not hold the exit up."""
 
-        def discard(_last_key: str, prepared: PreparedBatch | None) -> None:
-            if prepared is not None:  # else nothing leased, or prepare gave its leases back
-                run.pipeline.release(prepare_conn, prepared)
+        kind, owner = run.pipeline.kind.name, self.owner
 
-        with PrepareAhead[str, PreparedBatch](discard) as ahead:
+        def discard(batch: list[str], prepared: PreparedBatch | None) -> None:
+            # On this thread's connection (the helper's may be gone: stop now). Without a
+            # prepared batch the leases were never taken or went back already, unless the
+            # helper's session was ended before it could give them back: release them all.
+            leased = prepared.leased if prepared else leases.Leases.of(kind, owner, batch, batch)
+            run.pipeline.release_leases(work, leased)
+
+        with PrepareAhead[list[str], PreparedBatch](
+            discard, stop_now=lambda: end_session(work, prepare_conn)
+        ) as ahead:
             stopped = False
             for batch in batches:
                 if self.should_stop():
                     stopped = True
                     break
-                ahead.submit(
-                    batch[-1], partial(self._prepare_batch, prepare_conn, run, batch, force)
-                )
+                ahead.submit(batch, partial(self._prepare_batch, prepare_conn, run, batch, force))
                 if len(ahead) == 2:
                     self._write_next(work, run, ahead)
             while ahead:
@@ -625,12 +632,12 @@ class Backfill:
             return stopped
 
     def _write_next(
-        self, work: psycopg.Connection, run: _Run, ahead: PrepareAhead[str, PreparedBatch]
+        self, work: psycopg.Connection, run: _Run, ahead: PrepareAhead[list[str], PreparedBatch]
     ) -> None:
-        """Wait for the oldest batch's preparation and write it (it leaves ``ahead`` first:
+        """Wait for the oldest batch's preparation and write it (once taken out of ``ahead``,
         whatever happens, its leases are the pipeline's to release)."""
-        last_key, prepared = ahead.next()
-        self._write_batch(work, run, prepared, checkpoint=last_key)
+        batch, prepared = ahead.next()
+        self._write_batch(work, run, prepared, checkpoint=batch[-1])
 
     def _sweep(self, work: psycopg.Connection, run: _Run) -> bool:
         """Remove indexed entities whose source row is gone; True when stopped on request."""

@@ -17,8 +17,10 @@ helper thread, then writes batch N on its own connection::
 - At most one preparation runs at a time (one helper), so a preparation owns its connection
   and the embedding service alone; batches come back in submission order, so only the caller
   writes, in order (checkpoints stay exact).
-- `next` removes the oldest batch before waiting for it: if its preparation raised, the
-  pipeline has already given its leases back, and the error is the caller's.
+- `next` waits for the oldest batch and takes it out of the queue: once its preparation
+  ended (with its result, or with its own error, after which the pipeline has given its
+  leases back and the error is the caller's). A wait interrupted by a stop-now signal
+  leaves it queued, for the ``with`` block's exit to discard.
 - Leaving the ``with`` block on an exception discards every batch still pending: the one
   running is waited for, and each is handed to ``discard(tag, prepared)`` (``prepared`` is
   None when its preparation failed or never started), which gives its leases back; the helper
@@ -91,9 +93,18 @@ class PrepareAhead(Generic[Tag, Prepared]):
         self._pending.append((tag, self._helper.submit(prepare)))
 
     def next(self) -> tuple[Tag, Prepared]:
-        """The oldest batch, once prepared (it leaves the queue first; see the module doc)."""
-        tag, future = self._pending.popleft()
-        return tag, future.result()
+        """The oldest batch, once prepared; it leaves the queue with its result, or with its
+        preparation's own error. An interrupted wait (stop now) leaves it queued, so leaving
+        the block discards it."""
+        tag, future = self._pending[0]
+        try:
+            prepared = future.result()
+        except BaseException:
+            if future.done():
+                self._pending.popleft()
+            raise
+        self._pending.popleft()
+        return tag, prepared
 
     def tags(self) -> list[Tag]:
         """The tags of the batches pending, oldest first."""

@@ -595,13 +595,14 @@ class Worker:
     def _write_next(
         self, conn: psycopg.Connection, ahead: PrepareAhead[_Claimed, PreparedBatch]
     ) -> None:
-        """Wait for the oldest batch's preparation and write it (it leaves ``ahead`` first;
-        if its preparation failed, its leases went back there and its lock goes back here)."""
+        """Wait for the oldest batch's preparation and write it (if its preparation failed,
+        its leases went back there and its lock goes back here)."""
         claimed = ahead.tags()[0]
         try:
             _, prepared = ahead.next()
         except BaseException:
-            self._unlock(conn, claimed.name)
+            if claimed not in ahead.tags():  # else still queued: `give_back` unlocks it
+                self._unlock(conn, claimed.name)
             raise
         try:
             self._write(conn, claimed, prepared, before_follow=ahead.settle)
