@@ -18,7 +18,7 @@ writes the cache once per model batch, commits the backfill's and the cache's wr
 synchronously, and builds the index with a fixed 512MB; *after* is the code as it is.
 
     .venv/bin/python bench/backfill_profile.py [--entities 2000] [--embedder model|deterministic]
-        [--compare --rounds 2]
+        [--compare --rounds 2] [--workload demo|fresh]
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as post
 
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
+from workloads import WORKLOADS  # noqa: E402
+from workloads import generate as generate_workload  # noqa: E402
 
 from idxr_pg.config import EmbeddingSettings, parse_config  # noqa: E402
 from idxr_pg.db import leases, migrations, search_index, source  # noqa: E402
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument(
         "--no-overlap", action="store_true", help="prepare each batch only after the last write"
     )
+    parser.add_argument("--workload", choices=WORKLOADS, default="demo", help="see workloads.py")
     parser.add_argument("--compare", action="store_true", help="before and after, same run")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare: runs of each")
     parser.add_argument(
@@ -163,7 +166,7 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(schema)
             with conn.transaction():
-                demo_data.load(conn, demo_data.generate(args.entities, seed=11))
+                demo_data.load(conn, generate_workload(args.workload, args.entities, seed=11))
         instrument(embedder)
         variants = ["before", "after"] if args.compare else ["as is"]
         best: dict[str, tuple[float, dict[str, float], Any]] = {}

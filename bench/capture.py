@@ -24,7 +24,7 @@ throughput run. On a shared machine, commit latency (fsync) drifts: trust ratios
     .venv/bin/python bench/capture.py [--seconds 3] [--rounds 5] [--clients 1,4]
                                       [--lag-samples 60] [--quiet-poll 0.2] [--skip-lag]
                                       [--lag-only] [--database-url URL] [--keep]
-                                      [--analyse-queue]
+                                      [--analyse-queue] [--worker-overlap on|off]
 """
 
 from __future__ import annotations
@@ -347,6 +347,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+WORKER_OVERLAP: bool | None = None  # --worker-overlap on|off; None: the config's default
+
+
 @contextmanager
 def running_worker(
     url: str, workdir: Path, kind: str, table: str, *, notify: bool, poll_interval: float
@@ -355,7 +358,10 @@ def running_worker(
     row indexed; yields a check that raises if the worker died."""
     spec = entity(kind, table, notify=notify)
     config_path = workdir / f"{kind}.yaml"
-    config_path.write_text(yaml.safe_dump({"entities": [spec]}))
+    settings: dict[str, object] = {"entities": [spec]}
+    if WORKER_OVERLAP is not None:  # --worker-overlap: worker.overlap as given
+        settings["worker"] = {"overlap": WORKER_OVERLAP}
+    config_path.write_text(yaml.safe_dump(settings))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(ITEMS_DDL.format(name=table))
         capture.install_triggers(conn, parse_config({"entities": [spec]}, "bench").entities)
@@ -535,6 +541,11 @@ def main() -> None:
     parser.add_argument("--coalesce-updates", type=int, default=10_000)
     parser.add_argument("--load-seconds", type=float, default=20.0)
     parser.add_argument("--lag-samples", type=int, default=60)
+    parser.add_argument(
+        "--worker-overlap",
+        choices=("on", "off"),
+        help="worker.overlap of the lag runs' workers [the config default]",
+    )
     parser.add_argument("--poll-ms", type=float, default=2.0)
     parser.add_argument(
         "--quiet-poll",
@@ -557,7 +568,9 @@ def main() -> None:
         help="VACUUM ANALYZE the emptied queue before every run (as autovacuum leaves it)",
     )
     args = parser.parse_args()
-    global ANALYSE_QUEUE, SINGLE_ROW_TABLES
+    global ANALYSE_QUEUE, SINGLE_ROW_TABLES, WORKER_OVERLAP
+    if args.worker_overlap is not None:
+        WORKER_OVERLAP = args.worker_overlap == "on"
     ANALYSE_QUEUE = args.analyse_queue
     if args.compare_plpgsql:
         SINGLE_ROW_TABLES = COMPARE_TABLES

@@ -1,4 +1,4 @@
-"""End-to-end indexing throughput against the model's own speed (issue 14), in three parts.
+"""End-to-end indexing throughput against the model's own speed (issue 14), in four parts.
 
 1. **Initial backfill** of N fresh demo entities (default 1,000; the issue's goal is
    ``--entities 20000``) into an empty kind with the real default model (torch backend), in
@@ -15,11 +15,19 @@
    worker's new entities are; before and after, as a ratio to raw encode.
 3. **Write path alone** (deterministic embedder, COPY + overlap, bulk): records/s, ms per
    batch and peak RSS at growing sizes (``--write-sizes``).
+4. **Worker** (``--parts worker``): steady state through the worker itself: the index holds
+   ``--prefill`` vectors, N new entities are queued and `Worker.drain` indexes them, with
+   ``worker.overlap`` off (before) and on (after: batch N+1 claimed and prepared by a helper
+   thread while N is written), alternating per round, as a ratio to raw encode.
+
+``--workload`` picks the entities (`workloads.py`): ``demo`` (the demo's data: ~17 vector rows
+per distinct text at 10,000 entities) or ``fresh`` (every entity's texts its own: rows ~ texts).
 
 Index and embedding cache are emptied before each backfill, so each embeds every text.
 
     .venv/bin/python bench/throughput.py [--entities 1000] [--prefill 20000]
         [--write-sizes 1000,5000] [--batch-size 64] [--rounds 2] [--parts initial,steady,write]
+        [--workload demo|fresh]
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import platform
 import resource
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +52,19 @@ import torch  # noqa: E402
 from halfvec import deterministic_vectors  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 from psycopg import sql  # noqa: E402
+from workloads import WORKLOADS  # noqa: E402
+from workloads import generate as generate_workload  # noqa: E402
 
 from idxr_pg.config import EmbeddingSettings, parse_config  # noqa: E402
-from idxr_pg.db import migrations, staging  # noqa: E402
+from idxr_pg.db import migrations, queue, staging  # noqa: E402
 from idxr_pg.db.hnsw_memory import graph_megabytes  # noqa: E402
 from idxr_pg.demo import data as demo_data  # noqa: E402
 from idxr_pg.demo.run import demo_config  # noqa: E402
 from idxr_pg.embedding import load_embedder  # noqa: E402
 from idxr_pg.embedding.deterministic import DeterministicEmbedder  # noqa: E402
+from idxr_pg.records.counts import Counts  # noqa: E402
 from idxr_pg.runtime.backfill import Backfill, BackfillOptions  # noqa: E402
+from idxr_pg.runtime.worker import Worker  # noqa: E402
 
 KIND = "subscription"
 MODEL = "all-MiniLM-L6-v2"
@@ -120,6 +132,25 @@ def backfill(
     return seconds, job
 
 
+def worker_drain(
+    url: str, config: Any, embedder: Any, batch_size: int, *, overlap: bool
+) -> tuple[float, Counts]:
+    """Queue every subscription (as an app's inserts would) and time `Worker.drain` over
+    them, ``worker.overlap`` as given (start-up included: connect, register, no model load)."""
+    reset_kind(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        ids = [str(r[0]) for r in conn.execute("SELECT subscription_id FROM demo.subscriptions")]
+        with conn.transaction():
+            queue.enqueue(conn, KIND, ids, source_table="demo.subscriptions")
+    settings = config.worker.model_copy(update={"batch_size": batch_size, "overlap": overlap})
+    worker = Worker(url, config, kinds=[KIND], settings=settings, embedder=embedder)
+    started = time.perf_counter()
+    totals = worker.drain([KIND])
+    seconds = time.perf_counter() - started
+    assert totals.entities == len(ids) and totals.failed == 0, totals
+    return seconds, totals
+
+
 def raw_encode(embedder: Any, texts: list[str], batch_size: int) -> float:
     context = (
         torch.autocast(embedder.model.device.type, dtype=torch.bfloat16)
@@ -134,13 +165,21 @@ def raw_encode(embedder: Any, texts: list[str], batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-def load_demo(url: str, entities: int) -> None:
+def load_demo(url: str, entities: int, workload: str = "demo") -> None:
     schema = (Path(__file__).resolve().parents[1] / "idxr_pg" / "demo" / "schema.sql").read_text()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS demo CASCADE")
         conn.execute(schema)
         with conn.transaction():
-            demo_data.load(conn, demo_data.generate(entities, seed=11))
+            demo_data.load(conn, generate_workload(workload, entities, seed=11))
+
+
+def vector_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(embedding) FROM idxr.search_index WHERE entity_kind = %s", [KIND]
+        ).fetchone()
+    return row[0] if row else 0
 
 
 def distinct_texts(url: str) -> list[str]:
@@ -183,50 +222,61 @@ def prefill(url: str, vectors: int) -> float:
 
 
 def interleaved(
+    run: Callable[[bool], tuple[float, Counts]],
+    labels: dict[bool, str],
     url: str,
-    config: Any,
     embedder: Any,
-    batch_size: int,
     *,
-    bulk: bool,
     settings: Any,
     rounds: int,
     scenarios: tuple[bool, ...] = (False, True),
-) -> tuple[float, list[tuple[str, float, Any]], int]:
+) -> tuple[float, list[tuple[str, float, Counts]], int]:
     """``rounds`` rounds of: before, raw encode, after, raw encode (the order of before and
-    after alternates per round). Each scenario keeps its fastest round (other work on a shared
-    machine only ever slows a run down). Returns (raw texts/s, [(label, seconds, job)], texts)."""
-    best: dict[str, tuple[float, Any]] = {}
+    after alternates per round); ``run(after)`` indexes and returns (seconds, counts). Each
+    scenario keeps its fastest round (other work on a shared machine only ever slows a run
+    down). Returns (raw texts/s, [(label, seconds, counts)], texts)."""
+    best: dict[str, tuple[float, Counts]] = {}
     raw: list[float] = []
     texts: list[str] = []
+    rows = 0
     for round_ in range(rounds):
         order = scenarios if round_ % 2 == 0 else scenarios[::-1]
         for new in order:
-            seconds, job = backfill(url, config, embedder, batch_size, bulk=bulk, new=new)
-            label = "after: COPY + overlap" if new else "before: INSERT per row, no overlap"
+            seconds, counts = run(new)
+            label = labels[new]
+            print(f"  round {round_ + 1}: {label}: {seconds:.1f} s", flush=True)
             if label not in best or seconds < best[label][0]:
-                best[label] = (seconds, job)
-            texts = texts or distinct_texts(url)
+                best[label] = (seconds, counts)
+            if not texts:
+                texts, rows = distinct_texts(url), vector_rows(url)
             raw.append(raw_encode(embedder, texts, settings.max_batch_size))
+            print(f"  raw encode of {len(texts)} texts: {raw[-1]:.1f} s", flush=True)
     raw_rate = len(texts) / min(raw)
     print(
-        f"raw encode of {len(texts)} texts: {', '.join(f'{r:.1f}' for r in raw)} s; "
-        f"fastest {raw_rate:.1f} texts/s"
+        f"raw encode of {len(texts)} texts ({rows} vector rows, {rows / len(texts):.2f} per "
+        f"text): {', '.join(f'{r:.1f}' for r in raw)} s; fastest {raw_rate:.1f} texts/s"
     )
-    rows = [(label, *best[label]) for label in sorted(best, reverse=True)]
-    return raw_rate, rows, len(texts)
+    out = [(label, *best[label]) for label in sorted(best, reverse=True)]
+    return raw_rate, out, len(texts)
 
 
-def print_ratios(raw_rate: float, rows: list[tuple[str, float, Any]]) -> None:
+BACKFILL_LABELS = {True: "after: COPY + overlap", False: "before: INSERT per row, no overlap"}
+WORKER_LABELS = {True: "after: worker.overlap on", False: "before: worker.overlap off"}
+
+
+def print_ratios(raw_rate: float, rows: list[tuple[str, float, Counts]]) -> None:
     header = f"{'scenario':36} {'seconds':>8} {'embedded':>8} {'texts/s':>8} {'x raw':>6}"
     print(header)
     print("-" * len(header))
-    for label, seconds, job in rows:
-        embedded = job.counts.texts_embedded
+    for label, seconds, counts in rows:
+        embedded = counts.texts_embedded
         rate = embedded / seconds
         print(f"{label:36} {seconds:8.1f} {embedded:8d} {rate:8.1f} {rate / raw_rate:6.2f}")
     if len(rows) == 2:
-        print(f"after / before: {rows[0][1] / rows[1][1]:.2f}x")
+        before = next(seconds for label, seconds, _ in rows if label.startswith("before"))
+        after = next(seconds for label, seconds, _ in rows if label.startswith("after"))
+        print(f"speed-up, before seconds / after seconds: {before / after:.2f}x")
+    print(f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
 
 BUILD_SECONDS: list[float] = []
@@ -323,7 +373,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="entities per batch")
     parser.add_argument("--prefill", type=int, default=20_000, help="vectors before steady state")
     parser.add_argument("--write-sizes", default="1000,5000", help="entities, comma-separated")
-    parser.add_argument("--parts", default="initial,steady,write")
+    parser.add_argument("--parts", default="initial,steady,write", help="and/or worker")
+    parser.add_argument("--workload", choices=WORKLOADS, default="demo", help="see workloads.py")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each figure is the fastest")
     parser.add_argument(
         "--after-only",
@@ -356,38 +407,62 @@ def main() -> None:
         migrations.upgrade(url)
         migrations.set_embedding_dimensions(url, 384)
         config = parse_config(config_dict(args.batch_size), "bench")
-        if parts & {"initial", "steady"}:
-            load_demo(url, args.entities)
+        if parts & {"initial", "steady", "worker"}:
+            load_demo(url, args.entities, args.workload)
+        scenarios = (True,) if args.after_only else (False, True)
+
+        def backfills(bulk: bool) -> Callable[[bool], tuple[float, Counts]]:
+            def run(new: bool) -> tuple[float, Counts]:
+                seconds, job = backfill(url, config, embedder, args.batch_size, bulk=bulk, new=new)
+                return seconds, job.counts
+
+            return run
+
         if "initial" in parts:
-            print(f"\ninitial backfill, bulk mode, {args.entities} entities")
+            print(f"\ninitial backfill, bulk mode, {args.entities} {args.workload} entities")
             raw_rate, rows, _ = interleaved(
+                backfills(True),
+                BACKFILL_LABELS,
                 url,
-                config,
                 embedder,
-                args.batch_size,
-                bulk=True,
                 settings=settings,
                 rounds=args.rounds,
-                scenarios=(True,) if args.after_only else (False, True),
+                scenarios=scenarios,
             )
             print_ratios(raw_rate, rows)
-        if "steady" in parts:
+        if parts & {"steady", "worker"}:
             build = prefill(url, args.prefill)
             print(
-                f"\nsteady state: {args.entities} new entities while the index holds "
-                f"{args.prefill} vectors (index build before the clock: {build:.1f}s)"
+                f"\nthe index holds {args.prefill} vectors of another kind (build before the "
+                f"clock: {build:.1f}s)"
             )
+        if "steady" in parts:
+            print(f"\nsteady state, backfill: {args.entities} new {args.workload} entities")
             raw_rate, rows, _ = interleaved(
+                backfills(False),
+                BACKFILL_LABELS,
                 url,
-                config,
                 embedder,
-                args.batch_size,
-                bulk=False,
                 settings=settings,
                 rounds=args.rounds,
-                scenarios=(True,) if args.after_only else (False, True),
+                scenarios=scenarios,
             )
             print_ratios(raw_rate, rows)
+        if "worker" in parts:
+            print(f"\nsteady state, worker: {args.entities} new {args.workload} entities queued")
+            raw_rate, rows, _ = interleaved(
+                lambda overlap: worker_drain(
+                    url, config, embedder, args.batch_size, overlap=overlap
+                ),
+                WORKER_LABELS,
+                url,
+                embedder,
+                settings=settings,
+                rounds=args.rounds,
+                scenarios=scenarios,
+            )
+            print_ratios(raw_rate, rows)
+        if parts & {"steady", "worker"}:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("DELETE FROM idxr.search_index WHERE entity_kind = 'filler'")
         if "write" in parts:

@@ -356,6 +356,10 @@ class WorkerSettings(_Strict):
     # A batch running longer than this stops having its leases extended: they expire and
     # another worker takes the entities over (the stalled one's late write is refused).
     stall_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
+    # Prepare (load … embed) the next claimed batch in a helper thread while this one is
+    # written (issue 14): 1.25x on 2 cores with bf16 (docs/benchmarks.md, Throughput, third
+    # pass). False: each batch prepared and written in turn, on one connection.
+    overlap: bool = True
 
 
 class IndexSettings(_Strict):

@@ -11,6 +11,7 @@ gone without a FIN) is noticed in about a minute instead of never.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -31,6 +32,7 @@ __all__ = [
     "commit_asynchronously",
     "connect",
     "conninfo",
+    "end_session",
     "is_connection_lost",
     "is_login_refused",
     "missing_keepalives",
@@ -130,6 +132,16 @@ def commit_asynchronously(conn: psycopg.Connection) -> None:
     conn.execute(_ASYNCHRONOUS_COMMIT_SQL)
     if not conn.autocommit:
         conn.commit()
+
+
+def end_session(conn: psycopg.Connection, other: psycopg.Connection) -> None:
+    """End ``other``'s server session from ``conn`` (``pg_terminate_backend``, allowed on a
+    session of one's own role): what it runs stops at once and it reports a lost connection.
+    For a connection another thread is using, which cannot be closed from here (a stop-now
+    request while the worker's helper thread waits on a query). Errors are swallowed: the
+    caller is on its way out."""
+    with contextlib.suppress(Exception):
+        conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [other.info.backend_pid])
 
 
 def conninfo(url: str, application_name: str) -> str:

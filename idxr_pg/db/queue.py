@@ -181,6 +181,7 @@ WHERE q.entity_kind COLLATE "C" = %(kind)s  -- queue_ready (016_capture_locks.sq
       WHERE l.entity_kind = q.entity_kind AND l.entity_id = q.entity_id
         AND l.leased_until >= now() AND l.worker_id <> %(owner)s
   )
+  AND q.entity_id <> ALL (%(busy)s::text[])
 ORDER BY q.not_before, q.id
 LIMIT %(limit)s
 FOR UPDATE OF q SKIP LOCKED
@@ -316,18 +317,24 @@ def claim(
     batch_size: int,
     lease_seconds: float,
     scan_factor: int = 4,
+    busy: Sequence[str] = (),
 ) -> Claim:
     """Claim up to ``batch_size`` distinct entities of ``kind`` with their ready queue rows.
 
     Its look-ups run with `CLAIM_SETTINGS` (index scans only): the queue's statistics are
     usually those of an empty queue (autovacuum analyses it drained), and with them the planner
     read every ready row of the kind and sorted it on each claim, 265-300 ms a claim at 200,000
-    queued rows, prepared or not, where `queue_ready` read in order stops after ``limit``."""
+    queued rows, prepared or not, where `queue_ready` read in order stops after ``limit``.
+
+    ``busy``: entities this owner holds in a batch not yet written (the worker's overlap claims
+    batch N+1 while N is prepared): their rows are left alone, since a claim otherwise takes
+    back its owner's own leases (a worker that reconnected resumes its entities)."""
     with conn.transaction():
         conn.execute(CLAIM_SETTINGS)
         conn.execute(_EXPAND_SQL, {"kind": kind, "limit": EXPAND_BATCHES})
         ready = conn.execute(
-            _READY_SQL, {"kind": kind, "owner": owner, "limit": batch_size * scan_factor}
+            _READY_SQL,
+            {"kind": kind, "owner": owner, "busy": list(busy), "limit": batch_size * scan_factor},
         ).fetchall()
         chosen = choose_entities(ready, batch_size)
         if not chosen:

@@ -394,7 +394,12 @@ class Pipeline:
     def release(self, conn: psycopg.Connection, prepared: PreparedBatch) -> None:
         """Give up a prepared batch without writing it: its leases go (its vectors stay in
         the embedding cache, so indexing it later costs no inference)."""
-        self._release_quietly(conn, prepared.leased)
+        self.release_leases(conn, prepared.leased)
+
+    def release_leases(self, conn: psycopg.Connection, leased: Leases) -> None:
+        """Give back leases handed over to `prepare` whose batch is given up (its preparation
+        failed or never ran); errors are logged, the leases then expire."""
+        self._release_quietly(conn, leased)
 
     @staticmethod
     def _check_idle(conn: psycopg.Connection) -> None:

@@ -14,7 +14,8 @@ How it runs (one process, one job row in idxr.jobs):
    checkpoint (the batch's last key) and counts are advanced by the pipeline's ``finalize``
    hook INSIDE the transaction that writes the batch's rows, so a kill at any moment leaves
    checkpoint and index consistent. ``--resume`` restarts after that checkpoint.
-   Overlap (``BackfillOptions.overlap``, on by default; `_stream_overlapped`): while batch N
+   Overlap (``BackfillOptions.overlap``, on by default; `_stream_overlapped`, with
+   `idxr_pg.runtime.overlap.PrepareAhead`): while batch N
    is written on the work connection, one helper thread leases, loads, flattens, diffs and
    embeds batch N+1 on a connection of its own (no transaction open while it embeds). Only
    the main thread writes, in key order, so checkpoints stay exact; batches hold disjoint
@@ -42,8 +43,8 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import psycopg
 
@@ -54,6 +55,7 @@ from idxr_pg.db.connection import (
     commit_asynchronously,
     connect,
     conninfo,
+    end_session,
     is_connection_lost,
     one_line,
 )
@@ -65,6 +67,7 @@ from idxr_pg.indexing.pipeline import BatchResult, Pipeline, PreparedBatch
 from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
 from idxr_pg.runtime.assembly import Assembly, assemble
+from idxr_pg.runtime.overlap import PrepareAhead
 from idxr_pg.runtime.primary import refuse_read_only
 from idxr_pg.runtime.progress import ProgressReporter, make_progress
 
@@ -598,51 +601,43 @@ class Backfill:
         force: bool,
     ) -> bool:
         """Write batch N on ``work`` while one helper thread leases, loads, flattens, diffs and
-        embeds batch N+1 on ``prepare_conn``. Batches are written (and checkpointed) in key
-        order by this thread alone; no transaction is open while the helper embeds. A stop
-        request starts no new batch: the one being prepared is still written, then True."""
-        pending: list[tuple[str, Future[PreparedBatch]]] = []  # (last key, its preparation)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="idxr-prepare") as helper:
-            try:
-                stopped = False
-                for batch in batches:
-                    if self.should_stop():
-                        stopped = True
-                        break
-                    pending.append(
-                        (
-                            batch[-1],
-                            helper.submit(self._prepare_batch, prepare_conn, run, batch, force),
-                        )
-                    )
-                    if len(pending) == 2:
-                        self._write_next(work, run, pending)
-                while pending:
-                    self._write_next(work, run, pending)
-                return stopped
-            except BaseException:
-                for _, future in pending:
-                    self._discard(prepare_conn, run, future)
-                raise
+        embeds batch N+1 on ``prepare_conn`` (`PrepareAhead`). Batches are written (and
+        checkpointed) in key order by this thread alone; no transaction is open while the
+        helper embeds. A stop request starts no new batch: the one being prepared is still
+        written, then True. A stop-now request (second signal) ends the helper connection's
+        session, so a slow query there does not hold the exit up."""
+
+        kind, owner = run.pipeline.kind.name, self.owner
+
+        def discard(batch: list[str], prepared: PreparedBatch | None) -> None:
+            # On this thread's connection (the helper's may be gone: stop now). Without a
+            # prepared batch the leases were never taken or went back already, unless the
+            # helper's session was ended before it could give them back: release them all.
+            leased = prepared.leased if prepared else leases.Leases.of(kind, owner, batch, batch)
+            run.pipeline.release_leases(work, leased)
+
+        with PrepareAhead[list[str], PreparedBatch](
+            discard, stop_now=lambda: end_session(work, prepare_conn)
+        ) as ahead:
+            stopped = False
+            for batch in batches:
+                if self.should_stop():
+                    stopped = True
+                    break
+                ahead.submit(batch, partial(self._prepare_batch, prepare_conn, run, batch, force))
+                if len(ahead) == 2:
+                    self._write_next(work, run, ahead)
+            while ahead:
+                self._write_next(work, run, ahead)
+            return stopped
 
     def _write_next(
-        self, work: psycopg.Connection, run: _Run, pending: list[tuple[str, Future[PreparedBatch]]]
+        self, work: psycopg.Connection, run: _Run, ahead: PrepareAhead[list[str], PreparedBatch]
     ) -> None:
-        """Wait for the oldest batch's preparation and write it (it leaves ``pending`` first:
+        """Wait for the oldest batch's preparation and write it (once taken out of ``ahead``,
         whatever happens, its leases are the pipeline's to release)."""
-        last_key, future = pending.pop(0)
-        self._write_batch(work, run, future.result(), checkpoint=last_key)
-
-    @staticmethod
-    def _discard(conn: psycopg.Connection, run: _Run, future: Future[PreparedBatch]) -> None:
-        """After an error: wait for the batch being prepared, then give its leases back."""
-        if future.cancel():
-            return
-        try:
-            prepared = future.result()
-        except BaseException:  # its own error: prepare released its leases already
-            return
-        run.pipeline.release(conn, prepared)
+        batch, prepared = ahead.next()
+        self._write_batch(work, run, prepared, checkpoint=batch[-1])
 
     def _sweep(self, work: psycopg.Connection, run: _Run) -> bool:
         """Remove indexed entities whose source row is gone; True when stopped on request."""

@@ -43,7 +43,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import psycopg
 
@@ -55,6 +57,7 @@ from idxr_pg.db.connection import (
     RECONNECT_BASE_SECONDS,
     connect,
     conninfo,
+    end_session,
     is_connection_lost,
     retry_with_backoff,
 )
@@ -62,10 +65,11 @@ from idxr_pg.db.kinds import refresh_state
 from idxr_pg.db.status import live_window_seconds
 from idxr_pg.embedding import Embedder
 from idxr_pg.errors import IdxrError
-from idxr_pg.indexing.pipeline import BatchResult, Pipeline
+from idxr_pg.indexing.pipeline import BatchResult, Pipeline, PreparedBatch
 from idxr_pg.indexing.registry import RegisteredKind
 from idxr_pg.records.counts import Counts
 from idxr_pg.runtime.assembly import Assembly, assemble
+from idxr_pg.runtime.overlap import PrepareAhead
 from idxr_pg.runtime.primary import refuse_read_only
 from idxr_pg.runtime.versions import VersionFollower
 
@@ -75,6 +79,7 @@ log = logging.getLogger(__name__)
 
 WAIT_SLICE_SECONDS = 0.5  # how often a waiting worker checks its stop flag
 SETTLE_SECONDS = 0.05  # after a drain that found work: the pause before one more claim
+OVERLAP_ROUNDS = 16  # worker.overlap: rounds over the kinds per cycle (see _cycle_overlapped)
 
 
 def make_worker_id() -> str:
@@ -116,6 +121,7 @@ class Worker:
         self._beating = threading.Event()  # cleared to stop the heartbeat thread
         self._conn: psycopg.Connection | None = None
         self._listen: psycopg.Connection | None = None
+        self._prepare: psycopg.Connection | None = None  # the overlap's helper (worker.overlap)
         self._assembly: Assembly | None = None
         self._versions: VersionFollower | None = None
         self._pipelines: dict[str, Pipeline] = {}
@@ -308,15 +314,22 @@ class Worker:
             queue.listen(self._listen)
         return self._listen
 
+    def _ensure_prepare_conn(self) -> psycopg.Connection:
+        if self._prepare is None or self._prepare.closed or self._prepare.broken:
+            if self._prepare is not None:
+                self._prepare.close()
+            self._prepare = connect(self._conninfo("prepare"), autocommit=True)
+        return self._prepare
+
     def _open_connections(self) -> None:
         self._ensure_conn()
         self._ensure_listen()
 
     def _close_connections(self) -> None:
-        for conn in (self._conn, self._listen):
+        for conn in (self._conn, self._listen, self._prepare):
             if conn is not None:
                 conn.close()
-        self._conn = self._listen = None
+        self._conn = self._listen = self._prepare = None
 
     def _on_error(self, exc: Exception) -> None:
         """An error of the loop: a lost connection or a database error is recovered from
@@ -396,6 +409,8 @@ class Worker:
 
     def _cycle(self, kinds: Sequence[str], *, force_due: bool) -> bool:
         """One batch for each due kind; True if any batch found work."""
+        if self.settings.overlap:
+            return self._cycle_overlapped(kinds, force_due=force_due)
         worked = False
         for name in kinds:
             if self.stopping:
@@ -422,48 +437,92 @@ class Worker:
         active version's model. Entities written are marked for the kind's building and
         retired versions in the same transaction; the building version's marks are then
         re-run here (`VersionFollower.drain_building`)."""
-        started = time.monotonic()
         conn = self._ensure_conn()
-        assembly = self._assembly
+        claimed = self._claim(conn, name)
+        if claimed is None:
+            return False
+        self._batch_started = claimed.started
+        try:
+            try:
+                prepared = claimed.pipeline.prepare(conn, claimed.claim.leases)
+            except BaseException:
+                self._unlock(conn, name)
+                raise
+            self._write(conn, claimed, prepared)
+        finally:
+            self._batch_started = None
+        return True
+
+    def _claim(
+        self, conn: psycopg.Connection, name: str, busy: Sequence[str] = ()
+    ) -> _Claimed | None:
+        """Take the kind's version lock (shared) and claim a batch (``busy``: entities of
+        batches not yet written, left alone). None when nothing was ready (lock given back);
+        else the lock stays held until `_write` (or `_give_back`)."""
         versions = self._versions
-        assert assembly is not None and versions is not None
-        dead_lettered = 0
-        marked = 0
-
-        def finalize(c: psycopg.Connection, result: BatchResult) -> None:
-            nonlocal dead_lettered, marked
-            queue.delete_rows(c, claimed.row_ids(result.done_ids))
-            outcomes = assembly.record_failures(c, result, claimed.rows)
-            dead_lettered = sum(outcome.action == "dead" for outcome in outcomes)
-            marked = versions_db.mark_pending(c, name, result.done_ids)
-
+        assert versions is not None
         versions_db.lock_kind_shared(conn, name)
         try:
             pipeline = versions.active_pipeline(conn, name)
-            claimed = queue.claim(
+            claim = queue.claim(
                 conn,
                 name,
                 owner=self.worker_id,
                 batch_size=self.settings.batch_size,
                 lease_seconds=self.settings.lease_seconds,
+                busy=busy,
             )
-            if not claimed:
-                return False
-            self._batch_started = time.monotonic()
-            try:
-                result = pipeline.index(conn, claimed.leases, finalize=finalize)
-            finally:
-                self._batch_started = None
+        except BaseException:
+            self._unlock(conn, name)
+            raise
+        if not claim:
+            self._unlock(conn, name)
+            return None
+        return _Claimed(name, claim, pipeline, time.monotonic())
+
+    @staticmethod
+    def _unlock(conn: psycopg.Connection, name: str) -> None:
+        if not (conn.closed or conn.broken):
+            with contextlib.suppress(psycopg.OperationalError):
+                versions_db.unlock_kind_shared(conn, name)
+
+    def _write(
+        self,
+        conn: psycopg.Connection,
+        claimed: _Claimed,
+        prepared: PreparedBatch,
+        *,
+        before_follow: Callable[[], None] | None = None,
+    ) -> None:
+        """Write a prepared batch (its finalize deletes exactly the claimed queue rows and
+        records failures), follow the building version, give the kind's lock back, count.
+        ``before_follow``: called before the building version is followed (the overlap waits
+        there for its helper, which must not share the embedding service with it)."""
+        name, claim = claimed.name, claimed.claim
+        assembly = self._assembly
+        assert assembly is not None
+        dead_lettered = 0
+        marked = 0
+
+        def finalize(c: psycopg.Connection, result: BatchResult) -> None:
+            nonlocal dead_lettered, marked
+            queue.delete_rows(c, claim.row_ids(result.done_ids))
+            outcomes = assembly.record_failures(c, result, claim.rows)
+            dead_lettered = sum(outcome.action == "dead" for outcome in outcomes)
+            marked = versions_db.mark_pending(c, name, result.done_ids)
+
+        try:
+            result = claimed.pipeline.write(conn, prepared, finalize=finalize)
             if marked:
+                if before_follow is not None:
+                    before_follow()
                 self._follow_building(conn, name)
         finally:
-            if not (conn.closed or conn.broken):
-                with contextlib.suppress(psycopg.OperationalError):
-                    versions_db.unlock_kind_shared(conn, name)
+            self._unlock(conn, name)
         batch = result.counts + Counts(dead_lettered=dead_lettered)
         self.totals = self.totals + batch
         if self.on_batch is not None:
-            self.on_batch(name, batch, time.monotonic() - started)
+            self.on_batch(name, batch, time.monotonic() - claimed.started)
         log.info(
             "%s: %d entities (%d indexed, %d unchanged, %d deleted, %d skipped, %d failed), "
             "%d texts embedded, %d records written, %d removed",
@@ -480,7 +539,76 @@ class Worker:
             extra={"entity_kind": name, **result.counts.as_dict()},
         )
         workers.worker_heartbeat(conn, self.worker_id, self.totals.entities)
-        return True
+
+    # ----------------------------------------------------------------------------- overlap
+
+    def _cycle_overlapped(self, kinds: Sequence[str], *, force_due: bool) -> bool:
+        """`_cycle` with ``worker.overlap``: up to `OVERLAP_ROUNDS` rounds over the due kinds,
+        each claimed batch prepared (… embedded) by one helper thread on the prepare
+        connection while the batch before it is written here (`PrepareAhead`). Claims and
+        writes stay on this thread and connection, in claim order; a claim leaves alone the
+        entities of the batch still being prepared. The cycle ends with every batch written,
+        so the kinds' version locks all go back between cycles (a version switch waiting
+        for one gets it)."""
+        conn = self._ensure_conn()
+        prepare_conn = self._ensure_prepare_conn()
+        worked = False
+
+        def give_back(claimed: _Claimed, prepared: PreparedBatch | None) -> None:
+            claimed.pipeline.release_leases(conn, claimed.claim.leases)
+            self._unlock(conn, claimed.name)
+
+        with PrepareAhead[_Claimed, PreparedBatch](
+            give_back, stop_now=lambda: end_session(conn, prepare_conn)
+        ) as ahead:
+            for _ in range(OVERLAP_ROUNDS):
+                found = False
+                for name in kinds:
+                    if self.stopping:
+                        break
+                    if not self._due(name, force_due):
+                        continue
+                    busy = [i for c in ahead.tags() if c.name == name for i in c.claim.entity_ids]
+                    claimed = self._claim(conn, name, busy)
+                    if claimed is None:
+                        if name in self._rounds:
+                            self._rounds.discard(name)
+                            self._stamp_refreshed(name)
+                        continue
+                    found = True
+                    if self._batch_started is None:
+                        self._batch_started = claimed.started
+                    ahead.submit(
+                        claimed,
+                        partial(claimed.pipeline.prepare, prepare_conn, claimed.claim.leases),
+                    )
+                    if len(ahead) == 2:
+                        self._write_next(conn, ahead)
+                worked = worked or found
+                if not found or self.stopping:
+                    break
+            while ahead:
+                self._write_next(conn, ahead)
+        self._batch_started = None
+        return worked
+
+    def _write_next(
+        self, conn: psycopg.Connection, ahead: PrepareAhead[_Claimed, PreparedBatch]
+    ) -> None:
+        """Wait for the oldest batch's preparation and write it (if its preparation failed,
+        its leases went back there and its lock goes back here)."""
+        claimed = ahead.tags()[0]
+        try:
+            _, prepared = ahead.next()
+        except BaseException:
+            if claimed not in ahead.tags():  # else still queued: `give_back` unlocks it
+                self._unlock(conn, claimed.name)
+            raise
+        try:
+            self._write(conn, claimed, prepared, before_follow=ahead.settle)
+        finally:
+            following = ahead.tags()
+            self._batch_started = following[0].started if following else None
 
     def _follow_building(self, conn: psycopg.Connection, name: str) -> None:
         """Write the batch's entities to the kind's building version too. Its failure (its
@@ -561,6 +689,17 @@ class Worker:
                 conn = None
         if conn is not None:
             conn.close()
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A claimed batch on its way: its kind (whose version lock is held shared), the claim
+    (leases, queue row ids), the pipeline of the kind's active version, when it was claimed."""
+
+    name: str
+    claim: queue.Claim
+    pipeline: Pipeline
+    started: float
 
 
 def _sleep_while(flag: threading.Event, seconds: float) -> bool:

@@ -1,7 +1,9 @@
 """Invariant 1 under fire: several worker processes (deterministic test embedder), several writer
 connections doing random inserts/updates/deletes through the real capture triggers, workers
 SIGKILLed at random moments and restarted. Once writes stop and the queue drains,
-idxr.search_index must equal the flattening of the current source rows exactly."""
+idxr.search_index must equal the flattening of the current source rows exactly. Run with the
+workers' overlap off and on (``worker.overlap``: a killed worker then also holds a batch
+claimed and being prepared)."""
 
 from __future__ import annotations
 
@@ -117,8 +119,9 @@ def writer(url: str, seed: int, stop: threading.Event, counts: dict[str, int]) -
             time.sleep(rng.uniform(0, 0.01))
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "overlap"])
 def test_index_equals_the_source_after_random_writes_and_worker_kills(
-    isolated_database_url, tmp_path
+    isolated_database_url, tmp_path, overlap
 ):
     url = isolated_database_url
     execute(url, ITEMS_DDL)
@@ -126,7 +129,7 @@ def test_index_equals_the_source_after_random_writes_and_worker_kills(
         tmp_path,
         [item_entity(document=SLOW_DOCUMENT)],
         model="deterministic-test",
-        worker={"batch_size": 8, "poll_interval": 0.5, "lease_seconds": 2},
+        worker={"batch_size": 8, "poll_interval": 0.5, "lease_seconds": 2, "overlap": overlap},
     )
     config_path = tmp_path / "idxr.yaml"
     install_triggers(url, config)

@@ -50,14 +50,18 @@ def strict_app_connection(url: str) -> psycopg.Connection:
     return conn
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "overlap"])
 def test_application_writes_do_not_wait_for_a_worker_that_is_embedding(
-    isolated_database_url, tmp_path
+    isolated_database_url, tmp_path, overlap
 ):
     url = isolated_database_url
     execute(url, ITEMS_DDL)
     execute(url, "INSERT INTO items (id, title, n) VALUES (2, 'other row', 0)")
     config = make_config(
-        tmp_path, [item_entity()], model="deterministic-test", worker={"poll_interval": 0.2}
+        tmp_path,
+        [item_entity()],
+        model="deterministic-test",
+        worker={"poll_interval": 0.2, "overlap": overlap},
     )
     install_triggers(url, config)
     embedder = BlockingEmbedder()
@@ -97,15 +101,20 @@ def test_application_writes_do_not_wait_for_a_worker_that_is_embedding(
     }
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "overlap"])
 @pytest.mark.parametrize("statement", ["UPDATE", "DELETE"])
 def test_a_change_committed_while_the_worker_embeds_gets_another_pass(
-    isolated_database_url, tmp_path, statement
+    isolated_database_url, tmp_path, statement, overlap
 ):
-    """Invariant 3: the worker's load predates the change; the change's queue row survives."""
+    """Invariant 3: the worker's load predates the change; the change's queue row survives
+    (with the overlap, the claim made while the batch is embedded leaves it alone)."""
     url = isolated_database_url
     execute(url, ITEMS_DDL)
     config = make_config(
-        tmp_path, [item_entity()], model="deterministic-test", worker={"poll_interval": 0.2}
+        tmp_path,
+        [item_entity()],
+        model="deterministic-test",
+        worker={"poll_interval": 0.2, "overlap": overlap},
     )
     install_triggers(url, config)
     embedder = BlockingEmbedder()
