@@ -21,6 +21,7 @@ from idxr_pg.capture import triggers as capture
 from idxr_pg.cli import main
 from idxr_pg.db import capture as bookkeeping
 from idxr_pg.db import queue
+from tests.conftest import c_capture_missing
 from tests.integration.test_capture import (
     APP_SCHEMA,
     BLOCK,
@@ -43,7 +44,7 @@ def library_available(url: str) -> bool:
 @pytest.fixture
 def app_url(isolated_database_url: str) -> str:
     if not library_available(isolated_database_url):
-        pytest.skip("the server has no idxr_capture library: idxr-pg doctor --install-missing")
+        c_capture_missing("the server has no idxr_capture library")
     with psycopg.connect(isolated_database_url, autocommit=True) as conn:
         conn.execute(APP_SCHEMA)
     return isolated_database_url
@@ -193,7 +194,7 @@ def test_the_package_carries_the_c_sources_and_they_build_with_pgxs(tmp_path):
     control = (source / "idxr_capture.control").read_text()
     assert "trusted = true" in control and "schema = idxr" in control
     if not Path(PG_CONFIG).exists() or shutil.which("make") is None:
-        pytest.skip("no PostgreSQL 15 pg_config or make here")
+        c_capture_missing("no PostgreSQL 15 pg_config or make here")
     for name in library.SOURCE_FILES:
         shutil.copyfile(source / name, tmp_path / name)
     subprocess.run(

@@ -695,13 +695,11 @@ def test_document_sql_is_checked_under_the_search_path_it_runs_with(setup: Setup
 
 
 def test_c_capture_is_a_trusted_extension_executable_by_its_creator_and_useless_elsewhere(
-    isolated_database_url: str, capture_language: str
+    isolated_database_url: str,
 ) -> None:
     """The schema owner (no superuser) creates the trusted extension; only it may EXECUTE the
     function (CREATE TRIGGER checks that), and a copy of the C function outside schema idxr
     (a superuser's mistake) refuses to run: it would write the queue with no permission check."""
-    if capture_language != "c":
-        pytest.skip("the C capture trigger only")
     roles: list[str] = []
     try:
         with psycopg.connect(isolated_database_url, autocommit=True) as admin:

@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 
 from idxr_pg.demo.run import Demo
+from tests.conftest import with_dbname
 from tests.integration.worker_support import ROOT
 
 BLOCK = re.compile(
@@ -42,13 +43,30 @@ def test_every_example_is_marked_run_or_covered_elsewhere():
                 assert (ROOT / path).exists(), path
 
 
+LEFTOVER_DATABASES_SQL = """
+SELECT DISTINCT d.datname FROM pg_catalog.pg_shdepend s
+  JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+  JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid
+ WHERE r.rolname = %s
+"""
+
+
+def drop_leftover_roles(admin: psycopg.Connection, server_url: str) -> None:
+    """Drop the README's login roles left by an interrupted run, with whatever they still own
+    in databases that run left behind (DROP ROLE refuses while a database holds their objects)."""
+    for role in ROLES:
+        for (database,) in admin.execute(LEFTOVER_DATABASES_SQL, [role]).fetchall():
+            with psycopg.connect(with_dbname(server_url, database), autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
 @pytest.fixture(scope="module")
 def demo_env(pg_server_url, session_id, tmp_path_factory):
     """The demo application, installed and backfilled, as the README's examples expect."""
     database = f"idxr_test_{session_id}_readme"
     with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        for role in ROLES:  # left by an interrupted run (their databases are gone)
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        drop_leftover_roles(admin, pg_server_url)
     workdir = tmp_path_factory.mktemp("readme-demo")
     demo = Demo(pg_server_url, 40, workdir, database)
     demo.create_application()
