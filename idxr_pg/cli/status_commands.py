@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import click
@@ -20,6 +21,7 @@ from idxr_pg.cli.format import (
     when,
 )
 from idxr_pg.cli.options import json_flag
+from idxr_pg.db.hnsw import IndexState, index_states
 from idxr_pg.db.jobs import reconcile_abandoned
 from idxr_pg.db.status import gather_stale, gather_status, live_window_seconds
 from idxr_pg.db.versions import ACTIVE, BUILDING, IndexVersion, list_versions
@@ -69,6 +71,30 @@ def _echo_versions(versions: list[IndexVersion]) -> None:
                 f"  building:       version {v.version}: {v.model_name}, {v.dimensions} dims, "
                 f"{v.build_state or 'not started'} ({done} entities)"
             )
+
+
+def _index_lines(states: dict[int, list[IndexState]]) -> list[str]:
+    """One line per vector size in use: how its HNSW index is stored and built, its size, a
+    switch in progress, or that it is missing (searches of that size scan exactly)."""
+    lines = []
+    for dimensions, found in states.items():
+        if not found:
+            lines.append(f"{dimensions} dims: no HNSW index (searches of this size scan exactly)")
+            continue
+        current, *switching = found
+        line = (
+            f"{dimensions} dims: {current.storage}, m {current.m}, ef_construction "
+            f"{current.ef_construction}, {current.bytes / 1048576:.1f} MiB"
+        )
+        if not current.valid:
+            line += " (not valid yet: being built)"
+        for target in switching:
+            line += (
+                f"; switching to {target.storage}, m {target.m}, ef_construction "
+                f"{target.ef_construction} ({'built' if target.valid else 'building'})"
+            )
+        lines.append(line)
+    return lines
 
 
 def _capture_paths(conn: psycopg.Connection) -> dict[str, list[tuple[str, str]]]:
@@ -182,6 +208,7 @@ def status(app: AppContext, as_json: bool) -> None:
         for found in list_versions(conn):
             versions.setdefault(found.entity_kind, []).append(found)
         paths = _capture_paths(conn)
+        indexes = index_states(conn)
     if as_json:
         data = result.as_dict()
         for kind in data["kinds"]:
@@ -193,6 +220,10 @@ def status(app: AppContext, as_json: bool) -> None:
                 {"table": table, "language": lang}
                 for table, lang in paths.get(kind["entity_kind"], [])
             ]
+        data["search_indexes"] = [
+            {"dimensions": dimensions, "indexes": [asdict(state) for state in found]}
+            for dimensions, found in indexes.items()
+        ]
         print_json(data)
         return
     if not result.kinds:
@@ -204,6 +235,9 @@ def status(app: AppContext, as_json: bool) -> None:
             versions.get(kind.entity_kind),
             paths.get(kind.entity_kind),
         )
+    click.echo("search indexes:")
+    for line in _index_lines(indexes):
+        click.echo(f"  {line}")
     live = f"live within {format_duration(result.live_within_seconds)}"
     if not result.workers:
         click.echo(f"workers: none ({live})")

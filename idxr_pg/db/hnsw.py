@@ -40,6 +40,7 @@ __all__ = [
     "has_embeddings",
     "index_options",
     "index_state",
+    "index_states",
     "set_index_options",
     "switch_index",
 ]
@@ -165,6 +166,7 @@ _STATE_SQL = (
     " pg_catalog.pg_relation_size(('idxr.' || quote_ident(index_name))::regclass)"
     " FROM idxr.embedding_index_state(%s)"
 )
+_SIZES_SQL = "SELECT d FROM idxr.embedding_sizes() d ORDER BY d"
 _NAMES_SQL = "SELECT idxr.embedding_index_name(%s), idxr.embedding_index_next_name(%s)"
 _DDL_SQL = "SELECT idxr.embedding_index_ddl(%s, %s, true)"
 _SESSION_LOCK_SQL = "SELECT pg_catalog.pg_advisory_lock(%s, %s)"
@@ -180,6 +182,13 @@ def index_options(conn: psycopg.Connection, dimensions: int) -> IndexOptions:
 def index_state(conn: psycopg.Connection, dimensions: int) -> list[IndexState]:
     """The index of ``dimensions``-sized vectors (first) and one being switched to, if any."""
     return [IndexState(*row) for row in conn.execute(_STATE_SQL, [dimensions]).fetchall()]
+
+
+def index_states(conn: psycopg.Connection) -> dict[int, list[IndexState]]:
+    """Per vector size in use (``idxr.embedding_sizes``): its index and one being switched to
+    (``index_state``); an empty list where the size has no index (searches scan exactly)."""
+    sizes = [row[0] for row in conn.execute(_SIZES_SQL).fetchall()]
+    return {size: index_state(conn, size) for size in sizes}
 
 
 def set_index_options(

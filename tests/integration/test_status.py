@@ -146,6 +146,19 @@ def test_status_human_output(populated: str, config_file: Path):
     # live workers only
     assert "workers: 1 (live within 30s)" in out
     assert "live-worker" in out and "dead-worker" not in out
+    # the HNSW index of the one vector size in use, as a fresh install builds it
+    index_line = out.split("search indexes:\n")[1].splitlines()[0]
+    assert index_line.startswith("  384 dims: halfvec, m 16, ef_construction 64, ")
+    assert index_line.endswith(" MiB")
+
+
+def test_status_says_when_a_size_has_no_index(isolated_database_url: str, config_file: Path):
+    with psycopg.connect(isolated_database_url, autocommit=True) as conn:
+        conn.execute("DROP INDEX idxr.search_index_embedding_hnsw_384")
+    out = cli(isolated_database_url, config_file, "status")
+    assert "  384 dims: no HNSW index (searches of this size scan exactly)" in out
+    data = json.loads(cli(isolated_database_url, config_file, "status", "--json"))
+    assert data["search_indexes"] == [{"dimensions": 384, "indexes": []}]
 
 
 def test_status_json_output(populated: str, config_file: Path):
@@ -175,6 +188,17 @@ def test_status_json_output(populated: str, config_file: Path):
     worker = data["workers"][0]
     assert worker["processed"] == 42 and worker["entity_kinds"] == ["alpha"]
     assert worker["last_heartbeat_at"] is not None
+    [index] = data["search_indexes"]
+    assert index["dimensions"] == 384
+    [state] = index["indexes"]
+    assert state["name"] == "search_index_embedding_hnsw_384"
+    assert (state["storage"], state["m"], state["ef_construction"], state["valid"]) == (
+        "halfvec",
+        16,
+        64,
+        True,
+    )
+    assert state["bytes"] > 0
 
 
 def test_stale_human_and_json(populated: str, config_file: Path):
@@ -271,3 +295,15 @@ def test_without_the_idxr_schema_the_message_says_run_migrate(
     )
     assert result.exit_code == 1
     assert "idxr schema" in result.output and "run `idxr-pg migrate`" in result.output
+
+
+def test_status_names_a_storage_switch_in_progress():
+    from idxr_pg.cli.status_commands import _index_lines
+    from idxr_pg.db.hnsw import IndexState
+
+    current = IndexState("search_index_embedding_hnsw_768", "vector", 16, 64, True, 3 * 1048576)
+    target = IndexState("search_index_embedding_hnsw_768_next", "halfvec", 16, 64, False, 0)
+    assert _index_lines({768: [current, target]}) == [
+        "768 dims: vector, m 16, ef_construction 64, 3.0 MiB; switching to halfvec, m 16, "
+        "ef_construction 64 (building)"
+    ]
