@@ -19,7 +19,10 @@ Two parts, both printed with the load average at start and end:
 
 The variants isolate the steps of a watched UPDATE: the same unwatched UPDATE with one more
 client round trip (``BEGIN``/``COMMIT``), with a pause, with a share lock of an unrelated row
-in the same round trip and in a second statement; then the watched tables (C and plpgsql).
+in the same round trip and in a second statement, with a CPU burn that writes nothing in the
+same round trip (``--burn`` rows of ``generate_series``); then the watched tables (C and
+plpgsql). ``synchronous_commit = off`` rounds of the unwatched, the burn and the watched
+variants give their CPU-bound ratios.
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/flush_gap.py [--database-url URL]
         [--rounds 3] [--seconds 2] [--probe] [--probe-dir /var/lib/postgresql]
@@ -45,6 +48,8 @@ import capture as cap  # noqa: E402  (bench/capture.py: database, tables, pgbenc
 
 KEY = f"\\set id random(1, {cap.TABLE_ROWS})\n"
 UPDATE = "UPDATE bench.{t} SET n = n + 1 WHERE id = :id"
+# About as much backend CPU as the C trigger adds to a one-row UPDATE, writing nothing.
+BURN = "SELECT count(*) FROM generate_series(1, {burn})"
 LOCK = "SELECT 1 FROM bench.lock_target WHERE id = :id FOR SHARE"
 VARIANTS: dict[str, str] = {
     "plain": KEY + UPDATE.format(t="plain") + ";\n",
@@ -57,10 +62,11 @@ VARIANTS: dict[str, str] = {
     + ";\n"
     + LOCK
     + ";\nCOMMIT;\n",
+    "plain + CPU, one round trip": KEY + UPDATE.format(t="plain") + "\\;" + BURN + ";\n",
     "watched (C)": KEY + UPDATE.format(t="watched") + ";\n",
     "watched_plpgsql": KEY + UPDATE.format(t="watched_plpgsql") + ";\n",
 }
-ASYNC = ("plain", "watched (C)", "watched_plpgsql")
+ASYNC = ("plain", "plain + CPU, one round trip", "watched (C)", "watched_plpgsql")
 
 WAL = "SELECT wal_bytes, wal_fpi, wal_sync, wal_sync_time FROM pg_stat_wal"
 
@@ -153,10 +159,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--burn", type=int, default=150, help="generate_series rows of the burn")
     parser.add_argument("--probe", action="store_true", help="the fdatasync probe first")
     parser.add_argument("--probe-dir", default="/var/lib/postgresql")
     args = parser.parse_args()
     cap.SINGLE_ROW_TABLES = cap.COMPARE_TABLES
+    for name, script in VARIANTS.items():
+        VARIANTS[name] = script.replace("{burn}", str(args.burn))
     if args.probe:
         probe(args.probe_dir)
     runs = [(name, "on") for name in VARIANTS] + [(name, "off") for name in ASYNC]
