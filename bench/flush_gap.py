@@ -8,7 +8,7 @@ Two parts, both printed with the load average at start and end:
    On this session's KVM guest a flush issued at once after the previous one takes ~30 µs; one
    issued after a pause of 20 µs or more often takes 0.3-0.8 ms (the mean rises 5-10x).
 2. pgbench variants of the bench's one-row UPDATE on ``bench/capture.py``'s tables, one
-   client, rotated order per round, ratios to the unwatched one-statement UPDATE of the same
+   client (``--clients``), rotated order per round, ratios to the unwatched one-statement UPDATE of the same
    round, median of the rounds; per variant the WAL bytes, full-page images and the time spent
    in the WAL flush (``pg_stat_wal.wal_sync_time``, ``track_wal_io_timing`` set per session)
    per transaction. Every run starts on an emptied queue, without the ``CHECKPOINT`` of
@@ -111,7 +111,9 @@ def empty_queue(url: str) -> None:
         conn.execute(f"TRUNCATE {', '.join(cap.queue_tables(conn))}")
 
 
-def run(url: str, script: str, seconds: float, sync: str, warmup: float = 0) -> dict[str, float]:
+def run(
+    url: str, script: str, seconds: float, sync: str, warmup: float = 0, clients: int = 1
+) -> dict[str, float]:
     empty_queue(url)
     pgbench = cap.find_pgbench()
     assert pgbench, "pgbench not found"
@@ -122,7 +124,8 @@ def run(url: str, script: str, seconds: float, sync: str, warmup: float = 0) -> 
 
         def bench(length: float) -> str:
             return subprocess.run(
-                [pgbench, "-n", "-c", "1", "-T", str(int(length)), "-f", handle.name, url],
+                [pgbench, "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
+                 "-T", str(int(length)), "-f", handle.name, url],
                 capture_output=True, text=True, env=env, check=True,
             ).stdout  # fmt: skip
 
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=1, help="pgbench clients per run")
     parser.add_argument("--burn", type=int, default=150, help="generate_series rows of the burn")
     parser.add_argument("--probe", action="store_true", help="the fdatasync probe first")
     parser.add_argument("--probe-dir", default="/var/lib/postgresql")
@@ -180,14 +184,16 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE bench.lock_target")
             conn.execute("CHECKPOINT")
         for name in VARIANTS:
-            run(url, VARIANTS[name], 0, "on", args.warmup)
-        print(f"\npgbench, 1 client, {args.seconds:g} s per run, rounds rotated; load {load()}")
+            run(url, VARIANTS[name], 0, "on", args.warmup, args.clients)
+        print(
+            f"\npgbench, {args.clients} client(s), {args.seconds:g} s per run, rounds rotated; load {load()}"
+        )
         for index in range(args.rounds):
             for sync in ("on", "off"):
                 order = [r for r in runs if r[1] == sync]
                 shift = index % len(order)
                 for r in order[shift:] + order[:shift]:
-                    results[r].append(run(url, VARIANTS[r[0]], args.seconds, r[1]))
+                    results[r].append(run(url, VARIANTS[r[0]], args.seconds, r[1], 0, args.clients))
             print(f"  round {index + 1} done, load {load()}")
     print(
         f"\n{'variant':<36} {'sync':>4} {'tps':>7} {'ratio':>6} {'WAL B/tx':>8}"
