@@ -75,10 +75,12 @@ def load() -> str:
     return open("/proc/loadavg").read().split()[0]
 
 
-def probe(directory: str, count: int = 3000) -> None:
+def probe(directory: str | None, count: int = 3000) -> None:
     """fdatasync latency back to back and after a busy-wait pause (see the module text)."""
     block = b"\1" * 8192
-    print(f"\nflush probe: 8 KiB pwrite + fdatasync x {count} in {directory}, load {load()}")
+    print(
+        f"\nflush probe: 8 KiB pwrite + fdatasync x {count} in {directory or tempfile.gettempdir()}, load {load()}"
+    )
     with tempfile.NamedTemporaryFile(dir=directory) as handle:
         fd = handle.fileno()
         for i in range(256):
@@ -165,7 +167,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1, help="pgbench clients per run")
     parser.add_argument("--burn", type=int, default=150, help="generate_series rows of the burn")
     parser.add_argument("--probe", action="store_true", help="the fdatasync probe first")
-    parser.add_argument("--probe-dir", default="/var/lib/postgresql")
+    parser.add_argument(
+        "--probe-dir",
+        default="/var/lib/postgresql" if os.path.isdir("/var/lib/postgresql") else None,
+        help="a directory on the WAL's file system [/var/lib/postgresql, else the temp dir]",
+    )
     args = parser.parse_args()
     cap.SINGLE_ROW_TABLES = cap.COMPARE_TABLES
     for name, script in VARIANTS.items():
