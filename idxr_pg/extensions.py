@@ -11,12 +11,12 @@ that is impossible capture uses its plpgsql functions and doctor says why.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from idxr_pg import local_build
 from idxr_pg.capture import library
 from idxr_pg.db import catalog
 from idxr_pg.db.capture import C_EXTENSION
@@ -69,17 +69,6 @@ def inspect_server(database_url: str) -> ServerFacts:
     return ServerFacts(version_num, version, host, available)
 
 
-def _is_debian() -> bool:
-    return Path("/etc/debian_version").exists() and shutil.which("apt-get") is not None
-
-
-def _run(command: list[str], cwd: Path | None = None) -> None:
-    print("  $", " ".join(command), flush=True)
-    subprocess.run(
-        command, cwd=cwd, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    )
-
-
 def install_pgvector_from_debian_source(major: int) -> None:
     """Build pgvector from Debian trixie's source package against the local server's headers."""
     if os.geteuid() != 0:
@@ -89,27 +78,16 @@ def install_pgvector_from_debian_source(major: int) -> None:
         )
     if not TRIXIE_SOURCES.exists():
         TRIXIE_SOURCES.write_text(TRIXIE_SOURCES_TEXT)
-    _run(["apt-get", "update", "-qq"])
-    _run(
-        [
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            f"postgresql-server-dev-{major}",
-            "build-essential",
-            "dpkg-dev",
-        ]
-    )
+    local_build.apt_install(major, "dpkg-dev")
     with tempfile.TemporaryDirectory(prefix="idxr-pgvector-") as work:
         workdir = Path(work)
-        _run(["apt-get", "source", "-qq", "pgvector"], cwd=workdir)
+        local_build.run(["apt-get", "source", "-qq", "pgvector"], cwd=workdir)
         sources = [p for p in workdir.iterdir() if p.is_dir() and p.name.startswith("pgvector")]
         if not sources:
             raise ExtensionSetupError("apt-get source pgvector produced no source folder")
-        pg_config = f"/usr/lib/postgresql/{major}/bin/pg_config"
-        _run(["make", f"PG_CONFIG={pg_config}", "-j2"], cwd=sources[0])
-        _run(["make", f"PG_CONFIG={pg_config}", "install"], cwd=sources[0])
+        pg_config = local_build.pg_config(major)
+        local_build.run(["make", f"PG_CONFIG={pg_config}", "-j2"], cwd=sources[0])
+        local_build.run(["make", f"PG_CONFIG={pg_config}", "install"], cwd=sources[0])
 
 
 def ensure_extensions(database_url: str, *, install_missing: bool) -> ServerFacts:
@@ -127,7 +105,7 @@ def ensure_extensions(database_url: str, *, install_missing: bool) -> ServerFact
             "the ltree extension is not available on the server: install PostgreSQL's contrib "
             f"modules (Debian: postgresql-contrib / postgresql-{facts.major})."
         )
-    if not install_missing or not facts.is_local or not _is_debian():
+    if not install_missing or not facts.is_local or not local_build.is_debian():
         where = "this server" if facts.is_local else f"the server at {facts.host}"
         raise ExtensionSetupError(
             f"the vector extension (pgvector >= 0.8) is not available on {where}: install it "
@@ -164,7 +142,7 @@ def ensure_capture_library(
         return library.LibraryStatus(
             False, "not built: run `idxr-pg doctor --install-missing` (root) or `make setup`"
         )
-    if not _is_debian():
+    if not local_build.is_debian():
         return library.LibraryStatus(False, f"not a Debian machine: {by_hand}")
     if os.geteuid() != 0:
         return library.LibraryStatus(False, "building it needs root: run `sudo make setup`")

@@ -3,17 +3,17 @@
 The sources ship in the package (``idxr_pg/capture/c``: idxr_capture.c, the extension's control
 and SQL files, a PGXS Makefile). ``idxr-pg doctor --install-missing`` (run by ``make setup``)
 builds them against the local server's headers (Debian: ``postgresql-server-dev-<major>``,
-installed with ``build-essential`` the way `idxr_pg.extensions` installs pgvector's build
-tools) and installs the library and extension files into the server's directories (root).
+installed with ``build-essential`` by `idxr_pg.local_build`, as for pgvector's build) and
+installs the library and extension files into the server's directories (root).
 ``triggers install`` then creates the extension in schema idxr (`idxr_pg.capture.triggers`).
 
 Nothing here is required: where the build is impossible (a remote or non-Debian server, no
-root), capture keeps its plpgsql functions and `capture_library_status` says why.
+root), capture keeps its plpgsql functions and `idxr_pg.extensions.ensure_capture_library`
+says why.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from idxr_pg import local_build
 from idxr_pg.db.capture import C_EXTENSION
 
 __all__ = ["SOURCE_FILES", "LibraryStatus", "build_and_install", "source_dir"]
@@ -53,13 +54,6 @@ def source_dir() -> Path:
     return Path(str(resources.files("idxr_pg.capture").joinpath("c")))
 
 
-def _run(command: list[str], cwd: Path | None = None) -> None:
-    print("  $", " ".join(command), flush=True)
-    subprocess.run(
-        command, cwd=cwd, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    )
-
-
 def _server_headers(pg_config: str) -> bool:
     if not Path(pg_config).exists():
         return False
@@ -76,22 +70,12 @@ def build_and_install(major: int) -> None:
     headers or ``make`` are missing. The build runs in a temporary copy of the sources: the
     installed package may be read-only. Raises `subprocess.CalledProcessError` or OSError.
     """
-    pg_config = f"/usr/lib/postgresql/{major}/bin/pg_config"
+    pg_config = local_build.pg_config(major)
     if not _server_headers(pg_config) or shutil.which("make") is None:
-        _run(["apt-get", "update", "-qq"])
-        _run(
-            [
-                "apt-get",
-                "install",
-                "-y",
-                "-qq",
-                f"postgresql-server-dev-{major}",
-                "build-essential",
-            ]
-        )
+        local_build.apt_install(major)
     with tempfile.TemporaryDirectory(prefix="idxr-capture-") as work:
         build = Path(work)
         for name in SOURCE_FILES:
             shutil.copyfile(source_dir() / name, build / name)
-        _run(["make", f"PG_CONFIG={pg_config}"], cwd=build)
-        _run(["make", f"PG_CONFIG={pg_config}", "install"], cwd=build)
+        local_build.run(["make", f"PG_CONFIG={pg_config}"], cwd=build)
+        local_build.run(["make", f"PG_CONFIG={pg_config}", "install"], cwd=build)
