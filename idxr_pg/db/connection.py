@@ -1,6 +1,6 @@
 """Connections to PostgreSQL: opening them (pgvector registered), naming them, losing them.
 
-`connect` opens one; `conninfo` names it for ``pg_stat_activity``; `is_connection_lost` tells a
+`connect` opens one (`reopened` replaces a lost one); `conninfo` names it for ``pg_stat_activity``; `is_connection_lost` tells a
 lost connection or an unreachable server (retry later) from bad data or a set-up problem (a
 missing database or role, a refused login: `is_login_refused`, final); `retry_with_backoff`
 is the one reconnect loop of the long-running processes (forever, or until a deadline).
@@ -116,6 +116,18 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
         if not autocommit:
             conn.commit()  # end the transaction the type look-up opened
     return conn
+
+
+def reopened(
+    conn: psycopg.Connection | None, open_connection: Callable[[], psycopg.Connection]
+) -> psycopg.Connection:
+    """``conn`` while it is usable; else it is closed (if any) and ``open_connection()`` gives
+    its replacement (the long-lived connections of workers and the metrics reader)."""
+    if conn is not None and not conn.closed and not conn.broken:
+        return conn
+    if conn is not None:
+        conn.close()
+    return open_connection()
 
 
 _ASYNCHRONOUS_COMMIT_SQL = "SET synchronous_commit = off"

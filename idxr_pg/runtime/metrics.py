@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from idxr_pg.db.connection import connect, conninfo
+from idxr_pg.db.connection import connect, conninfo, reopened
 from idxr_pg.db.status import queue_gauges
 from idxr_pg.embedding import Embedder
 from idxr_pg.records.counts import Counts
@@ -141,14 +141,14 @@ class QueueCollector(Collector):
 
     def _read(self) -> list[Any]:
         with self._lock:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = connect(
+            self._conn = reopened(
+                self._conn,
+                lambda: connect(
                     conninfo(self.database_url, self.application_name),
                     autocommit=True,
                     vector=False,
-                )
+                ),
+            )
             try:
                 return queue_gauges(self._conn, self.timeout_seconds)
             except Exception:

@@ -59,6 +59,7 @@ from idxr_pg.db.connection import (
     conninfo,
     end_session,
     is_connection_lost,
+    reopened,
     retry_with_backoff,
 )
 from idxr_pg.db.kinds import refresh_state
@@ -300,25 +301,22 @@ class Worker:
         return conninfo(self.database_url, f"idxr-worker {role} {self.worker_id}")
 
     def _ensure_conn(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = connect(self._conninfo("main"), autocommit=True)
+        self._conn = reopened(self._conn, lambda: connect(self._conninfo("main"), autocommit=True))
         return self._conn
 
     def _ensure_listen(self) -> psycopg.Connection:
-        if self._listen is None or self._listen.closed or self._listen.broken:
-            if self._listen is not None:
-                self._listen.close()
-            self._listen = connect(self._conninfo("listen"), autocommit=True, vector=False)
-            queue.listen(self._listen)
+        self._listen = reopened(self._listen, self._open_listen)
         return self._listen
 
+    def _open_listen(self) -> psycopg.Connection:
+        conn = connect(self._conninfo("listen"), autocommit=True, vector=False)
+        queue.listen(conn)
+        return conn
+
     def _ensure_prepare_conn(self) -> psycopg.Connection:
-        if self._prepare is None or self._prepare.closed or self._prepare.broken:
-            if self._prepare is not None:
-                self._prepare.close()
-            self._prepare = connect(self._conninfo("prepare"), autocommit=True)
+        self._prepare = reopened(
+            self._prepare, lambda: connect(self._conninfo("prepare"), autocommit=True)
+        )
         return self._prepare
 
     def _open_connections(self) -> None:
@@ -419,10 +417,16 @@ class Worker:
                 continue
             if self._batch(name):
                 worked = True
-            elif name in self._rounds:
-                self._rounds.discard(name)
-                self._stamp_refreshed(name)
+            else:
+                self._found_nothing(name)
         return worked
+
+    def _found_nothing(self, name: str) -> None:
+        """A claim of ``name`` found nothing ready: a refresh round of an 'every' kind being
+        drained ends there, stamped as refreshed."""
+        if name in self._rounds:
+            self._rounds.discard(name)
+            self._stamp_refreshed(name)
 
     def _stamp_refreshed(self, name: str) -> None:
         conn = self._ensure_conn()
@@ -571,9 +575,7 @@ class Worker:
                     busy = [i for c in ahead.tags() if c.name == name for i in c.claim.entity_ids]
                     claimed = self._claim(conn, name, busy)
                     if claimed is None:
-                        if name in self._rounds:
-                            self._rounds.discard(name)
-                            self._stamp_refreshed(name)
+                        self._found_nothing(name)
                         continue
                     found = True
                     if self._batch_started is None:
