@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from idxr_pg.db import hnsw_memory
 from idxr_pg.db.advisory import HNSW_BUILD_KEY
@@ -114,11 +115,7 @@ def build_embedding_index(
         conn.execute(_BUILD_LOCK_SQL, HNSW_BUILD_KEY)
         if embedding_index_exists(conn):
             return False
-        conn.execute(
-            "SELECT pg_catalog.set_config('maintenance_work_mem', %s, true), "
-            "pg_catalog.set_config('max_parallel_maintenance_workers', %s, true)",
-            [maintenance_work_mem, str(parallel_workers)],
-        )
+        _set_build_settings(conn, maintenance_work_mem, parallel_workers, local=True)
         conn.execute(_BUILD_SQL)
     return True
 
@@ -169,6 +166,13 @@ _STATE_SQL = (
 _SIZES_SQL = "SELECT d FROM idxr.embedding_sizes() d ORDER BY d"
 _NAMES_SQL = "SELECT idxr.embedding_index_name(%s), idxr.embedding_index_next_name(%s)"
 _DDL_SQL = "SELECT idxr.embedding_index_ddl(%s, %s, true)"
+# The HNSW build's memory and parallel workers: for its transaction (``local``, the bulk
+# build) or the session (a concurrent build, which cannot run in a transaction block).
+_BUILD_SETTINGS_SQL = (
+    "SELECT pg_catalog.set_config('maintenance_work_mem', %(memory)s, %(local)s), "
+    "pg_catalog.set_config('max_parallel_maintenance_workers', %(workers)s, %(local)s)"
+)
+_RESET_BUILD_SETTINGS_SQL = "RESET maintenance_work_mem; RESET max_parallel_maintenance_workers"
 _SESSION_LOCK_SQL = "SELECT pg_catalog.pg_advisory_lock(%s, %s)"
 _SESSION_UNLOCK_SQL = "SELECT pg_catalog.pg_advisory_unlock(%s, %s)"
 
@@ -210,6 +214,21 @@ def set_index_options(
     return index_options(conn, dimensions)
 
 
+def _set_build_settings(
+    conn: psycopg.Connection, memory: str, parallel_workers: int, *, local: bool
+) -> None:
+    conn.execute(
+        _BUILD_SETTINGS_SQL,
+        {"memory": memory, "workers": str(parallel_workers), "local": local},
+    )
+
+
+def _drop_concurrently(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier("idxr", name))
+    )
+
+
 def switch_index(
     conn: psycopg.Connection,
     dimensions: int,
@@ -237,29 +256,28 @@ def switch_index(
         current, pending = states.get(name), states.get(next_name)
         if current and current.valid and current.options == wanted:
             if pending:
-                conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS idxr."{next_name}"')
+                _drop_concurrently(conn, next_name)
             return False
         built = False
         if pending and not (pending.valid and pending.options == wanted):
-            conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS idxr."{next_name}"')
+            _drop_concurrently(conn, next_name)
             pending = None
         if pending is None:
             memory = hnsw_memory.build_memory(conn, maintenance_work_mem)
-            conn.execute(
-                "SELECT pg_catalog.set_config('maintenance_work_mem', %s, false), "
-                "pg_catalog.set_config('max_parallel_maintenance_workers', %s, false)",
-                [memory, str(parallel_workers)],
-            )
+            _set_build_settings(conn, memory, parallel_workers, local=False)
             ddl = conn.execute(_DDL_SQL, [dimensions, next_name]).fetchone()[0]  # type: ignore[index]
             try:
                 conn.execute(ddl)
             finally:
-                conn.execute("RESET maintenance_work_mem")
-                conn.execute("RESET max_parallel_maintenance_workers")
+                conn.execute(_RESET_BUILD_SETTINGS_SQL)
             built = True
         if current:
-            conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS idxr."{name}"')
-        conn.execute(f'ALTER INDEX idxr."{next_name}" RENAME TO "{name}"')
+            _drop_concurrently(conn, name)
+        conn.execute(
+            sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier("idxr", next_name), sql.Identifier(name)
+            )
+        )
         return built
     finally:
         conn.execute(_SESSION_UNLOCK_SQL, HNSW_BUILD_KEY)
