@@ -418,11 +418,11 @@ def main() -> None:
 
             return run
 
-        if "initial" in parts:
-            print(f"\ninitial backfill, bulk mode, {args.entities} {args.workload} entities")
+        def measure(run: Callable[[bool], tuple[float, Counts]], labels: dict[bool, str]) -> None:
+            """The scenarios of ``run`` against raw encode, rounds interleaved; ratios printed."""
             raw_rate, rows, _ = interleaved(
-                backfills(True),
-                BACKFILL_LABELS,
+                run,
+                labels,
                 url,
                 embedder,
                 settings=settings,
@@ -430,6 +430,10 @@ def main() -> None:
                 scenarios=scenarios,
             )
             print_ratios(raw_rate, rows)
+
+        if "initial" in parts:
+            print(f"\ninitial backfill, bulk mode, {args.entities} {args.workload} entities")
+            measure(backfills(True), BACKFILL_LABELS)
         if parts & {"steady", "worker"}:
             build = prefill(url, args.prefill)
             print(
@@ -438,30 +442,15 @@ def main() -> None:
             )
         if "steady" in parts:
             print(f"\nsteady state, backfill: {args.entities} new {args.workload} entities")
-            raw_rate, rows, _ = interleaved(
-                backfills(False),
-                BACKFILL_LABELS,
-                url,
-                embedder,
-                settings=settings,
-                rounds=args.rounds,
-                scenarios=scenarios,
-            )
-            print_ratios(raw_rate, rows)
+            measure(backfills(False), BACKFILL_LABELS)
         if "worker" in parts:
             print(f"\nsteady state, worker: {args.entities} new {args.workload} entities queued")
-            raw_rate, rows, _ = interleaved(
+            measure(
                 lambda overlap: worker_drain(
                     url, config, embedder, args.batch_size, overlap=overlap
                 ),
                 WORKER_LABELS,
-                url,
-                embedder,
-                settings=settings,
-                rounds=args.rounds,
-                scenarios=scenarios,
             )
-            print_ratios(raw_rate, rows)
         if parts & {"steady", "worker"}:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("DELETE FROM idxr.search_index WHERE entity_kind = 'filler'")
