@@ -26,7 +26,7 @@ per distinct text at 10,000 entities) or ``fresh`` (every entity's texts its own
 Index and embedding cache are emptied before each backfill, so each embeds every text.
 
     .venv/bin/python bench/throughput.py [--entities 1000] [--prefill 20000]
-        [--write-sizes 1000,5000] [--batch-size 64] [--rounds 2] [--parts initial,steady,write]
+        [--write-sizes 1000,5000] [--batch-size N] [--rounds 2] [--parts initial,steady,write]
         [--workload demo|fresh]
 """
 
@@ -55,7 +55,12 @@ from psycopg import sql  # noqa: E402
 from workloads import WORKLOADS  # noqa: E402
 from workloads import generate as generate_workload  # noqa: E402
 
-from idxr_pg.config import EmbeddingSettings, parse_config  # noqa: E402
+from idxr_pg.config import (  # noqa: E402
+    DEFAULT_BACKFILL_BATCH_SIZE,
+    EmbeddingSettings,
+    WorkerSettings,
+    parse_config,
+)
 from idxr_pg.db import migrations, queue, staging  # noqa: E402
 from idxr_pg.db.hnsw_memory import graph_megabytes  # noqa: E402
 from idxr_pg.demo import data as demo_data  # noqa: E402
@@ -242,9 +247,11 @@ def interleaved(
     for round_ in range(rounds):
         order = scenarios if round_ % 2 == 0 else scenarios[::-1]
         for new in order:
+            BUILD_SECONDS.clear()
             seconds, counts = run(new)
             label = labels[new]
-            print(f"  round {round_ + 1}: {label}: {seconds:.1f} s", flush=True)
+            build = f" (HNSW build {sum(BUILD_SECONDS):.1f} s)" if BUILD_SECONDS else ""
+            print(f"  round {round_ + 1}: {label}: {seconds:.1f} s{build}", flush=True)
             if label not in best or seconds < best[label][0]:
                 best[label] = (seconds, counts)
             if not texts:
@@ -329,7 +336,6 @@ def write_path_alone(url: str, sizes: list[int], batch_size: int) -> None:
     """Deterministic embedder, COPY + overlap, bulk: records/s (index build included),
     ms/batch (build excluded), the build's seconds, peak RSS; then ms/batch and RSS along
     each run."""
-    Backfill._build_index = _timed_build(Backfill._build_index)  # type: ignore[method-assign]
     Backfill._write_batch = _marked_write(Backfill._write_batch)  # type: ignore[method-assign]
     config = parse_config(config_dict(batch_size, "deterministic-test"), "bench")
     embedder = DeterministicEmbedder()
@@ -370,7 +376,13 @@ def write_path_alone(url: str, sizes: list[int], batch_size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entities", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=64, help="entities per batch")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"entities per batch [backfills: backfill.batch_size, {DEFAULT_BACKFILL_BATCH_SIZE}; "
+        f"the worker: worker.batch_size, {WorkerSettings().batch_size}]",
+    )
     parser.add_argument("--prefill", type=int, default=20_000, help="vectors before steady state")
     parser.add_argument("--write-sizes", default="1000,5000", help="entities, comma-separated")
     parser.add_argument("--parts", default="initial,steady,write", help="and/or worker")
@@ -389,6 +401,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    backfill_batch = args.batch_size or DEFAULT_BACKFILL_BATCH_SIZE
+    worker_batch = args.batch_size or WorkerSettings().batch_size
+    Backfill._build_index = _timed_build(Backfill._build_index)  # type: ignore[method-assign]
 
     settings = EmbeddingSettings(model=MODEL, backend="torch")
     embedder = load_embedder(settings)
@@ -401,19 +416,20 @@ def main() -> None:
     print(
         f"throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {MODEL} "
-        f"({embedder.device}, {embedder.precision}), batch size {args.batch_size}"
+        f"({embedder.device}, {embedder.precision}), batch size {backfill_batch} "
+        f"(backfills), {worker_batch} (the worker)"
     )
     try:
         migrations.upgrade(url)
         migrations.set_embedding_dimensions(url, 384)
-        config = parse_config(config_dict(args.batch_size), "bench")
+        config = parse_config(config_dict(worker_batch), "bench")
         if parts & {"initial", "steady", "worker"}:
             load_demo(url, args.entities, args.workload)
         scenarios = (True,) if args.after_only else (False, True)
 
         def backfills(bulk: bool) -> Callable[[bool], tuple[float, Counts]]:
             def run(new: bool) -> tuple[float, Counts]:
-                seconds, job = backfill(url, config, embedder, args.batch_size, bulk=bulk, new=new)
+                seconds, job = backfill(url, config, embedder, backfill_batch, bulk=bulk, new=new)
                 return seconds, job.counts
 
             return run
@@ -446,9 +462,7 @@ def main() -> None:
         if "worker" in parts:
             print(f"\nsteady state, worker: {args.entities} new {args.workload} entities queued")
             measure(
-                lambda overlap: worker_drain(
-                    url, config, embedder, args.batch_size, overlap=overlap
-                ),
+                lambda overlap: worker_drain(url, config, embedder, worker_batch, overlap=overlap),
                 WORKER_LABELS,
             )
         if parts & {"steady", "worker"}:
@@ -456,7 +470,7 @@ def main() -> None:
                 conn.execute("DELETE FROM idxr.search_index WHERE entity_kind = 'filler'")
         if "write" in parts:
             sizes = [int(x) for x in args.write_sizes.split(",")]
-            write_path_alone(url, sizes, args.batch_size)
+            write_path_alone(url, sizes, backfill_batch)
     finally:
         with psycopg.connect(args.database_url, autocommit=True) as admin:
             admin.execute(

@@ -362,6 +362,21 @@ class WorkerSettings(_Strict):
     overlap: bool = True
 
 
+DEFAULT_BACKFILL_BATCH_SIZE = 256
+"""Entities per batch of the jobs that walk a whole kind (`BackfillSettings`)."""
+
+
+class BackfillSettings(_Strict):
+    """The jobs that walk a whole kind: ``backfill``, ``reindex`` (and its ``plan``) and
+    ``versions build``. Their batches are larger than the worker's: a batch is one embedding
+    call, and a bigger one sorts more texts by length (less padding) and spreads each batch's
+    fixed work over more entities (issue 14: 256 against 64 indexed a 1,000-entity load 3-6%
+    faster on 2 cores; docs/benchmarks.md, Throughput, fourth pass). Lower it for very large
+    documents: two batches of documents are in memory at once (the overlap)."""
+
+    batch_size: Annotated[int, Field(gt=0, le=10_000)] = DEFAULT_BACKFILL_BATCH_SIZE
+
+
 class IndexSettings(_Strict):
     """How the HNSW index of the configured model's vector size is built. Applied by
     ``idxr-pg migrate`` (whose ``--index-storage``/``--hnsw-m``/``--hnsw-ef-construction``
@@ -400,6 +415,7 @@ class IdxrConfig(_Strict):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @field_validator("entities")
     @classmethod

@@ -22,6 +22,7 @@ from idxr_pg.cli.options import (
     json_flag,
     progress_interval_option,
 )
+from idxr_pg.config import DEFAULT_BACKFILL_BATCH_SIZE
 from idxr_pg.db.hnsw_memory import AUTO as AUTO_BUILD_MEMORY
 from idxr_pg.db.jobs import RUNNING, Job, list_jobs, reconcile_abandoned
 from idxr_pg.runtime.primary import can_write
@@ -114,7 +115,9 @@ def job_row(job: Job) -> list[object]:
     "killed or failed (its --force setting is kept).",
 )
 @batch_size_option(
-    "Entities per pipeline batch and per checkpoint [default: worker.batch_size, 64]."
+    "Entities per pipeline batch and per checkpoint [default: backfill.batch_size from the "
+    f"config, {DEFAULT_BACKFILL_BATCH_SIZE}]. Lower it for very large documents: two batches "
+    "are in memory at once."
 )
 @click.option(
     "--bulk/--no-bulk",
@@ -174,7 +177,7 @@ def backfill(
     options = BackfillOptions(
         force=force,
         resume=resume,
-        batch_size=batch_size or config.worker.batch_size,
+        batch_size=batch_size or config.backfill.batch_size,
         progress_interval=progress_interval,
         bulk=bulk,
         maintenance_work_mem=maintenance_work_mem,

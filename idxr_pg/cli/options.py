@@ -37,7 +37,8 @@ def json_flag(help: str) -> Callable[[F], F]:
 
 
 def batch_size_option(help: str) -> Callable[[F], F]:
-    """``--batch-size``: entities per pipeline batch; None means the config's worker.batch_size."""
+    """``--batch-size``: entities per pipeline batch; None means the config's default
+    (``backfill.batch_size`` for the jobs that walk a kind, ``worker.batch_size`` for a worker)."""
     return click.option("--batch-size", type=click.IntRange(1, 10_000), default=None, help=help)
 
 

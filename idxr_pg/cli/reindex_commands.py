@@ -13,6 +13,7 @@ from idxr_pg.cli.options import (
     json_flag,
     progress_interval_option,
 )
+from idxr_pg.config import DEFAULT_BACKFILL_BATCH_SIZE
 from idxr_pg.db.catalog import idxr_installed
 from idxr_pg.db.connection import DatabaseError, redact
 from idxr_pg.indexing import schema_state
@@ -78,7 +79,10 @@ def _echo_plan(plan: object) -> None:
 
 @click.command()
 @click.argument("kind")
-@batch_size_option("Entities per batch, as the reindex would use [default: worker.batch_size].")
+@batch_size_option(
+    f"Entities per batch, as the reindex would use [default: backfill.batch_size, "
+    f"{DEFAULT_BACKFILL_BATCH_SIZE}]."
+)
 @json_flag("Print the plan as one JSON object.")
 @pass_app
 def plan(app: AppContext, kind: str, batch_size: int | None, as_json: bool) -> None:
@@ -115,7 +119,10 @@ def plan(app: AppContext, kind: str, batch_size: int | None, as_json: bool) -> N
     help="Run even when the kind's recorded model matches (a full diffing pass, as a "
     "backfill without --force).",
 )
-@batch_size_option("Entities per pipeline batch and per checkpoint [default: worker.batch_size].")
+@batch_size_option(
+    f"Entities per pipeline batch and per checkpoint [default: backfill.batch_size, "
+    f"{DEFAULT_BACKFILL_BATCH_SIZE}]."
+)
 @progress_interval_option
 @json_flag("Print the finished job as JSON.")
 @allow_superuser_flag
@@ -152,7 +159,7 @@ def reindex(
         click.echo(f"reindexing {kind}: {change.summary()}")
     options = BackfillOptions(
         resume=resume,
-        batch_size=batch_size or app.config.worker.batch_size,
+        batch_size=batch_size or app.config.backfill.batch_size,
         progress_interval=progress_interval,
         bulk=False,
         reindex=True,

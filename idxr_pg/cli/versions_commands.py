@@ -9,6 +9,7 @@ import click
 from idxr_pg.cli.context import AppContext, pass_app
 from idxr_pg.cli.format import format_duration, print_json, print_listing, when
 from idxr_pg.cli.options import batch_size_option, json_flag, progress_interval_option
+from idxr_pg.config import DEFAULT_BACKFILL_BATCH_SIZE
 from idxr_pg.db.versions import IndexVersion
 
 
@@ -86,7 +87,10 @@ def list_(app: AppContext, kind: str | None, as_json: bool) -> None:
     "sentence-transformers directory. Running the command again with the same model resumes "
     "a build that was stopped or killed.",
 )
-@batch_size_option("Entities per pipeline batch and per checkpoint [default: worker.batch_size].")
+@batch_size_option(
+    f"Entities per pipeline batch and per checkpoint [default: backfill.batch_size, "
+    f"{DEFAULT_BACKFILL_BATCH_SIZE}]."
+)
 @progress_interval_option
 @json_flag("Print the built version as JSON.")
 @pass_app
@@ -116,7 +120,7 @@ def create(
         kind,
         model,
         BuildOptions(
-            batch_size=batch_size or app.config.worker.batch_size,
+            batch_size=batch_size or app.config.backfill.batch_size,
             progress_interval=progress_interval,
         ),
         should_stop=stop,

@@ -48,7 +48,7 @@ from functools import partial
 
 import psycopg
 
-from idxr_pg.config import IdxrConfig
+from idxr_pg.config import DEFAULT_BACKFILL_BATCH_SIZE, IdxrConfig
 from idxr_pg.db import hnsw, hnsw_memory, jobs, leases, source
 from idxr_pg.db.catalog import index_leads_with
 from idxr_pg.db.connection import (
@@ -130,7 +130,7 @@ class BackfillInterrupted(IdxrError):
 class BackfillOptions:
     force: bool = False
     resume: bool = False
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BACKFILL_BATCH_SIZE
     page_size: int | None = None
     progress_interval: float = 10.0
     tty: bool | None = None

@@ -262,7 +262,7 @@ def plan_reindex(
 ) -> ReindexPlan:
     """Walk ``kind_name`` as `idxr-pg reindex` would and count its work; writes nothing."""
     entity = config.entity(kind_name)
-    batch = batch_size or config.worker.batch_size
+    batch = batch_size or config.backfill.batch_size
     name = f"idxr-plan {kind_name}"
     with connect(conninfo(database_url, name), autocommit=True) as conn:
         kind = resolve_kind(conn, entity)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from idxr_pg.config import IdxrConfig
+from idxr_pg.config import DEFAULT_BACKFILL_BATCH_SIZE, IdxrConfig
 from idxr_pg.db import hnsw, jobs, leases, source
 from idxr_pg.db import kinds as kinds_db
 from idxr_pg.db import versions as versions_db
@@ -60,7 +60,7 @@ BUILD_JOB = "version_build"
 
 @dataclass(frozen=True)
 class BuildOptions:
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BACKFILL_BATCH_SIZE
     page_size: int = 500
     progress_interval: float = 10.0
     tty: bool | None = None

@@ -70,7 +70,7 @@ def write_config(
     }
     if document:
         entity["document"] = document
-    data = {"entities": [entity], "embedding": {"model": model}, "worker": {"batch_size": 25}}
+    data = {"entities": [entity], "embedding": {"model": model}, "backfill": {"batch_size": 25}}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -238,6 +238,7 @@ def test_force_rewrites_every_record(url: str, tmp_path: Path):
 
     forced = backfill_json(url, config, "--force")
     assert forced["options"]["force"] is True
+    assert forced["options"]["batch_size"] == 25  # the config's backfill.batch_size
     assert forced["records_written"] == len(before)
     # every embeddable text is embedded again (the cache answers for this same model)
     assert forced["embedded"] + forced["cache_hits"] == embeddable_texts(url)

@@ -82,7 +82,13 @@ def _setup(url: str, tmp_path: Path, model: str = "all-MiniLM-L6-v2") -> Any:
         "internet', 'body of item ' || g, g FROM generate_series(1, %s) g",
         [ROWS],
     )
-    config = make_config(tmp_path, [item_entity()], model=model, worker={"batch_size": 4})
+    config = make_config(
+        tmp_path,
+        [item_entity()],
+        model=model,
+        worker={"batch_size": 4},
+        backfill={"batch_size": 4},
+    )
     install_triggers(url, config)
     Backfill(url, config, "item", BackfillOptions(tty=False, bulk=False)).run()
     return config

@@ -78,7 +78,7 @@ def write_config(
             }
         ],
         "embedding": {"model": model},
-        "worker": {"batch_size": 100},  # one batch: the job's cache hits are per batch
+        "backfill": {"batch_size": 100},  # one batch: the job's cache hits are per batch
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -135,10 +135,13 @@ def write_config(
     *,
     model: str = "all-MiniLM-L6-v2",
     worker: dict[str, Any] | None = None,
+    backfill: dict[str, Any] | None = None,
 ) -> Path:
     data: dict[str, Any] = {"entities": list(entities), "embedding": {"model": model}}
     if worker:
         data["worker"] = worker
+    if backfill:
+        data["backfill"] = backfill
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from idxr_pg.config import ConfigError, load_config, refresh_interval_seconds
+from idxr_pg.config import (
+    DEFAULT_BACKFILL_BATCH_SIZE,
+    ConfigError,
+    load_config,
+    refresh_interval_seconds,
+)
 
 VALID = """
 entities:
@@ -111,3 +116,15 @@ def test_refresh_interval_below_one_second_is_refused(tmp_path, policy):
     message = str(excinfo.value)
     assert "entities[0].refresh" in message and "at least 1 second" in message
     assert len(message.strip().splitlines()) <= 2
+
+
+def test_backfill_batches_are_set_apart_from_the_workers(tmp_path):
+    config = load_config(write(tmp_path, VALID))
+    assert config.backfill.batch_size == DEFAULT_BACKFILL_BATCH_SIZE
+    assert config.backfill.batch_size > config.worker.batch_size
+    config = load_config(write(tmp_path, VALID + "backfill:\n  batch_size: 32\n"))
+    assert config.backfill.batch_size == 32 and config.worker.batch_size == 64
+    path = write(tmp_path, VALID + "backfill:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert "backfill.batch_size" in str(excinfo.value)
