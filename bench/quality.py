@@ -29,6 +29,7 @@ Reported: nDCG@10, Recall@100 and MRR@10 over all queries and per query kind, an
 p50 latency of the SQL calls (vector vs hybrid) on this small index.
 
     flock /tmp/idxr-bench.lock .venv/bin/python bench/quality.py [--docs-per-topic 15]
+        [--backend torch --precision float32]   # or onnx/int8: issue 14's quality check
 """
 
 from __future__ import annotations
@@ -217,6 +218,19 @@ def main() -> None:
     parser.add_argument(
         "--keep-database", action="store_true", help="leave the bench database for inspection"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="embedding.backend of every vector (index and queries), e.g. to compare ONNX int8 "
+        "with torch float32 (issue 14)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "int8"),
+        default="auto",
+        help="embedding.precision, with --backend",
+    )
     args = parser.parse_args()
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     sweep = [
@@ -227,7 +241,7 @@ def main() -> None:
     corpus = generate(args.docs_per_topic, args.seed)
     from idxr_pg.config import EmbeddingSettings
 
-    settings = EmbeddingSettings()
+    settings = EmbeddingSettings(backend=args.backend, precision=args.precision)
     embedder = load_embedder(settings)
     service = EmbeddingService(embedder, settings)
     name = f"idxr_bench_quality_{uuid.uuid4().hex[:8]}"
@@ -393,7 +407,8 @@ def report(corpus, runs, latency, embedder, index_seconds, truncated, tokens) ->
     print(
         f"\nretrieval quality: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
         f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {embedder.name}"
-        f" ({embedder.max_tokens} tokens)"
+        f" ({embedder.max_tokens} tokens; {getattr(embedder, 'backend', '?')}"
+        f" {getattr(embedder, 'precision', '?')})"
     )
     long_bodies = sum(1 for t in tokens if t > embedder.max_tokens)
     print(

@@ -30,9 +30,10 @@ ARM = {"asimd", "asimddp"}
     [
         (SAPPHIRE_RAPIDS, NumericPath("torch", "bfloat16")),
         ({"amx_bf16", "amx_int8"}, NumericPath("torch", "bfloat16")),
-        (CASCADE_LAKE, NumericPath("onnx", "int8")),
-        (ALDER_LAKE, NumericPath("onnx", "int8")),
-        ({"avx2", "amx_int8"}, NumericPath("onnx", "int8")),
+        # int8 dot products alone do not pick ONNX int8: it misses the retrieval-quality bar
+        (CASCADE_LAKE, NumericPath("torch", "float32")),
+        (ALDER_LAKE, NumericPath("torch", "float32")),
+        ({"avx2", "amx_int8"}, NumericPath("torch", "float32")),
         (ZEN3, NumericPath("torch", "float32")),
         (ARM, NumericPath("torch", "float32")),
         (set(), NumericPath("torch", "float32")),
