@@ -370,8 +370,8 @@ class BackfillSettings(_Strict):
     """The jobs that walk a whole kind: ``backfill``, ``reindex`` (and its ``plan``) and
     ``versions build``. Their batches are larger than the worker's: a batch is one embedding
     call, and a bigger one sorts more texts by length (less padding) and spreads each batch's
-    fixed work over more entities (issue 14: 256 against 64 indexed a 1,000-entity load 3-6%
-    faster on 2 cores; docs/benchmarks.md, Throughput, fourth pass). Lower it for very large
+    fixed work over more entities (issue 14: 256 against 64 indexed a 20,000-entity initial load
+    9% faster on 2 cores; docs/benchmarks.md, Throughput, fourth pass). Lower it for very large
     documents: two batches of documents are in memory at once (the overlap)."""
 
     batch_size: Annotated[int, Field(gt=0, le=10_000)] = DEFAULT_BACKFILL_BATCH_SIZE

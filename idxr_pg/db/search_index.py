@@ -22,10 +22,21 @@ __all__ = [
 ]
 
 # One row per field (chunk 0; schema/019_chunks.sql); `cut`: stored truncated, not chunked.
+# One index probe per entity id, whatever the statistics say: the subquery is kept apart from
+# the join (OFFSET 0), so it is planned for one id at a time. The plain form (entity_id =
+# ANY(ids)) let the planner, with statistics from when the table was smaller (a bulk load
+# grows it faster than autoanalyze follows), scan the whole kind and filter it instead of
+# probing 256 ids: a backfill's batch time then grew with the table (149 -> 688 ms per batch
+# from 10k to 1M records, docs/benchmarks.md, Throughput, fourth pass).
 _STORED_SQL = """
-SELECT entity_id, path::text, content_hash, truncation IS NOT NULL AND chunk_start IS NULL
-FROM idxr.search_index
-WHERE entity_kind = %(kind)s AND entity_id = ANY(%(ids)s::text[]) AND chunk = 0
+SELECT s.entity_id, s.path::text, s.content_hash, s.truncation IS NOT NULL AND s.chunk_start IS NULL
+FROM (SELECT DISTINCT unnest(%(ids)s::text[])) AS k(entity_id)
+CROSS JOIN LATERAL (
+    SELECT r.entity_id, r.path, r.content_hash, r.truncation, r.chunk_start
+    FROM idxr.search_index AS r
+    WHERE r.entity_kind = %(kind)s AND r.entity_id = k.entity_id AND r.chunk = 0
+    OFFSET 0
+) AS s
 """
 
 # updated_at moves only for rows written here: the pipeline writes changed rows only.
