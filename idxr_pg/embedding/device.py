@@ -117,13 +117,8 @@ def choose_backend(
         raise ValueError(
             f"unknown embedding.precision {precision!r} (use auto, float32, bfloat16 or int8)"
         )
-    if backend == "auto":
-        if precision == "int8":
-            backend = "onnx"
-        elif precision in ("float32", "bfloat16") or kind != "cpu":
-            backend = "torch"
-        else:
-            return NumericPath("torch", "bfloat16" if FAST_BF16_FLAGS & set(cpu) else "float32")
+    if backend == "auto":  # ONNX only for int8; torch then picks the precision below
+        backend = "onnx" if precision == "int8" else "torch"
     if backend == "onnx":
         if kind != "cpu":
             raise ValueError(
