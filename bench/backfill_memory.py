@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 import yaml
+from benchdb import with_dbname
 from psycopg import sql
 
 from idxr_pg.db import migrations
@@ -55,12 +56,6 @@ SELECT g, 'title of document ' || g,
 FROM generate_series(1, %(rows)s::integer) AS g
 """
 RESET = "TRUNCATE idxr.search_index, idxr.embedding_cache, idxr.queue, idxr.leases"
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def run_backfill(url: str, workdir: Path, batch_size: int) -> tuple[int, float, str]:

@@ -39,6 +39,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as postgres
 
 import psycopg  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from psycopg import sql  # noqa: E402
 from workloads import WORKLOADS  # noqa: E402
 from workloads import generate as generate_workload  # noqa: E402
@@ -117,12 +118,6 @@ def instrument(embedder: Any) -> None:
     _ = source
 
 
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entities", type=int, default=2000)
@@ -135,12 +130,7 @@ def main() -> None:
     parser.add_argument("--workload", choices=WORKLOADS, default="demo", help="see workloads.py")
     parser.add_argument("--compare", action="store_true", help="before and after, same run")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare: runs of each")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
 
     if args.embedder == "model":

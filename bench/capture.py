@@ -48,6 +48,7 @@ from pathlib import Path
 
 import psycopg
 import yaml
+from benchdb import add_database_url
 from psycopg import sql
 from pydantic import BaseModel
 
@@ -520,13 +521,7 @@ def lags(url: str, args: argparse.Namespace, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="server to create the scratch database on",
-    )
+    add_database_url(parser, help="server to create the scratch database on")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one pgbench run")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median kept)")
     parser.add_argument(

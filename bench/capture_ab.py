@@ -39,6 +39,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import capture as cap  # noqa: E402  (bench/capture.py: database, tables, pgbench, reset)
+from benchdb import add_database_url  # noqa: E402
 
 from idxr_pg.capture import triggers as capture  # noqa: E402
 from idxr_pg.config import parse_config  # noqa: E402
@@ -276,12 +277,7 @@ def ratios(values: dict[str, list[float]], name: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--clients", default="1")

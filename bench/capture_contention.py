@@ -34,6 +34,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import capture as cap  # noqa: E402  (bench/capture.py: scratch database, reset, rotation)
+from benchdb import add_database_url  # noqa: E402
 
 from idxr_pg.capture import triggers as capture  # noqa: E402
 from idxr_pg.config import parse_config  # noqa: E402
@@ -112,12 +113,7 @@ def run(url: str, schema: str, mode: str, args: argparse.Namespace) -> tuple[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--articles", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0)

@@ -45,6 +45,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import capture as cap  # noqa: E402  (bench/capture.py: database, tables, pgbench, reset)
+from benchdb import add_database_url  # noqa: E402
 
 KEY = f"\\set id random(1, {cap.TABLE_ROWS})\n"
 UPDATE = "UPDATE bench.{t} SET n = n + 1 WHERE id = :id"
@@ -155,12 +156,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--warmup", type=float, default=3.0)

@@ -43,6 +43,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 from psycopg import sql  # noqa: E402
 
@@ -65,12 +66,6 @@ class Variant:
     @property
     def name(self) -> str:
         return f"{self.storage} m{self.m} ef{self.ef_construction}"
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def deterministic_vectors(count: int, dims: int, clusters: int, seed: int = 7) -> np.ndarray:
@@ -199,12 +194,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every variant")
     parser.add_argument("--workers", type=int, default=1, help="parallel maintenance workers")
     parser.add_argument("--variants", default="vector:64,halfvec:64,vector:32,halfvec:32")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     variants = parse_variants(args.variants)
     started_load = os.getloadavg()

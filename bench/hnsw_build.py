@@ -18,7 +18,8 @@ import time
 import uuid
 
 import psycopg
-from halfvec import deterministic_vectors, load, with_dbname
+from benchdb import add_database_url, with_dbname
+from halfvec import deterministic_vectors, load
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
@@ -40,12 +41,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2_000)
     parser.add_argument("--settings", default="512MB/4,auto/4,auto/1,auto/0")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     start_load = os.getloadavg()
     vectors = deterministic_vectors(args.vectors, 384, args.clusters)

@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from bench.quality_corpus import BOILERPLATE, TOPICS  # noqa: E402
@@ -70,12 +71,6 @@ SELECT 'report', (g.n / 2)::text,
           FROM generate_series(1, 384) d WHERE g.n >= 0)  -- correlated: one vector per row
   FROM generate_series(%(start)s, %(stop)s - 1) AS g(n)
 """
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 # Chunks 1..N-1 of every body (019_chunks.sql: value '', the chunk's range of the field's
@@ -123,12 +118,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-k", type=int, default=10)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument(
         "--fields", action="store_true", help="also time idxr.search and idxr.hybrid_search"

@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from benchdb import add_database_url, with_dbname
 from psycopg import sql
 
 from idxr_pg.db import migrations
@@ -73,12 +74,6 @@ def write_jsonl(csv_path: Path, jsonl_path: Path) -> None:
         for row in csv.DictReader(f):
             row["id"] = int(row["id"])
             out.write(json.dumps(row) + "\n")
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def plain_copy(url: str, table: str, path: Path) -> float:
@@ -128,12 +123,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--partition-rows", type=int, default=20_000)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
     args = parser.parse_args()
 

@@ -53,6 +53,7 @@ os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as post
 
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from bench.quality_corpus import Corpus, Query, generate, late_queries  # noqa: E402
@@ -72,12 +73,6 @@ TABLE_DDL = """
 CREATE SCHEMA bench;
 CREATE TABLE bench.reports (id text PRIMARY KEY, title text NOT NULL, body text NOT NULL);
 """
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -191,12 +186,7 @@ def main() -> None:
         default="simple,english",
         help="text search configurations to compare (comma-separated)",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument(
         "--weights",
         action="append",

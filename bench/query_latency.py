@@ -30,6 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import psycopg  # noqa: E402
 import torch  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 import idxr_pg  # noqa: E402
@@ -52,21 +53,10 @@ QUERIES = (
 )
 
 
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     config = IdxrConfig()
     name = f"idxr_bench_query_{uuid.uuid4().hex[:8]}"

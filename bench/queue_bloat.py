@@ -32,6 +32,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import capture as cap  # noqa: E402  (bench/capture.py: scratch database, tables, pgbench)
+from benchdb import add_database_url  # noqa: E402
 
 from idxr_pg.db import leases, queue  # noqa: E402
 
@@ -176,12 +177,7 @@ def reindex(url: str) -> tuple[dict[str, int], float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--changes", type=int, default=1_000_000, help="one-row UPDATEs")
     parser.add_argument("--bulk", type=int, default=10, help="10,000-row UPDATE statements")
     parser.add_argument(

@@ -25,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as postgres
 
 import psycopg  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from idxr_pg.config import EmbeddingSettings, parse_config  # noqa: E402
@@ -37,12 +38,6 @@ from idxr_pg.runtime.plan import plan_reindex  # noqa: E402
 
 KIND = "subscription"
 MODEL = "all-MiniLM-L6-v2"
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def config(batch_size: int, model: str | None = None) -> Any:
@@ -71,12 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entities", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     embedder = load_embedder(EmbeddingSettings(model=MODEL))
     embedder.embed(["warm-up: one text"] * 8)

@@ -34,6 +34,8 @@ from psycopg import sql
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchdb import add_database_url  # noqa: E402
+
 from idxr_pg.db import migrations  # noqa: E402
 from idxr_pg.db.connection import connect  # noqa: E402
 from idxr_pg.schema import read_schema_file  # noqa: E402
@@ -399,13 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--sizes", default="100000,1000000", help="field-record counts, comma-separated"
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="server to create the scratch databases on (needs CREATEDB)",
-    )
+    add_database_url(parser, help="server to create the scratch databases on (needs CREATEDB)")
     parser.add_argument("--queries", type=int, default=200, help="queries per HNSW measurement")
     parser.add_argument(
         "--exact-queries", type=int, default=50, help="queries for exact search and recall"

@@ -49,6 +49,7 @@ os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as post
 
 import psycopg  # noqa: E402
 import torch  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from halfvec import deterministic_vectors  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -73,12 +74,6 @@ from idxr_pg.runtime.worker import Worker  # noqa: E402
 
 KIND = "subscription"
 MODEL = "all-MiniLM-L6-v2"
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def config_dict(batch_size: int, model: str = MODEL) -> dict[str, Any]:
@@ -393,12 +388,7 @@ def main() -> None:
         action="store_true",
         help="initial and steady state: the current path only (no INSERT-per-row 'before')",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     backfill_batch = args.batch_size or DEFAULT_BACKFILL_BATCH_SIZE

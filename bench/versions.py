@@ -32,6 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("IDXR_ALLOW_SUPERUSER", "1")  # the bench connects as postgres
 
 import psycopg  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 from psycopg import sql  # noqa: E402
 
@@ -47,12 +48,6 @@ KIND = "subscription"
 OLD, NEW = "all-MiniLM-L6-v2", "all-mpnet-base-v2"
 QUERY = "a fast fibre internet plan for a small office"
 SEARCH = "SELECT count(*) FROM idxr.search(%s, NULL, 'subscription', 10)"
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def config(model: str, batch_size: int) -> Any:
@@ -87,12 +82,7 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
     load_before = os.getloadavg()
     old = load_embedder(EmbeddingSettings(model=OLD))

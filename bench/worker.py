@@ -36,6 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from idxr_pg.capture import triggers as capture  # noqa: E402
@@ -48,12 +49,6 @@ from idxr_pg.runtime.worker import Worker  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 IDXR = str(Path(sys.executable).with_name("idxr-pg"))
 KIND = "subscription"
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def config_dict(model: str, batch_size: int) -> dict[str, Any]:
@@ -115,12 +110,7 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=2000)
     parser.add_argument("--model-entities", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--no-hnsw", action="store_true", help="also measure without HNSW")
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
     args = parser.parse_args()

@@ -48,6 +48,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
+from benchdb import add_database_url, with_dbname  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from idxr_pg.capture import triggers as capture  # noqa: E402
@@ -67,12 +68,6 @@ SELECT pid, state, wait_event_type, wait_event
   FROM pg_stat_activity
  WHERE datname = current_database() AND application_name LIKE 'idxr-worker main %'
 """
-
-
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
 
 
 def config_dict(batch_size: int) -> dict[str, Any]:
@@ -256,12 +251,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4", help="worker process counts, e.g. 1,2,4")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-hnsw", action="store_true", help="drop the HNSW index first")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "IDXR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--child", nargs=2, metavar=("URL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
